@@ -1,0 +1,172 @@
+"""Command line: ``python -m stream {worker,broker,demo,evaluate,checkpoint,schema}``.
+
+Every flag that mirrors a setting defaults from its ``STREAM_*`` environment variable (and
+``.env``); ``--help`` names the variable. Flags override the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+logger = logging.getLogger("stream")
+
+
+def _setting_flag(parser: argparse.ArgumentParser, flag: str, type_: Any, help_: str) -> None:
+    dest = flag.lstrip("-").replace("-", "_")
+    env = f"STREAM_{dest.upper()}"
+    parser.add_argument(flag, dest=dest, type=type_, default=None, help=f"{help_} [env {env}]")
+
+
+def _kafka_flags(parser: argparse.ArgumentParser) -> None:
+    _setting_flag(parser, "--bootstrap-servers", str, "Kafka bootstrap servers")
+    _setting_flag(parser, "--events-topic", str, "topic to consume events from")
+    _setting_flag(parser, "--recommendations-topic", str, "topic for top-K recommendations")
+    _setting_flag(parser, "--metrics-topic", str, "topic for metrics records")
+    _setting_flag(parser, "--dead-letter-topic", str, "topic for dead letters")
+    _setting_flag(parser, "--group-id", str, "consumer group id")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stream",
+        description="Streaming online-learning recommender (Kafka in, River models, top-K out).",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("STREAM_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR [env STREAM_LOG_LEVEL]",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("worker", help="consume events, learn, publish recommendations and metrics")
+    w.add_argument("--max-events", type=int, default=None, help="stop after N records consumed")
+    w.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after SECONDS without a new record"
+    )
+    _kafka_flags(w)
+    _setting_flag(w, "--metrics-port", int, "Prometheus /metrics port (0 = off)")
+    _setting_flag(w, "--checkpoint-dir", Path, "directory for checkpoints (off when unset)")
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    b.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
+    b.add_argument("--host", default="127.0.0.1", help="address to listen on")
+
+    d = sub.add_parser("demo", help="broker + synthetic producer + worker on the embedded default")
+    d.add_argument("--events", type=int, default=30_000, help="synthetic events to stream")
+    d.add_argument("--drift-at", type=int, default=None, help="inject drift at this event")
+    d.add_argument("--users", type=int, default=500)
+    d.add_argument("--items", type=int, default=1_000)
+    d.add_argument("--seed", type=int, default=7)
+    _setting_flag(d, "--metrics-port", int, "Prometheus /metrics port for the demo worker")
+
+    e = sub.add_parser("evaluate", help="run the core offline on a file (test-then-learn)")
+    e.add_argument("path", type=Path, help="event log (jsonl, csv, MovieLens files; gzip ok)")
+    e.add_argument("--format", required=True, help="jsonl, csv, movielens-100k, movielens-1m, ...")
+    e.add_argument("--report", type=Path, default=None, help="write metrics.json, plots, HTML here")
+    e.add_argument("--limit", type=int, default=None, help="evaluate the first N events only")
+
+    c = sub.add_parser("checkpoint", help="list, inspect or export stored checkpoints")
+    c.add_argument("rest", nargs=argparse.REMAINDER, help="ls | inspect [--json] | export | prune")
+
+    s = sub.add_parser("schema", help="print the JSON Schemas of every record")
+    s.add_argument("--output", type=Path, default=None, help="write one file per record here")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kafka-python logs every reconnect attempt with a traceback; our edges log one line.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
+
+
+def _settings_overrides(ns: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(ns, n, None) for n in names}
+
+
+def _cmd_worker(ns: argparse.Namespace) -> int:
+    from stream.settings import load_settings
+    from stream.worker import Worker
+
+    settings = load_settings(
+        **_settings_overrides(
+            ns,
+            [
+                "bootstrap_servers", "events_topic", "recommendations_topic", "metrics_topic",
+                "dead_letter_topic", "group_id", "metrics_port", "checkpoint_dir",
+            ],
+        )
+    )
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    summary = worker.run(max_events=ns.max_events, idle_timeout=ns.idle_timeout)
+    logger.info(
+        "worker stopped (%s): consumed %d, processed %d, dead-lettered %d, drifts %d",
+        summary.stopped_by, summary.consumed, summary.processed, summary.dead_lettered,
+        len(summary.drifts),
+    )
+    return 0
+
+
+def _cmd_schema(ns: argparse.Namespace) -> int:
+    from stream.events import json_schemas
+
+    schemas = json_schemas()
+    if ns.output is None:
+        print(json.dumps(schemas, indent=2))
+        return 0
+    ns.output.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas.items():
+        (ns.output / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {len(schemas)} schemas to {ns.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    ns = _build_parser().parse_args(argv)
+    _configure_logging(ns.log_level)
+    from stream.settings import SettingsError
+
+    try:
+        if ns.command == "worker":
+            return _cmd_worker(ns)
+        if ns.command == "broker":
+            from stream.broker import run_broker_cli
+
+            return run_broker_cli(port=ns.port, host=ns.host)
+        if ns.command == "demo":
+            from stream.demo import run_demo
+
+            return run_demo(ns)
+        if ns.command == "evaluate":
+            from stream.evaluate import run_evaluate
+
+            return run_evaluate(ns)
+        if ns.command == "checkpoint":
+            from stream.checkpoint_cli import main as checkpoint_main
+
+            return checkpoint_main(ns.rest)
+        if ns.command == "schema":
+            return _cmd_schema(ns)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The core: one event at a time, evaluate, learn, recommend, watch for drift.
+
+:class:`Pipeline` knows nothing of Kafka or Prometheus. The live worker, the offline evaluator
+and the tests all drive this same object with :meth:`Pipeline.process_one` (or
+:meth:`Pipeline.run` over a plain iterable of events), so offline and live numbers agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from stream.drift import DriftMonitor
+from stream.evaluation import ModelEvaluator, rank_outcome
+from stream.events import (
+    CONTROL_TYPES,
+    DriftRecord,
+    Event,
+    MetricsRecord,
+    ModelMetrics,
+    Recommendation,
+    RecommendedItem,
+    Source,
+)
+from stream.models import Recommender, Scored, build_models, learns
+from stream.models.popularity import Popularity
+from stream.settings import StreamSettings
+
+__all__ = ["Pipeline", "PipelineConfig", "StepResult", "merge_metrics", "merge_model_metrics"]
+
+logger = logging.getLogger(__name__)
+
+_FALLBACK_REASON = "popular now"
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The part of the settings the core needs (no secrets: this is checkpointed)."""
+
+    top_k: int = 10
+    recommender: str = "knn"
+    history_size: int = 200
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    implicit_weights: tuple[tuple[str, float], ...] = (
+        ("view", 1.0),
+        ("click", 2.0),
+        ("add_to_cart", 3.0),
+        ("purchase", 5.0),
+    )
+    metric_window: int = 1_000
+    drift_detector: str = "adwin"
+    drift_delta: float = 0.002
+    drift_min_events: int = 500
+    popularity_half_life: float = 5_000.0
+    seed: int = 42
+
+    @classmethod
+    def from_settings(cls, settings: StreamSettings) -> PipelineConfig:
+        return cls(
+            top_k=settings.top_k,
+            recommender=settings.recommender,
+            history_size=settings.history_size,
+            rating_min=settings.rating_min,
+            rating_max=settings.rating_max,
+            implicit_weights=tuple(
+                (t, settings.implicit_weight(t)) for t in ("view", "click", "add_to_cart", "purchase")
+            ),
+            metric_window=settings.metric_window,
+            drift_detector=settings.drift_detector,
+            drift_delta=settings.drift_delta,
+            drift_min_events=settings.drift_min_events,
+            popularity_half_life=settings.popularity_half_life,
+            seed=settings.seed,
+        )
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one event produced: the fresh recommendation and any drift detected."""
+
+    event: Event
+    source: Source
+    recommendation: Recommendation | None  # None for control events (forget)
+    evaluated: bool
+    drifts: list[DriftRecord] = field(default_factory=list)
+
+
+class Pipeline:
+    """Test-then-learn over every configured model, then recommend with the chosen one.
+
+    Per event: (1) for each model, rank the user's top-K excluding items they already
+    interacted with and score whether the event's item is in it (only for items new to the
+    user: re-interactions with a known item are not predictions) and, on rating events, the
+    rating error of rating models; (2) feed those per-event streams to the drift detectors;
+    (3) learn every model; (4) publish the recommender's fresh top-K. Users a model cannot
+    serve (cold start) are filled from a recency-weighted popularity model.
+
+    Examples
+    --------
+    >>> from stream.settings import StreamSettings
+    >>> s = StreamSettings(models=("popularity", "knn"), recommender="knn", drift_min_events=0)
+    >>> p = Pipeline.from_settings(s)
+    >>> events = [Event(user_id=u, item_id=i, event_type="click", timestamp=t)
+    ...           for t, (u, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x")])]
+    >>> [r.recommendation.items[0].item_id for r in p.run(events)]
+    ['x', 'x', 'y']
+    >>> p.run_count, p.evaluators["knn"].evaluated
+    (3, 3)
+    """
+
+    def __init__(self, config: PipelineConfig, models: dict[str, Recommender]) -> None:
+        if config.recommender not in models:
+            raise ValueError(f"recommender {config.recommender!r} is not one of {list(models)}")
+        self.config = config
+        self.models = models
+        self._learners = [(n, m) for n, m in models.items() if learns(n, m)]
+        fallback = models.get("popularity")
+        if not isinstance(fallback, Popularity):
+            fallback = Popularity(half_life=config.popularity_half_life)
+            self._learners.append(("_fallback_popularity", fallback))
+        self.fallback: Popularity = fallback
+        self._weights = dict(config.implicit_weights)
+        self.evaluators = {name: ModelEvaluator(config.metric_window) for name in models}
+        self.drift = DriftMonitor(
+            config.drift_detector, config.drift_delta, config.drift_min_events, config.seed
+        )
+        # Per user, the items they interacted with, most recent last (dict = ordered set).
+        self.history: dict[Hashable, dict[Hashable, None]] = {}
+        self.run_count = 0
+        self.evaluated_count = 0
+        self.learned: dict[str, int] = {}  # events each model has learned from
+
+    @classmethod
+    def from_settings(cls, settings: StreamSettings) -> Pipeline:
+        return cls(PipelineConfig.from_settings(settings), build_models(settings))
+
+    # --- per event ------------------------------------------------------------------------
+
+    def target(self, event: Event) -> float:
+        """The learning target: the rating, or the implicit event's configured weight."""
+        if event.event_type == "rating":
+            assert event.rating is not None  # guaranteed by decode_one
+            return event.rating
+        return self._weights[event.event_type]
+
+    def serve(self, name: str, user: Hashable, exclude: Iterable[Hashable]) -> list[Scored]:
+        """Model ``name``'s top-K for ``user``, topped up from popularity when it runs short."""
+        k = self.config.top_k
+        excluded = exclude if isinstance(exclude, dict | set | frozenset) else set(exclude)
+        ranked = self.models[name].top_k(user, k, excluded)
+        if len(ranked) < k and name != "popularity":
+            have = {s.item for s in ranked}
+            extra = self.fallback.top_k(user, k + len(have), excluded)
+            for s in extra:
+                if s.item not in have:
+                    ranked.append(Scored(s.item, s.score, s.reason or _FALLBACK_REASON))
+                    if len(ranked) == k:
+                        break
+        return ranked
+
+    def process_one(self, event: Event, source: Source) -> StepResult:
+        """Evaluate, learn and recommend for one valid event (or apply a ``forget``)."""
+        self.run_count += 1
+        if event.event_type in CONTROL_TYPES:
+            self.forget_user(event.user_id)
+            return StepResult(event, source, None, False)
+        user, item = event.user_id, event.item
+        seen = self.history.get(user)
+        excluded: dict[Hashable, None] = seen if seen is not None else {}
+        y = self.target(event)
+        drifts: list[DriftRecord] = []
+
+        evaluated = item not in excluded
+        if evaluated:
+            self.evaluated_count += 1
+        for name, model in self.models.items():
+            evaluator = self.evaluators[name]
+            if evaluated:
+                outcome = rank_outcome([s.item for s in self.serve(name, user, excluded)], item)
+                evaluator.update_rank(outcome)
+                drifts += self.drift.update_one(
+                    name, "miss", 1.0 - outcome.hit, self.run_count, source, event.timestamp
+                )
+            if event.event_type == "rating" and model.predicts_ratings:
+                y_pred = float(model.predict_one(user, item))
+                evaluator.update_rating(y, y_pred)
+                drifts += self.drift.update_one(
+                    name, "abs_error", abs(y - y_pred), self.run_count, source, event.timestamp
+                )
+
+        x = {"event_type": event.event_type, "implicit": event.implicit, "timestamp": event.timestamp}
+        for name, model in self._learners:
+            model.learn_one(user, item, y, x)
+            self.learned[name] = self.learned.get(name, 0) + 1
+        self._remember(user, item)
+
+        for d in drifts:
+            logger.warning(
+                "drift detected by %s on %s/%s at event %d (%s)",
+                d.detector, d.model, d.metric, d.event, source,
+            )
+        return StepResult(event, source, self.recommend(event, source), evaluated, drifts)
+
+    def recommend(self, event: Event, source: Source) -> Recommendation:
+        """The recommender's current top-K for the event's user, as a publishable record."""
+        name = self.config.recommender
+        ranked = self.serve(name, event.user_id, self.history.get(event.user_id, {}))
+        return Recommendation(
+            user_id=event.user_id,
+            items=[RecommendedItem(item_id=str(s.item), score=float(s.score), reason=s.reason)
+                   for s in ranked],
+            model=name,
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            event_timestamp=event.timestamp,
+        )
+
+    def _remember(self, user: Hashable, item: Hashable) -> None:
+        seen = self.history.get(user)
+        if seen is None:
+            seen = self.history[user] = {}
+        seen.pop(item, None)
+        seen[item] = None
+        if len(seen) > self.config.history_size:
+            del seen[next(iter(seen))]
+
+    def forget_user(self, user: Hashable) -> None:
+        """Remove a user from the history and from every model (privacy requests)."""
+        self.history.pop(user, None)
+        for _, model in self._learners:
+            model.forget_user(user)
+        logger.info("forgot user %r", user)
+
+    # --- whole streams and summaries ----------------------------------------------------
+
+    def run(self, events: Iterable[Event], topic: str = "offline") -> Iterator[StepResult]:
+        """Drive the pipeline over a plain iterable (offline evaluation, tests)."""
+        for offset, event in enumerate(events):
+            yield self.process_one(event, Source(topic, 0, offset))
+
+    @property
+    def n_users(self) -> int:
+        return len(self.history)
+
+    @property
+    def n_items(self) -> int:
+        return max(self.fallback.n_items, self.models[self.config.recommender].n_items)
+
+    def metrics_record(self, drifts: list[DriftRecord] | None = None) -> MetricsRecord:
+        """Windowed and cumulative accuracy of every model, as a publishable record."""
+        return MetricsRecord(
+            k=self.config.top_k,
+            events=self.run_count,
+            evaluated=self.evaluated_count,
+            window=self.config.metric_window,
+            window_metrics={n: e.windowed() for n, e in self.evaluators.items()},
+            cumulative_metrics={n: e.cumulative() for n, e in self.evaluators.items()},
+            drifts=list(drifts or []),
+            users=self.n_users,
+            items=self.n_items,
+        )
+
+
+def _weighted(values: list[tuple[float | None, int]]) -> float | None:
+    total = sum(n for v, n in values if v is not None)
+    if total == 0:
+        return None
+    return sum(v * n for v, n in values if v is not None) / total
+
+
+def merge_model_metrics(parts: list[ModelMetrics], window: int | None) -> ModelMetrics:
+    """Combine one model's metrics from several shards, weighting by evaluations.
+
+    With ``window`` set, each shard weighs by the evaluations in its window. RMSE combines
+    as the root of the weighted mean square.
+    """
+
+    def n_rank(m: ModelMetrics) -> int:
+        return min(m.evaluated, window) if window else m.evaluated
+
+    def n_rate(m: ModelMetrics) -> int:
+        return min(m.rated, window) if window else m.rated
+
+    rmse_sq = _weighted([(None if m.rmse is None else m.rmse**2, n_rate(m)) for m in parts])
+    return ModelMetrics(
+        hit_rate=_weighted([(m.hit_rate, n_rank(m)) for m in parts]),
+        ndcg=_weighted([(m.ndcg, n_rank(m)) for m in parts]),
+        mrr=_weighted([(m.mrr, n_rank(m)) for m in parts]),
+        mae=_weighted([(m.mae, n_rate(m)) for m in parts]),
+        rmse=None if rmse_sq is None else rmse_sq**0.5,
+        evaluated=sum(m.evaluated for m in parts),
+        rated=sum(m.rated for m in parts),
+    )
+
+
+def merge_metrics(records: list[MetricsRecord]) -> MetricsRecord:
+    """One metrics record for several shards (partitions) of the same configuration."""
+    if len(records) == 1:
+        return records[0]
+    first = records[0]
+    names = list(dict.fromkeys(n for r in records for n in r.cumulative_metrics))
+
+    def merged(attr: str, window: int | None) -> dict[str, ModelMetrics]:
+        return {
+            n: merge_model_metrics(
+                [getattr(r, attr)[n] for r in records if n in getattr(r, attr)], window
+            )
+            for n in names
+        }
+
+    return MetricsRecord(
+        k=first.k,
+        events=sum(r.events for r in records),
+        evaluated=sum(r.evaluated for r in records),
+        window=first.window,
+        window_metrics=merged("window_metrics", first.window),
+        cumulative_metrics=merged("cumulative_metrics", None),
+        drifts=[d for r in records for d in r.drifts],
+        users=sum(r.users for r in records),
+        items=max(r.items for r in records),
+    )

@@ -1,0 +1,356 @@
+"""Records on the wire: events in; recommendations, metrics and dead letters out.
+
+Decoding never raises on bad data: :func:`decode_one` returns either an :class:`Event` or a
+:class:`Rejected` carrying the reason, so bad records are routed to the dead-letter topic
+instead of crashing the worker or vanishing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "CONTROL_TYPES",
+    "IMPLICIT_TYPES",
+    "DeadLetter",
+    "DriftRecord",
+    "Event",
+    "EventType",
+    "MetricsRecord",
+    "ModelMetrics",
+    "Recommendation",
+    "RecommendedItem",
+    "Rejected",
+    "Source",
+    "decode_one",
+    "json_schemas",
+]
+
+EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "forget"]
+IMPLICIT_TYPES: frozenset[str] = frozenset({"view", "click", "add_to_cart", "purchase"})
+# ``forget`` is a privacy request: remove the user from every model, history and checkpoint.
+CONTROL_TYPES: frozenset[str] = frozenset({"forget"})
+
+# Ids are strings on the wire; integers are accepted and normalised so that "42" and 42 are
+# the same user. Anything longer is an attack or a bug, not an id.
+MAX_ID_LENGTH = 256
+# Epoch seconds between 1970 and 2200: anything else is a unit mistake (ms, us) or garbage.
+MAX_TIMESTAMP = 7_258_118_400.0
+MAX_CONTEXT_BYTES = 8_192
+
+
+def _number_or_datetime(schema: dict[str, Any]) -> None:
+    schema.pop("type", None)
+    schema["anyOf"] = [{"type": "number"}, {"type": "string", "format": "date-time"}]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from: ``topic[partition]@offset`` (offline files use line numbers)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+class Event(BaseModel):
+    """One user-behaviour event. Kafka key = ``user_id``.
+
+    >>> Event.model_validate({"user_id": 7, "item_id": "a", "event_type": "click",
+    ...                       "timestamp": "2024-01-01T00:00:00Z"}).timestamp
+    1704067200.0
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=False)
+
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    item_id: str | None = Field(
+        None, min_length=1, max_length=MAX_ID_LENGTH, description="Required except for forget."
+    )
+    event_type: EventType
+    rating: float | None = Field(None, description="Required for rating events.")
+    timestamp: float = Field(
+        json_schema_extra=lambda schema: _number_or_datetime(schema),
+        description="Epoch seconds or an ISO-8601 string (UTC if no offset).",
+    )
+    context: dict[str, Any] | None = None
+
+    @field_validator("user_id", "item_id", mode="before")
+    @classmethod
+    def _id(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a string or an integer, not a boolean")
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, str):
+            value = value.strip()
+            if any(ord(c) < 32 for c in value):
+                raise ValueError("contains control characters")
+            return value
+        raise ValueError("must be a string or an integer")
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _rating(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number")
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return float(value)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be epoch seconds or ISO-8601")
+        if isinstance(value, int | float):
+            ts = float(value)
+        elif isinstance(value, str):
+            text = value.strip()
+            try:
+                ts = float(text)
+            except ValueError:
+                try:
+                    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError("must be epoch seconds or ISO-8601") from None
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=UTC)
+                ts = parsed.timestamp()
+        else:
+            raise ValueError("must be epoch seconds or ISO-8601")
+        if not math.isfinite(ts) or not 0.0 <= ts <= MAX_TIMESTAMP:
+            raise ValueError("out of range (epoch seconds between 1970 and 2200)")
+        return ts
+
+    @field_validator("context", mode="before")
+    @classmethod
+    def _context(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object")
+        if len(json.dumps(value, allow_nan=False)) > MAX_CONTEXT_BYTES:
+            raise ValueError(f"larger than {MAX_CONTEXT_BYTES} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _item_unless_forget(self) -> Event:
+        if self.item_id is None and self.event_type != "forget":
+            raise ValueError("item_id is required")
+        return self
+
+    @property
+    def implicit(self) -> bool:
+        return self.event_type in IMPLICIT_TYPES
+
+    @property
+    def item(self) -> str:
+        """The item id of a learnable (non-control) event."""
+        if self.item_id is None:
+            raise ValueError(f"{self.event_type} events have no item")
+        return self.item_id
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be learned from, with the reason (a short stable code + detail)."""
+
+    reason: str
+    detail: str
+    key: bytes | None
+    value: bytes | None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def decode_one(
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    max_bytes: int = 65_536,
+    rating_range: tuple[float, float] = (0.5, 5.0),
+) -> Event | Rejected:
+    """Decode and validate one raw record; never raises on bad data.
+
+    Reasons: ``empty``, ``oversized``, ``not_utf8``, ``invalid_json``, ``not_an_object``,
+    ``missing_field``, ``invalid_field``, ``unknown_event_type``, ``rating_out_of_range``,
+    ``rating_missing``.
+
+    >>> decode_one(b"u1", b'{"user_id": "u1", "item_id": "i9", "event_type": "view", "timestamp": 1}')
+    Event(user_id='u1', item_id='i9', event_type='view', rating=None, timestamp=1.0, context=None)
+    >>> decode_one(None, b"{oops").reason
+    'invalid_json'
+    """
+
+    def reject(reason: str, detail: str) -> Rejected:
+        return Rejected(reason, detail, key, value)
+
+    if not value:
+        return reject("empty", "record has no value")
+    if len(value) > max_bytes:
+        return reject("oversized", f"{len(value)} bytes > max_event_bytes={max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return reject("not_utf8", str(exc))
+    try:
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        return reject("invalid_json", "nested too deeply")
+    except ValueError as exc:
+        return reject("invalid_json", str(exc)[:200])
+    if not isinstance(data, dict):
+        return reject("not_an_object", f"JSON {type(data).__name__}, expected an object")
+    try:
+        event = Event.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "record"
+        if err["type"] == "missing":
+            return reject("missing_field", f"{field} is required")
+        if field == "event_type" and err["type"] == "literal_error":
+            return reject("unknown_event_type", f"event_type {data.get('event_type')!r}"[:300])
+        if err["type"] == "value_error" and "item_id is required" in err["msg"]:
+            return reject("missing_field", "item_id is required")
+        return reject("invalid_field", f"{field}: {err['msg']}"[:300])
+    except RecursionError:
+        return reject("invalid_field", "context nested too deeply")
+    if event.event_type == "rating":
+        if event.rating is None:
+            return reject("rating_missing", "rating events need a rating")
+        low, high = rating_range
+        if not low <= event.rating <= high:
+            return reject("rating_out_of_range", f"rating {event.rating} outside [{low}, {high}]")
+    return event
+
+
+# --- Output records ----------------------------------------------------------------------
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    reason: str | None = None
+
+
+class Recommendation(BaseModel):
+    """Fresh top-K for a user, published after learning from one of their events. Key = user id."""
+
+    user_id: str
+    items: list[RecommendedItem]
+    model: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    event_timestamp: float
+    created_at: float = Field(default_factory=time.time)
+
+
+class ModelMetrics(BaseModel):
+    """Accuracy of one model; rating metrics are ``None`` where the model has no rating scale."""
+
+    hit_rate: float | None = None
+    ndcg: float | None = None
+    mrr: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
+    evaluated: int = 0
+    rated: int = 0
+
+
+class DriftRecord(BaseModel):
+    detector: str
+    model: str
+    metric: str
+    event: int = Field(description="Index of the event in this worker's stream (1-based).")
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    timestamp: float = Field(description="Event time of the event where drift was detected.")
+    detected_at: float = Field(default_factory=time.time)
+
+
+class MetricsRecord(BaseModel):
+    """Published to the metrics topic every ``metrics_every_events`` events and at shutdown."""
+
+    kind: Literal["metrics"] = "metrics"
+    k: int
+    events: int
+    evaluated: int
+    window: int
+    window_metrics: dict[str, ModelMetrics]
+    cumulative_metrics: dict[str, ModelMetrics]
+    drifts: list[DriftRecord] = Field(default_factory=list)
+    users: int = 0
+    items: int = 0
+    created_at: float = Field(default_factory=time.time)
+
+
+class DeadLetter(BaseModel):
+    """A record the worker could not use, with the reason and the original bytes (base64)."""
+
+    reason: str
+    detail: str
+    key_b64: str | None
+    value_b64: str | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    created_at: float = Field(default_factory=time.time)
+
+    @classmethod
+    def of(cls, rejected: Rejected, source: Source) -> DeadLetter:
+        def b64(raw: bytes | None) -> str | None:
+            return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+        return cls(
+            reason=rejected.reason,
+            detail=rejected.detail,
+            key_b64=b64(rejected.key),
+            value_b64=b64(rejected.value),
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+        )
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of every record, generated from the pydantic models (see ``docs/schemas``)."""
+    return {
+        "event": Event.model_json_schema(),
+        "recommendation": Recommendation.model_json_schema(),
+        "metrics": MetricsRecord.model_json_schema(),
+        "dead_letter": DeadLetter.model_json_schema(),
+    }

@@ -1,0 +1,75 @@
+"""The one interface every recommender here implements.
+
+Every model is a River ranker (``learn_one(user, item, y, x=None)``, ``predict_one``,
+``rank``), so River's own ``reco`` models plug in and ours can be used from River. On top of
+River's interface, :meth:`Recommender.top_k` ranks the whole catalogue with a vectorised
+numpy operation (River's ``rank`` is one Python call per item) and never grows the model
+for an unknown user or item; :meth:`Recommender.forget_user` serves privacy requests.
+
+``x`` passed to ``learn_one`` by the pipeline carries ``{"event_type": str, "implicit": bool,
+"timestamp": float}``; ``y`` is the rating for rating events and the configured weight for
+implicit ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import typing
+from collections.abc import Hashable, Iterable
+from typing import NamedTuple
+
+from river.reco.base import Ranker
+
+__all__ = ["Recommender", "Scored"]
+
+
+class Scored(NamedTuple):
+    """A ranked item with its score and, where the model can say, why it was recommended."""
+
+    item: Hashable
+    score: float
+    reason: str | None = None
+
+
+class Recommender(Ranker):  # type: ignore[misc]
+    """Base class: a River ``Ranker`` with a vectorised, side-effect-free ``top_k``.
+
+    Subclasses set ``predicts_ratings = True`` when ``predict_one`` estimates a rating on the
+    scale it learned (then the evaluator reports MAE/RMSE for them).
+    """
+
+    predicts_ratings: typing.ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def top_k(
+        self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()
+    ) -> list[Scored]:
+        """The ``k`` best items for ``user`` not in ``exclude``, best first.
+
+        Must not create state for an unknown ``user`` (cold users get whatever the model can
+        offer, possibly an empty list) and must cost O(1) Python calls in the catalogue size.
+        """
+
+    @abc.abstractmethod
+    def forget_user(self, user: Hashable) -> None:
+        """Remove everything the model keeps about ``user`` (privacy requests)."""
+
+    @property
+    @abc.abstractmethod
+    def n_users(self) -> int:
+        """Users the model has learned about."""
+
+    @property
+    @abc.abstractmethod
+    def n_items(self) -> int:
+        """Items the model can recommend."""
+
+    def rank(
+        self, user: Hashable, items: set[Hashable], x: dict[str, typing.Any] | None = None
+    ) -> list[Hashable]:
+        """River's ``rank``: the given items by decreasing preference (vectorised via ``top_k``)."""
+        items = set(items)
+        ranked = [s.item for s in self.top_k(user, self.n_items + len(items)) if s.item in items]
+        seen = set(ranked)
+        # Items the model does not know keep their (arbitrary but stable) order at the end.
+        return ranked + sorted((i for i in items if i not in seen), key=str)

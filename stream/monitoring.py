@@ -1,0 +1,204 @@
+"""Prometheus metrics and the worker's HTTP endpoints (``/metrics``, ``/healthz``, ``/readyz``).
+
+Metric objects live on a :class:`WorkerMetrics` built with a ``CollectorRegistry`` passed in,
+never at module level, so tests and several workers in one process do not collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from stream.events import DriftRecord, MetricsRecord
+
+__all__ = ["HealthState", "MetricsServer", "WorkerMetrics"]
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports (names are a contract with ``deploy/``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "stream_events", "Records consumed, by event type and outcome.",
+            ["event_type", "outcome"], registry=registry,
+        )
+        self.dead_letters = Counter(
+            "stream_dead_letters", "Records sent to the dead-letter topic, by reason.",
+            ["reason"], registry=registry,
+        )
+        self.processing = Histogram(
+            "stream_processing_seconds",
+            "Per event: evaluate, learn, recommend and hand the outputs to the producer.",
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.event_lag = Gauge(
+            "stream_event_lag_seconds",
+            "Wall clock minus the event timestamp of the last processed event.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "stream_consumer_lag", "Records behind the partition's high watermark.",
+            ["topic", "partition"], registry=registry,
+        )
+        self.hit_rate = Gauge(
+            "stream_model_hit_rate", "Windowed hit-rate@K (test-then-learn).",
+            ["model", "k"], registry=registry,
+        )
+        self.ndcg = Gauge(
+            "stream_model_ndcg", "Windowed NDCG@K.", ["model", "k"], registry=registry
+        )
+        self.mrr = Gauge("stream_model_mrr", "Windowed MRR@K.", ["model", "k"], registry=registry)
+        self.mae = Gauge(
+            "stream_model_mae", "Windowed mean absolute rating error.", ["model"], registry=registry
+        )
+        self.rmse = Gauge(
+            "stream_model_rmse", "Windowed root mean squared rating error.", ["model"],
+            registry=registry,
+        )
+        self.drifts = Counter(
+            "stream_drift_detections", "Drift detections.",
+            ["model", "metric", "detector"], registry=registry,
+        )
+        self.users = Gauge("stream_known_users", "Users with history.", registry=registry)
+        self.items = Gauge("stream_known_items", "Items the recommender knows.", registry=registry)
+        self.recommendations = Counter(
+            "stream_recommendations_published", "Recommendation records sent.", ["model"],
+            registry=registry,
+        )
+        self.last_event = Gauge(
+            "stream_last_event_timestamp_seconds",
+            "Wall-clock time the last event was processed.", registry=registry,
+        )
+        self.ready = Gauge(
+            "stream_worker_ready", "1 when the consumer has partitions and the broker answers.",
+            registry=registry,
+        )
+        self.checkpoints = Counter(
+            "stream_checkpoints", "Checkpoints written, by outcome.", ["outcome"],
+            registry=registry,
+        )
+        self.checkpoint_last = Gauge(
+            "stream_checkpoint_last_success_timestamp_seconds",
+            "When the last checkpoint was written.", registry=registry,
+        )
+        # Pre-create label sets so dashboards show zeros instead of "no data".
+        self.events.labels("unknown", "dead_lettered")
+        self.ready.set(0)
+
+    def observe_accuracy(self, record: MetricsRecord) -> None:
+        k = str(record.k)
+        for name, m in record.window_metrics.items():
+            if m.hit_rate is not None:
+                self.hit_rate.labels(name, k).set(m.hit_rate)
+                self.ndcg.labels(name, k).set(m.ndcg or 0.0)
+                self.mrr.labels(name, k).set(m.mrr or 0.0)
+            if m.mae is not None:
+                self.mae.labels(name).set(m.mae)
+                self.rmse.labels(name).set(m.rmse or 0.0)
+        self.users.set(record.users)
+        self.items.set(record.items)
+
+    def observe_drift(self, drift: DriftRecord) -> None:
+        self.drifts.labels(drift.model, drift.metric, drift.detector).inc()
+
+    def observe_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), value in lag.items():
+            self.consumer_lag.labels(topic, str(partition)).set(value)
+
+
+class HealthState:
+    """Liveness (the loop ticked recently) and readiness (assigned and connected)."""
+
+    def __init__(self, stall_after_s: float = 120.0, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._stall_after = stall_after_s
+        self._last_tick = clock()
+        self.ready = False
+        self.reason = "starting"
+
+    def tick(self) -> None:
+        self._last_tick = self._clock()
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        self.ready, self.reason = ready, reason
+
+    def live(self) -> tuple[bool, str]:
+        idle = self._clock() - self._last_tick
+        if idle > self._stall_after:
+            return False, f"processing loop stalled for {idle:.0f}s"
+        return True, "ok"
+
+
+class MetricsServer:
+    """A small threaded HTTP server: ``/metrics``, ``/healthz``, ``/readyz``.
+
+    ``port=0`` picks a free port (see :attr:`port`).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, health: HealthState, host: str = "0.0.0.0", port: int = 0
+    ) -> None:
+        self.registry, self.health = registry, health
+        handler = self._handler()
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok, why = server.health.live()
+                    self._reply(200 if ok else 503, why.encode() + b"\n")
+                elif path == "/readyz":
+                    ready = server.health.ready
+                    why = "ready" if ready else server.health.reason or "not ready"
+                    self._reply(200 if ready else 503, why.encode() + b"\n")
+                else:
+                    self._reply(404, b"not found: try /metrics, /healthz, /readyz\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("http %s", format % args)
+
+        return Handler
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,208 @@
+"""Settings: one frozen pydantic-settings class, env prefix ``STREAM_``, ``.env`` supported.
+
+Read once at the entry point (:func:`load_settings`); CLI flags override it by passing
+keyword arguments. Every other module receives the object, never reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["EVENT_TYPES", "SettingsError", "StreamSettings", "load_settings"]
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
+
+ModelName = Literal["popularity", "knn", "biased_mf", "funk_mf", "blend"]
+DriftDetectorName = Literal["adwin", "page_hinkley", "kswin"]
+
+
+class SettingsError(ValueError):
+    """A setting is wrong; the message names it (``STREAM_<NAME>``)."""
+
+
+class StreamSettings(BaseSettings):
+    """Every knob of the worker, the demo and the offline evaluator.
+
+    Each field ``name`` is read from the environment variable ``STREAM_<NAME>`` (or ``.env``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated.")
+    events_topic: str = "events"
+    recommendations_topic: str = "recommendations"
+    metrics_topic: str = "metrics"
+    dead_letter_topic: str = "events.dlq"
+    events_partitions: int = Field(
+        1, ge=1, le=10_000, description="Partitions of the events topic when the worker creates it."
+    )
+    group_id: str = "stream-reco"
+    client_id: str = "stream-reco"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    poll_timeout_ms: int = Field(200, ge=1, le=60_000)
+    max_poll_records: int = Field(500, ge=1, le=100_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(1_000, ge=100)
+    max_poll_interval_ms: int = Field(60_000, ge=1_000)
+    producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    producer_acks: Literal["0", "1", "all"] = "all"
+    max_event_bytes: int = Field(
+        65_536, ge=64, le=10_000_000, description="Larger event payloads are dead-lettered."
+    )
+    reconnect_backoff_max_s: float = Field(30.0, gt=0)
+
+    # Kafka security: passed straight through to kafka-python.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    # --- Serving / observability -------------------------------------------------------------
+    metrics_port: int = Field(8000, ge=0, le=65_535, description="Prometheus /metrics port; 0 = off.")
+    metrics_host: str = "0.0.0.0"
+    metrics_every_events: int = Field(1_000, ge=1, description="Publish a metrics record every N events.")
+    metrics_every_seconds: float = Field(10.0, gt=0)
+
+    # --- Recommendation ----------------------------------------------------------------------
+    top_k: int = Field(10, ge=1, le=1_000)
+    models: Annotated[tuple[ModelName, ...], NoDecode] = ("popularity", "knn", "biased_mf", "blend")
+    recommender: ModelName = Field("knn", description="The model whose top-K is published.")
+    seed: int = 42
+    history_size: int = Field(200, ge=1, le=100_000, description="Items remembered per user.")
+
+    # Event -> learning target
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    weight_view: float = Field(1.0, gt=0)
+    weight_click: float = Field(2.0, gt=0)
+    weight_add_to_cart: float = Field(3.0, gt=0)
+    weight_purchase: float = Field(5.0, gt=0)
+
+    # Matrix factorization (river.reco)
+    mf_factors: int = Field(16, ge=1, le=1_024)
+    mf_learning_rate: float = Field(0.05, gt=0)
+    mf_bias_learning_rate: float = Field(0.01, gt=0)
+    mf_l2: float = Field(0.01, ge=0)
+    mf_init_std: float = Field(0.1, gt=0)
+    negative_samples: int = Field(4, ge=0, le=100, description="Sampled negatives per implicit event.")
+
+    # KNN
+    knn_neighbors: int = Field(50, ge=1, le=10_000, description="Neighbours kept per item.")
+    knn_history: int = Field(20, ge=1, le=10_000, description="Recent items per user used to score.")
+
+    # Popularity
+    popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")
+
+    # Blend
+    blend: dict[str, float] = Field(default_factory=lambda: {"knn": 1.0, "popularity": 0.3})
+
+    # --- Evaluation / drift ---------------------------------------------------------------
+    metric_window: int = Field(1_000, ge=10, le=10_000_000)
+    drift_detector: DriftDetectorName = "adwin"
+    drift_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta / sensitivity.")
+    drift_min_events: int = Field(500, ge=0, description="No drift is reported before this many.")
+
+    # --- Checkpoints ------------------------------------------------------------------------
+    checkpoint_dir: Path | None = None
+    checkpoint_every_events: int = Field(10_000, ge=1)
+    checkpoint_every_seconds: float = Field(60.0, gt=0)
+    checkpoint_keep: int = Field(3, ge=1, le=1_000)
+    checkpoint_key: SecretStr | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        # ``STREAM_MODELS=knn,biased_mf`` as well as a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return tuple(v.strip() for v in text.split(",") if v.strip())
+        return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_not_empty(cls, value: str) -> str:
+        if not [s for s in value.split(",") if s.strip()]:
+            raise ValueError("must name at least one host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamSettings:
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be below rating_max")
+        if not self.models:
+            raise ValueError("models must name at least one model")
+        if self.recommender not in self.models:
+            raise ValueError(f"recommender {self.recommender!r} is not one of models {list(self.models)}")
+        if "blend" in self.models:
+            missing = [m for m in self.blend if m not in self.models or m == "blend"]
+            if missing:
+                raise ValueError(f"blend names models that are not configured: {missing}")
+        return self
+
+    def implicit_weight(self, event_type: str) -> float:
+        """The learning target of an implicit event type."""
+        return float(getattr(self, f"weight_{event_type}"))
+
+    def kafka_common(self) -> dict[str, Any]:
+        """Connection and security options shared by kafka-python consumers, producers, admins."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "reconnect_backoff_max_ms": int(self.reconnect_backoff_max_s * 1000),
+        }
+        if self.sasl_mechanism:
+            opts["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_plain_username is not None:
+            opts["sasl_plain_username"] = self.sasl_plain_username
+        if self.sasl_plain_password is not None:
+            opts["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.ssl_cafile:
+            opts["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            opts["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            opts["ssl_keyfile"] = str(self.ssl_keyfile)
+        if self.ssl_password is not None:
+            opts["ssl_password"] = self.ssl_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts["ssl_check_hostname"] = self.ssl_check_hostname
+        return opts
+
+
+def load_settings(**overrides: Any) -> StreamSettings:
+    """Read settings from the environment and ``.env``; ``overrides`` (CLI flags) win.
+
+    Overrides whose value is ``None`` are ignored, so unset CLI flags keep the env value.
+    A wrong setting raises :class:`SettingsError` naming the ``STREAM_`` variable.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return StreamSettings(**given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            name = f"STREAM_{loc.split('.')[0].upper()}" if loc else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,376 @@
+"""The live worker: wires the Kafka edges to the core, one event at a time.
+
+consume -> decode/validate -> (per partition) evaluate, learn, recommend -> encode -> publish.
+
+State is sharded by partition of the events topic: each assigned partition has its own
+:class:`~stream.core.Pipeline` (models, history, evaluators, drift detectors). Events are keyed
+by user, so a user's events and everything learned from them live in one shard, and a shard
+moves with its partition on a rebalance (restored from its checkpoint when one exists).
+
+Offsets are committed only after the outputs of the events they cover were flushed and, when
+checkpoints are on, only for offsets a written checkpoint covers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from stream.checkpoint import CheckpointStore
+from stream.core import Pipeline, merge_metrics
+from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
+from stream.kafka import RawRecord
+from stream.kafka.admin import ensure_topics
+from stream.kafka.sink import OutputTooLargeError, RecordSink
+from stream.kafka.source import EventSource
+
+from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
+from stream.settings import StreamSettings
+
+__all__ = ["RunSummary", "Worker"]
+
+logger = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's final line and for tests."""
+
+    consumed: int = 0
+    processed: int = 0
+    dead_lettered: int = 0
+    recommendations: int = 0
+    metrics_records: int = 0
+    drifts: list[DriftRecord] = field(default_factory=list)
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    stopped_by: str = ""
+    last_metrics: MetricsRecord | None = None
+
+
+class Worker:
+    """Consume events, run the core per partition, publish recommendations and metrics.
+
+    Parameters
+    ----------
+    settings
+        The run's settings.
+    registry
+        Where Prometheus metrics are registered (a fresh one if omitted).
+    pipeline_factory
+        Builds the empty state of a new shard (defaults to ``Pipeline.from_settings``).
+    """
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        registry: CollectorRegistry | None = None,
+        pipeline_factory: Callable[[], Pipeline] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry)
+        self.health = HealthState()
+        self._new_pipeline = pipeline_factory or (lambda: Pipeline.from_settings(settings))
+        self.shards: dict[TopicPartition, Pipeline] = {}
+        self.checkpoints = CheckpointStore.from_settings(settings)
+        # Next offset to consume per partition, for what has been processed (not yet safe).
+        self._positions: dict[TopicPartition, int] = {}
+        self._pending_drifts: list[DriftRecord] = []
+        self._stop_reason = ""
+        self._server: MetricsServer | None = None
+        self._source: EventSource | None = None
+        self._sink: RecordSink | None = None
+        self._since_metrics = 0
+        self._last_metrics_at = time.monotonic()
+        self._last_gauges_at = 0.0
+        self._since_checkpoint = 0
+        self._last_checkpoint_at = time.monotonic()
+        self.summary = RunSummary()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Finish the current batch, flush, commit and return from :meth:`run`."""
+        if not self._stop_reason:
+            logger.info("stopping: %s", reason)
+            self._stop_reason = reason
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, max_events: int | None = None, idle_timeout: float | None = None) -> RunSummary:
+        """Run until ``max_events`` records were consumed, ``idle_timeout`` seconds passed
+        without a record, or a stop was requested (SIGTERM/SIGINT)."""
+        s = self.settings
+        if s.metrics_port:
+            self._server = MetricsServer(self.registry, self.health, s.metrics_host, s.metrics_port)
+            self._server.start()
+            logger.info("serving /metrics, /healthz, /readyz on port %d", self._server.port)
+        try:
+            ensure_topics(
+                s,
+                {
+                    s.events_topic: s.events_partitions,
+                    s.recommendations_topic: 1,
+                    s.metrics_topic: 1,
+                    s.dead_letter_topic: 1,
+                },
+            )
+            self._sink = RecordSink(s)
+            self._source = EventSource(
+                s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
+            )
+            self._loop(max_events, idle_timeout)
+        finally:
+            self._shutdown()
+        return self.summary
+
+    def _loop(self, max_events: int | None, idle_timeout: float | None) -> None:
+        assert self._source is not None
+        last_record_at = time.monotonic()
+        while not self._stop_reason:
+            self.health.tick()
+            budget = None if max_events is None else max_events - self.summary.consumed
+            if budget is not None and budget <= 0:
+                self.request_stop(f"max events ({max_events}) consumed")
+                break
+            batch = self._source.poll_batch(self.settings.poll_timeout_ms)
+            self._update_readiness()
+            if budget is not None:
+                batch = batch[:budget]
+            if batch:
+                last_record_at = time.monotonic()
+                for record in batch:
+                    self._handle_one(record)
+                self._after_batch()
+            elif idle_timeout is not None and time.monotonic() - last_record_at >= idle_timeout:
+                self.request_stop(f"idle for {idle_timeout:g}s")
+            self._maybe_refresh_gauges()
+        self.summary.stopped_by = self._stop_reason
+
+    def _shutdown(self) -> None:
+        try:
+            if self._sink is not None and self._source is not None and self.summary.consumed:
+                self._publish_metrics()
+                self._make_safe(force_checkpoint=True)
+        except Exception:
+            logger.exception("final flush/commit failed; uncommitted events will be re-consumed")
+        finally:
+            if self._source is not None:
+                self._source.close()
+            if self._sink is not None:
+                self._sink.close()
+            if self._server is not None:
+                self._server.stop()
+            self.health.set_ready(False, "stopped")
+            self.metrics.ready.set(0)
+
+    # --- per record ---------------------------------------------------------------------------
+
+    def _handle_one(self, record: RawRecord) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        tp = (record.topic, record.partition)
+        source = Source(record.topic, record.partition, record.offset)
+        self.summary.consumed += 1
+        decoded = decode_one(
+            record.key,
+            record.value,
+            max_bytes=s.max_event_bytes,
+            rating_range=(s.rating_min, s.rating_max),
+        )
+        if isinstance(decoded, Rejected):
+            self._dead_letter(decoded, source)
+        else:
+            shard = self._shard(tp)
+            try:
+                result = shard.process_one(decoded, source)
+            except Exception as exc:  # a model bug must not take the stream down
+                logger.exception("processing failed at %s", source)
+                self._dead_letter(
+                    Rejected("processing_error", repr(exc)[:300], record.key, record.value),
+                    source,
+                    decoded.event_type,
+                )
+            else:
+                self._publish_result(result.recommendation, decoded.user_id, source, record)
+                self.metrics.events.labels(decoded.event_type, "processed").inc()
+                self.summary.processed += 1
+                for drift in result.drifts:
+                    self.metrics.observe_drift(drift)
+                    self._pending_drifts.append(drift)
+                    self.summary.drifts.append(drift)
+                self.metrics.event_lag.set(time.time() - decoded.timestamp)
+        self._positions[tp] = record.offset + 1
+        self._since_metrics += 1
+        self._since_checkpoint += 1
+        if self._since_metrics >= s.metrics_every_events:
+            self._publish_metrics()
+        self.metrics.processing.observe(time.perf_counter() - started)
+
+    def _publish_result(
+        self, recommendation: object, user_id: str, source: Source, record: RawRecord
+    ) -> None:
+        assert self._sink is not None
+        s = self.settings
+        key = user_id.encode()
+        if recommendation is None:
+            # A forgotten user: a tombstone removes their recommendations from a compacted topic.
+            self._sink.send(s.recommendations_topic, key, None)
+            return
+        value = recommendation.model_dump_json().encode()  # type: ignore[attr-defined]
+        try:
+            self._sink.send(s.recommendations_topic, key, value)
+        except OutputTooLargeError as exc:
+            self._dead_letter(
+                Rejected("output_too_large", str(exc)[:300], record.key, record.value), source
+            )
+            return
+        self.summary.recommendations += 1
+        self.metrics.recommendations.labels(recommendation.model).inc()  # type: ignore[attr-defined]
+
+    def _dead_letter(self, rejected: Rejected, source: Source, event_type: str = "unknown") -> None:
+        assert self._sink is not None
+        logger.warning("dead letter %s at %s: %s", rejected.reason, source, rejected.detail)
+        letter = DeadLetter.of(rejected, source)
+        self._sink.send(self.settings.dead_letter_topic, rejected.key, letter.model_dump_json().encode())
+        self.metrics.dead_letters.labels(rejected.reason).inc()
+        self.metrics.events.labels(event_type, "dead_lettered").inc()
+        self.summary.dead_lettered += 1
+
+    def _shard(self, tp: TopicPartition) -> Pipeline:
+        shard = self.shards.get(tp)
+        if shard is None:
+            shard = self.shards[tp] = self._new_pipeline()
+        return shard
+
+    # --- batches, metrics, safety ------------------------------------------------------------
+
+    def _after_batch(self) -> None:
+        now = time.monotonic()
+        if now - self._last_metrics_at >= self.settings.metrics_every_seconds:
+            self._publish_metrics()
+        self._make_safe(force_checkpoint=False)
+
+    def _make_safe(self, force_checkpoint: bool) -> None:
+        """Flush outputs, then commit what is safe: everything flushed (no checkpoints) or
+        exactly what the checkpoint just written covers."""
+        assert self._sink is not None and self._source is not None
+        self._sink.flush()
+        if self.checkpoints is None:
+            safe = dict(self._positions)
+        else:
+            s = self.settings
+            due = (
+                force_checkpoint
+                or self._since_checkpoint >= s.checkpoint_every_events
+                or time.monotonic() - self._last_checkpoint_at >= s.checkpoint_every_seconds
+            )
+            if not due:
+                return
+            safe = self._checkpoint(list(self._positions))
+        if safe:
+            self._source.commit(safe)
+            self.summary.committed.update(safe)
+
+    def _checkpoint(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self.checkpoints is not None
+        written: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            if tp not in self.shards or tp not in self._positions:
+                continue
+            try:
+                self.checkpoints.save(tp, self.shards[tp], self._positions[tp])
+            except OSError:
+                logger.exception("checkpoint of %s[%d] failed; offsets not committed", *tp)
+                self.metrics.checkpoints.labels("failed").inc()
+                continue
+            self.metrics.checkpoints.labels("ok").inc()
+            written[tp] = self._positions[tp]
+        if written:
+            self.metrics.checkpoint_last.set(time.time())
+        self._since_checkpoint = 0
+        self._last_checkpoint_at = time.monotonic()
+        return written
+
+    def _publish_metrics(self) -> None:
+        assert self._sink is not None
+        self._since_metrics = 0
+        self._last_metrics_at = time.monotonic()
+        if not self.shards:
+            return
+        record = merge_metrics([p.metrics_record() for p in self.shards.values()])
+        record.drifts = self._pending_drifts
+        self._pending_drifts = []
+        self._sink.send(self.settings.metrics_topic, None, record.model_dump_json().encode())
+        self.metrics.observe_accuracy(record)
+        self.summary.metrics_records += 1
+        self.summary.last_metrics = record
+
+    def _maybe_refresh_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._last_gauges_at < 1.0 or self._source is None:
+            return
+        self._last_gauges_at = now
+        self.metrics.observe_lag(self._source.lag())
+        if self.shards:
+            self.metrics.observe_accuracy(
+                merge_metrics([p.metrics_record() for p in self.shards.values()])
+            )
+        self.metrics.last_event.set(time.time())
+
+    def _update_readiness(self) -> None:
+        assert self._source is not None
+        assigned = bool(self._source.assignment())
+        reason = "" if assigned else "no partitions assigned"
+        self.health.set_ready(assigned, reason)
+        self.metrics.ready.set(1 if assigned else 0)
+
+    # --- rebalances --------------------------------------------------------------------------
+
+    def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Restore the shards of newly assigned partitions; returns offsets to seek to."""
+        seek: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            if tp in self.shards or self.checkpoints is None:
+                continue
+            restored = self.checkpoints.load(tp)
+            if restored is None:
+                continue
+            pipeline, offset = restored
+            self.shards[tp] = pipeline
+            self._positions[tp] = offset
+            seek[tp] = offset
+            logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
+        return seek
+
+    def _on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Make the revoked partitions' work safe, then drop their shards."""
+        if self._sink is None or self._source is None:
+            return
+        try:
+            self._sink.flush()
+            if self.checkpoints is not None:
+                safe = self._checkpoint([tp for tp in partitions if tp in self._positions])
+            else:
+                safe = {tp: self._positions[tp] for tp in partitions if tp in self._positions}
+            if safe:
+                self._source.commit(safe)
+                self.summary.committed.update(safe)
+        except Exception:
+            logger.exception("could not make revoked partitions safe; they will be re-consumed")
+        for tp in partitions:
+            self.shards.pop(tp, None)
+            self._positions.pop(tp, None)

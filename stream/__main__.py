@@ -88,7 +88,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # kafka-python logs every reconnect attempt with a traceback; our edges log one line.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
+    logging.getLogger("kafka").setLevel(
+        logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
+    )
 
 
 def _settings_overrides(ns: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -103,8 +105,14 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
         **_settings_overrides(
             ns,
             [
-                "bootstrap_servers", "events_topic", "recommendations_topic", "metrics_topic",
-                "dead_letter_topic", "group_id", "metrics_port", "checkpoint_dir",
+                "bootstrap_servers",
+                "events_topic",
+                "recommendations_topic",
+                "metrics_topic",
+                "dead_letter_topic",
+                "group_id",
+                "metrics_port",
+                "checkpoint_dir",
             ],
         )
     )
@@ -113,7 +121,10 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
     summary = worker.run(max_events=ns.max_events, idle_timeout=ns.idle_timeout)
     logger.info(
         "worker stopped (%s): consumed %d, processed %d, dead-lettered %d, drifts %d",
-        summary.stopped_by, summary.consumed, summary.processed, summary.dead_lettered,
+        summary.stopped_by,
+        summary.consumed,
+        summary.processed,
+        summary.dead_lettered,
         len(summary.drifts),
     )
     return 0

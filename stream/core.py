@@ -8,6 +8,7 @@ and the tests all drive this same object with :meth:`Pipeline.process_one` (or
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -65,7 +66,8 @@ class PipelineConfig:
             rating_min=settings.rating_min,
             rating_max=settings.rating_max,
             implicit_weights=tuple(
-                (t, settings.implicit_weight(t)) for t in ("view", "click", "add_to_cart", "purchase")
+                (t, settings.implicit_weight(t))
+                for t in ("view", "click", "add_to_cart", "purchase")
             ),
             metric_window=settings.metric_window,
             drift_detector=settings.drift_detector,
@@ -130,7 +132,10 @@ class Pipeline:
         self.history: dict[Hashable, dict[Hashable, None]] = {}
         self.run_count = 0
         self.evaluated_count = 0
-        self.learned: dict[str, int] = {}  # events each model has learned from
+        # Events each model has learned from (a blend counts the events its components learned).
+        self.learned: dict[str, int] = dict.fromkeys(models, 0)
+        # CPU seconds spent in each model (ranking for evaluation + learning), for events/s.
+        self.model_seconds: dict[str, float] = dict.fromkeys(models, 0.0)
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Pipeline:
@@ -175,10 +180,15 @@ class Pipeline:
         evaluated = item not in excluded
         if evaluated:
             self.evaluated_count += 1
+        clock = time.perf_counter
         for name, model in self.models.items():
             evaluator = self.evaluators[name]
             if evaluated:
-                outcome = rank_outcome([s.item for s in self.serve(name, user, excluded)], item)
+                started = clock()
+                served = [s.item for s in self.serve(name, user, excluded)]
+                self.model_seconds[name] += clock() - started
+                evaluator.served.update(served)
+                outcome = rank_outcome(served, item)
                 evaluator.update_rank(outcome)
                 drifts += self.drift.update_one(
                     name, "miss", 1.0 - outcome.hit, self.run_count, source, event.timestamp
@@ -190,16 +200,27 @@ class Pipeline:
                     name, "abs_error", abs(y - y_pred), self.run_count, source, event.timestamp
                 )
 
-        x = {"event_type": event.event_type, "implicit": event.implicit, "timestamp": event.timestamp}
+        x = {
+            "event_type": event.event_type,
+            "implicit": event.implicit,
+            "timestamp": event.timestamp,
+        }
         for name, model in self._learners:
+            started = clock()
             model.learn_one(user, item, y, x)
-            self.learned[name] = self.learned.get(name, 0) + 1
+            self.model_seconds[name] = self.model_seconds.get(name, 0.0) + clock() - started
+        for name in self.models:
+            self.learned[name] += 1
         self._remember(user, item)
 
         for d in drifts:
             logger.warning(
                 "drift detected by %s on %s/%s at event %d (%s)",
-                d.detector, d.model, d.metric, d.event, source,
+                d.detector,
+                d.model,
+                d.metric,
+                d.event,
+                source,
             )
         return StepResult(event, source, self.recommend(event, source), evaluated, drifts)
 
@@ -209,8 +230,10 @@ class Pipeline:
         ranked = self.serve(name, event.user_id, self.history.get(event.user_id, {}))
         return Recommendation(
             user_id=event.user_id,
-            items=[RecommendedItem(item_id=str(s.item), score=float(s.score), reason=s.reason)
-                   for s in ranked],
+            items=[
+                RecommendedItem(item_id=str(s.item), score=float(s.score), reason=s.reason)
+                for s in ranked
+            ],
             model=name,
             source_topic=source.topic,
             source_partition=source.partition,
@@ -249,6 +272,10 @@ class Pipeline:
     def n_items(self) -> int:
         return max(self.fallback.n_items, self.models[self.config.recommender].n_items)
 
+    def _coverage(self, evaluator: ModelEvaluator) -> float | None:
+        known = self.n_items
+        return len(evaluator.served) / known if known else None
+
     def metrics_record(self, drifts: list[DriftRecord] | None = None) -> MetricsRecord:
         """Windowed and cumulative accuracy of every model, as a publishable record."""
         return MetricsRecord(
@@ -257,7 +284,10 @@ class Pipeline:
             evaluated=self.evaluated_count,
             window=self.config.metric_window,
             window_metrics={n: e.windowed() for n, e in self.evaluators.items()},
-            cumulative_metrics={n: e.cumulative() for n, e in self.evaluators.items()},
+            cumulative_metrics={
+                n: e.cumulative().model_copy(update={"coverage": self._coverage(e)})
+                for n, e in self.evaluators.items()
+            },
             drifts=list(drifts or []),
             users=self.n_users,
             items=self.n_items,
@@ -291,6 +321,7 @@ def merge_model_metrics(parts: list[ModelMetrics], window: int | None) -> ModelM
         mrr=_weighted([(m.mrr, n_rank(m)) for m in parts]),
         mae=_weighted([(m.mae, n_rate(m)) for m in parts]),
         rmse=None if rmse_sq is None else rmse_sq**0.5,
+        coverage=_weighted([(m.coverage, m.evaluated) for m in parts]),
         evaluated=sum(m.evaluated for m in parts),
         rated=sum(m.rated for m in parts),
     )

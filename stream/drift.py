@@ -28,7 +28,9 @@ def make_detector(name: str, delta: float, seed: int = 0) -> Any:
     try:
         return DETECTORS[name](delta, seed)
     except KeyError:
-        raise ValueError(f"unknown drift detector {name!r}; choose from {sorted(DETECTORS)}") from None
+        raise ValueError(
+            f"unknown drift detector {name!r}; choose from {sorted(DETECTORS)}"
+        ) from None
 
 
 class DriftMonitor:

@@ -58,14 +58,16 @@ class ModelEvaluator:
     def __init__(self, window: int = 1_000) -> None:
         self.window = window
         self.hit, self.ndcg, self.mrr = stats.Mean(), stats.Mean(), stats.Mean()
-        self.w_hit = utils.Rolling(stats.Mean(), window_size=window)
-        self.w_ndcg = utils.Rolling(stats.Mean(), window_size=window)
-        self.w_mrr = utils.Rolling(stats.Mean(), window_size=window)
+        self.w_hit = utils.Rolling(stats.Mean, window_size=window)
+        self.w_ndcg = utils.Rolling(stats.Mean, window_size=window)
+        self.w_mrr = utils.Rolling(stats.Mean, window_size=window)
         self.mae, self.rmse = metrics.MAE(), metrics.RMSE()
-        self.w_mae = utils.Rolling(metrics.MAE(), window_size=window)
-        self.w_rmse = utils.Rolling(metrics.RMSE(), window_size=window)
+        self.w_mae = utils.Rolling(metrics.MAE, window_size=window)
+        self.w_rmse = utils.Rolling(metrics.RMSE, window_size=window)
         self.evaluated = 0
         self.rated = 0
+        # Distinct items this model put in a top-K it was evaluated on (catalogue coverage).
+        self.served: set[Hashable] = set()
 
     def update_rank(self, outcome: RankOutcome) -> None:
         self.evaluated += 1

@@ -208,7 +208,8 @@ def decode_one(
     ``missing_field``, ``invalid_field``, ``unknown_event_type``, ``rating_out_of_range``,
     ``rating_missing``.
 
-    >>> decode_one(b"u1", b'{"user_id": "u1", "item_id": "i9", "event_type": "view", "timestamp": 1}')
+    >>> decode_one(b"u1", b'{"user_id": "u1", "item_id": "i9", "event_type": "view", '
+    ...                   b'"timestamp": 1}')
     Event(user_id='u1', item_id='i9', event_type='view', rating=None, timestamp=1.0, context=None)
     >>> decode_one(None, b"{oops").reason
     'invalid_json'
@@ -288,6 +289,9 @@ class ModelMetrics(BaseModel):
     rmse: float | None = None
     evaluated: int = 0
     rated: int = 0
+    coverage: float | None = Field(
+        None, description="Share of known items the model put in an evaluated top-K (cumulative)."
+    )
 
 
 class DriftRecord(BaseModel):

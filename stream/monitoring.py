@@ -28,7 +28,20 @@ __all__ = ["HealthState", "MetricsServer", "WorkerMetrics"]
 
 logger = logging.getLogger(__name__)
 
-_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 
 
 class WorkerMetrics:
@@ -37,17 +50,22 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.events = Counter(
-            "stream_events", "Records consumed, by event type and outcome.",
-            ["event_type", "outcome"], registry=registry,
+            "stream_events",
+            "Records consumed, by event type and outcome.",
+            ["event_type", "outcome"],
+            registry=registry,
         )
         self.dead_letters = Counter(
-            "stream_dead_letters", "Records sent to the dead-letter topic, by reason.",
-            ["reason"], registry=registry,
+            "stream_dead_letters",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
         )
         self.processing = Histogram(
             "stream_processing_seconds",
             "Per event: evaluate, learn, recommend and hand the outputs to the producer.",
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.event_lag = Gauge(
             "stream_event_lag_seconds",
@@ -55,12 +73,16 @@ class WorkerMetrics:
             registry=registry,
         )
         self.consumer_lag = Gauge(
-            "stream_consumer_lag", "Records behind the partition's high watermark.",
-            ["topic", "partition"], registry=registry,
+            "stream_consumer_lag",
+            "Records behind the partition's high watermark.",
+            ["topic", "partition"],
+            registry=registry,
         )
         self.hit_rate = Gauge(
-            "stream_model_hit_rate", "Windowed hit-rate@K (test-then-learn).",
-            ["model", "k"], registry=registry,
+            "stream_model_hit_rate",
+            "Windowed hit-rate@K (test-then-learn).",
+            ["model", "k"],
+            registry=registry,
         )
         self.ndcg = Gauge(
             "stream_model_ndcg", "Windowed NDCG@K.", ["model", "k"], registry=registry
@@ -70,34 +92,45 @@ class WorkerMetrics:
             "stream_model_mae", "Windowed mean absolute rating error.", ["model"], registry=registry
         )
         self.rmse = Gauge(
-            "stream_model_rmse", "Windowed root mean squared rating error.", ["model"],
+            "stream_model_rmse",
+            "Windowed root mean squared rating error.",
+            ["model"],
             registry=registry,
         )
         self.drifts = Counter(
-            "stream_drift_detections", "Drift detections.",
-            ["model", "metric", "detector"], registry=registry,
+            "stream_drift_detections",
+            "Drift detections.",
+            ["model", "metric", "detector"],
+            registry=registry,
         )
         self.users = Gauge("stream_known_users", "Users with history.", registry=registry)
         self.items = Gauge("stream_known_items", "Items the recommender knows.", registry=registry)
         self.recommendations = Counter(
-            "stream_recommendations_published", "Recommendation records sent.", ["model"],
+            "stream_recommendations_published",
+            "Recommendation records sent.",
+            ["model"],
             registry=registry,
         )
         self.last_event = Gauge(
             "stream_last_event_timestamp_seconds",
-            "Wall-clock time the last event was processed.", registry=registry,
+            "Wall-clock time the last event was processed.",
+            registry=registry,
         )
         self.ready = Gauge(
-            "stream_worker_ready", "1 when the consumer has partitions and the broker answers.",
+            "stream_worker_ready",
+            "1 when the consumer has partitions and the broker answers.",
             registry=registry,
         )
         self.checkpoints = Counter(
-            "stream_checkpoints", "Checkpoints written, by outcome.", ["outcome"],
+            "stream_checkpoints",
+            "Checkpoints written, by outcome.",
+            ["outcome"],
             registry=registry,
         )
         self.checkpoint_last = Gauge(
             "stream_checkpoint_last_success_timestamp_seconds",
-            "When the last checkpoint was written.", registry=registry,
+            "When the last checkpoint was written.",
+            registry=registry,
         )
         # Pre-create label sets so dashboards show zeros instead of "no data".
         self.events.labels("unknown", "dead_lettered")

@@ -39,7 +39,9 @@ class StreamSettings(BaseSettings):
     )
 
     # --- Kafka ---------------------------------------------------------------------------
-    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated.")
+    bootstrap_servers: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers, comma-separated."
+    )
     events_topic: str = "events"
     recommendations_topic: str = "recommendations"
     metrics_topic: str = "metrics"
@@ -64,7 +66,9 @@ class StreamSettings(BaseSettings):
 
     # Kafka security: passed straight through to kafka-python.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
     ssl_cafile: Path | None = None
@@ -74,9 +78,13 @@ class StreamSettings(BaseSettings):
     ssl_check_hostname: bool = True
 
     # --- Serving / observability -------------------------------------------------------------
-    metrics_port: int = Field(8000, ge=0, le=65_535, description="Prometheus /metrics port; 0 = off.")
+    metrics_port: int = Field(
+        8000, ge=0, le=65_535, description="Prometheus /metrics port; 0 = off."
+    )
     metrics_host: str = "0.0.0.0"
-    metrics_every_events: int = Field(1_000, ge=1, description="Publish a metrics record every N events.")
+    metrics_every_events: int = Field(
+        1_000, ge=1, description="Publish a metrics record every N events."
+    )
     metrics_every_seconds: float = Field(10.0, gt=0)
 
     # --- Recommendation ----------------------------------------------------------------------
@@ -100,11 +108,15 @@ class StreamSettings(BaseSettings):
     mf_bias_learning_rate: float = Field(0.01, gt=0)
     mf_l2: float = Field(0.01, ge=0)
     mf_init_std: float = Field(0.1, gt=0)
-    negative_samples: int = Field(4, ge=0, le=100, description="Sampled negatives per implicit event.")
+    negative_samples: int = Field(
+        4, ge=0, le=100, description="Sampled negatives per implicit event."
+    )
 
     # KNN
     knn_neighbors: int = Field(50, ge=1, le=10_000, description="Neighbours kept per item.")
-    knn_history: int = Field(20, ge=1, le=10_000, description="Recent items per user used to score.")
+    knn_history: int = Field(
+        20, ge=1, le=10_000, description="Recent items per user used to score."
+    )
 
     # Popularity
     popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")
@@ -152,7 +164,9 @@ class StreamSettings(BaseSettings):
         if not self.models:
             raise ValueError("models must name at least one model")
         if self.recommender not in self.models:
-            raise ValueError(f"recommender {self.recommender!r} is not one of models {list(self.models)}")
+            raise ValueError(
+                f"recommender {self.recommender!r} is not one of models {list(self.models)}"
+            )
         if "blend" in self.models:
             missing = [m for m in self.blend if m not in self.models or m == "blend"]
             if missing:
@@ -166,7 +180,9 @@ class StreamSettings(BaseSettings):
     def kafka_common(self) -> dict[str, Any]:
         """Connection and security options shared by kafka-python consumers, producers, admins."""
         opts: dict[str, Any] = {
-            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "bootstrap_servers": [
+                s.strip() for s in self.bootstrap_servers.split(",") if s.strip()
+            ],
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "reconnect_backoff_max_ms": int(self.reconnect_backoff_max_s * 1000),

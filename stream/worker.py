@@ -29,7 +29,6 @@ from stream.kafka import RawRecord
 from stream.kafka.admin import ensure_topics
 from stream.kafka.sink import OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
-
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.settings import StreamSettings
 
@@ -245,7 +244,9 @@ class Worker:
         assert self._sink is not None
         logger.warning("dead letter %s at %s: %s", rejected.reason, source, rejected.detail)
         letter = DeadLetter.of(rejected, source)
-        self._sink.send(self.settings.dead_letter_topic, rejected.key, letter.model_dump_json().encode())
+        self._sink.send(
+            self.settings.dead_letter_topic, rejected.key, letter.model_dump_json().encode()
+        )
         self.metrics.dead_letters.labels(rejected.reason).inc()
         self.metrics.events.labels(event_type, "dead_lettered").inc()
         self.summary.dead_lettered += 1

@@ -1,0 +1,129 @@
+"""Time and size of checkpoint save/load for a pipeline that learned a synthetic stream.
+
+A Pipeline with the default models (``StreamSettings()``) learns N synthetic events (default
+100k events, 1k users, 2k items: Zipf-like item popularity, per-user taste clusters, 10%
+ratings), then the checkpoint store writes and reads it back several times. Prints figures;
+asserts nothing.
+
+    python benchmarks/checkpoint.py [--events 100000] [--users 1000] [--items 2000]
+                                    [--repeat 5] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.checkpoint import CheckpointStore, read_info
+from stream.core import Pipeline
+from stream.events import Event, Source
+from stream.settings import StreamSettings
+
+__all__ = ["main", "synthetic_events"]
+
+KEY = "benchmark-key-not-a-secret"
+
+
+def synthetic_events(n: int, users: int, items: int, seed: int = 11) -> Iterator[Event]:
+    """A reproducible implicit/rating stream with popularity skew and user taste clusters."""
+    rng = np.random.default_rng(seed)
+    clusters = 20
+    user_cluster = rng.integers(0, clusters, size=users)
+    ranks = np.arange(1, items + 1, dtype=float)
+    base = 1.0 / ranks**0.8
+    cdfs = []
+    for _ in range(clusters):
+        boost = np.ones(items)
+        boost[rng.choice(items, size=items // clusters, replace=False)] = 8.0
+        cdf = np.cumsum(base * boost)
+        cdfs.append(cdf / cdf[-1])
+    kinds = ("view", "click", "add_to_cart", "purchase", "rating")
+    kind_cdf = np.cumsum([0.55, 0.2, 0.08, 0.07, 0.1])
+    for t in range(n):
+        user = int(rng.integers(users))
+        item = int(np.searchsorted(cdfs[user_cluster[user]], rng.random()))
+        kind = kinds[min(int(np.searchsorted(kind_cdf, rng.random())), len(kinds) - 1)]
+        yield Event(
+            user_id=f"u{user}",
+            item_id=f"i{item}",
+            event_type=kind,
+            rating=float(rng.integers(1, 6)) if kind == "rating" else None,
+            timestamp=1_700_000_000.0 + t,
+        )
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return times, result
+
+
+def _fmt(times: list[float]) -> str:
+    return f"median {statistics.median(times) * 1e3:8.1f} ms   min {min(times) * 1e3:8.1f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
+    ns = parser.parse_args(argv)
+
+    settings = StreamSettings()
+    pipeline = Pipeline.from_settings(settings)
+    print(f"models {', '.join(settings.models)}; learning {ns.events:,} events "
+          f"({ns.users:,} users, {ns.items:,} items) ...", flush=True)  # fmt: skip
+    started = time.perf_counter()
+    for offset, event in enumerate(synthetic_events(ns.events, ns.users, ns.items)):
+        pipeline.process_one(event, Source("events", 0, offset))
+    learn_s = time.perf_counter() - started
+    print(f"learned in {learn_s:.1f} s ({ns.events / learn_s:,.0f} events/s); "
+          f"users {pipeline.n_users:,}, items {pipeline.n_items:,}")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = ns.dir if ns.dir is not None else Path(tmp)
+        store = CheckpointStore(root, KEY, keep=2)
+        tp = ("events", 0)
+        pickle_t, payload = _timed(lambda: pickle.dumps(pipeline, protocol=5), ns.repeat)
+        save_t, path = _timed(lambda: store.save(tp, pipeline, ns.events), ns.repeat)
+        header_t, _ = _timed(lambda: read_info(path), ns.repeat)
+        verify_t, _ = _timed(lambda: read_info(path, KEY), ns.repeat)
+        load_t, restored = _timed(lambda: store.load(tp), ns.repeat)
+        size = path.stat().st_size
+        header = read_info(path).header
+
+    assert restored is not None and restored[1] == ns.events
+    print(
+        f"checkpoint file      {size / 2**20:8.2f} MiB (pickle payload "
+        f"{len(payload) / 2**20:.2f} MiB, JSON header {len(json.dumps(header)) / 1024:.1f} KiB)"
+    )
+    for label, times in (
+        ("pickle only", pickle_t),
+        ("save (sign+fsync)", save_t),
+        ("header, no key", header_t),
+        ("header + HMAC", verify_t),
+        ("load (HMAC+unpickle)", load_t),
+    ):
+        print(f"{label:<21}{_fmt(times)}")  # fmt: skip
+    per_model = ", ".join(f"{m} {n:,}" for m, n in header["events_learned"].items())
+    print(f"events learned       {per_model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Kafka edges: topic admin, the event source and the record sink.
+
+The core never imports this package. Records cross the edge as bytes (:class:`RawRecord` in,
+``bytes`` out); decoding and encoding are the core's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+__all__ = ["Backoff", "BrokerUnavailableError", "RawRecord", "TopicPartition"]
+
+logger = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+"""``(topic, partition)``: plain tuples at the edge, so callers never import kafka-python."""
+
+
+class BrokerUnavailableError(ConnectionError):
+    """The broker stayed unreachable past the caller's deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One consumed record, undecoded.
+
+    >>> RawRecord("events", 0, 41, b"u1", b"{}", 1_700_000_000_000).offset
+    41
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+class Backoff:
+    """Exponential backoff with a deadline, for retrying an unreachable broker.
+
+    Parameters
+    ----------
+    initial_s
+        First delay.
+    max_s
+        Cap on a single delay.
+    deadline_s
+        Give up (:meth:`expired`) this many seconds after the backoff was created (or
+        :meth:`reset`); ``None`` retries forever.
+
+    Examples
+    --------
+    >>> b = Backoff(initial_s=0.1, max_s=0.4, deadline_s=None)
+    >>> [b.next_delay() for _ in range(4)]
+    [0.1, 0.2, 0.4, 0.4]
+    >>> b.expired()
+    False
+    """
+
+    def __init__(
+        self, initial_s: float = 0.25, max_s: float = 30.0, deadline_s: float | None = None
+    ):
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.deadline_s = deadline_s
+        self.attempts = 0
+        self.started_at = time.monotonic()
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt."""
+        delay = min(self.max_s, self.initial_s * float(2**self.attempts))
+        self.attempts += 1
+        return delay
+
+    def elapsed(self) -> float:
+        """Seconds since the backoff started."""
+        return time.monotonic() - self.started_at
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (``None``: no deadline)."""
+        if self.deadline_s is None:
+            return None
+        return max(0.0, self.deadline_s - self.elapsed())
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0
+
+    def attempt_timeout_ms(self, cap_ms: int) -> int:
+        """A per-attempt timeout that does not run (much) past the deadline."""
+        remaining = self.remaining()
+        if remaining is None:
+            return cap_ms
+        return max(100, min(cap_ms, int(remaining * 1000)))
+
+    def sleep(self) -> None:
+        """Sleep for the next delay, never past the deadline."""
+        delay = self.next_delay()
+        remaining = self.remaining()
+        time.sleep(delay if remaining is None else min(delay, remaining))
+
+    def reset(self) -> None:
+        """Forget past failures and restart the clock (after a success)."""
+        self.attempts = 0
+        self.started_at = time.monotonic()

@@ -1,0 +1,154 @@
+"""A weighted fusion of other recommenders' rankings."""
+
+from __future__ import annotations
+
+import logging
+import typing
+from collections.abc import Hashable, Iterable
+
+from stream.models.base import Recommender, Scored
+
+__all__ = ["Blend"]
+
+logger = logging.getLogger(__name__)
+
+DEPTH = 3  # each component contributes its top ``DEPTH * k``
+
+
+class Blend(Recommender):
+    """Weighted reciprocal-rank fusion of the components' top-K lists.
+
+    An item at (1-based) rank ``r`` of component ``c``'s top ``3k`` earns
+    ``weights[c] / (rank_constant + r)``; items are ranked by their total. Ranks, unlike
+    scores, need no calibration between a popularity count, a cosine sum and a predicted
+    rating. The reason of an item is the reason its largest contributor gave (or that
+    component's name).
+
+    With ``learns_components=False`` :meth:`learn_one` does nothing: the pipeline learns the
+    component instances itself (they are shared with the pipeline's other models), so a
+    blend must not learn them a second time. With ``True`` (the default) the blend owns its
+    components and learns each of them. :meth:`forget_user` always forwards to the
+    components (forgetting twice is harmless).
+
+    Parameters
+    ----------
+    components
+        Name -> recommender.
+    weights
+        Name -> weight; components without a (positive) weight are not consulted.
+    learns_components
+        Whether :meth:`learn_one` feeds the components.
+    rank_constant
+        Damps the head of each ranking (60 is the usual choice for reciprocal-rank fusion).
+
+    Examples
+    --------
+    >>> from stream.models.popularity import Popularity
+    >>> from stream.models.knn import ItemKNN
+    >>> blend = Blend({"knn": ItemKNN(), "popularity": Popularity()},
+    ...               {"knn": 1.0, "popularity": 0.3})
+    >>> for user, item in [("a", "x"), ("a", "y"), ("b", "x"), ("c", "z"), ("d", "z")]:
+    ...     blend.learn_one(user, item, 1.0, {"implicit": True})
+    >>> [(s.item, s.reason) for s in blend.top_k("b", 2, exclude={"x"})]
+    [('y', 'because you interacted with x'), ('z', 'popular now')]
+    """
+
+    def __init__(
+        self,
+        components: dict[str, Recommender],
+        weights: dict[str, float],
+        learns_components: bool = True,
+        rank_constant: float = 60.0,
+    ) -> None:
+        super().__init__(seed=None)
+        unknown = [name for name in weights if name not in components]
+        if unknown:
+            raise ValueError(f"weights name unknown components: {unknown}")
+        if not rank_constant >= 0:
+            raise ValueError(f"rank_constant must be >= 0, got {rank_constant}")
+        self.components = components
+        self.weights = weights
+        self.learns_components = learns_components
+        self.rank_constant = rank_constant
+        self._active = [
+            (n, c, float(weights[n])) for n, c in components.items() if weights.get(n, 0.0) > 0
+        ]
+
+    @classmethod
+    def _unit_test_params(cls) -> typing.Iterator[dict[str, typing.Any]]:
+        # River's checks build every estimator from these; a blend needs a component.
+        from stream.models.popularity import Popularity
+
+        yield {"components": {"popularity": Popularity()}, "weights": {"popularity": 1.0}}
+
+    def clone(
+        self, new_params: dict[str, typing.Any] | None = None, include_attributes: bool = False
+    ) -> Blend:
+        """A fresh blend over fresh clones of the components (River's ``clone`` would deep-copy
+        them, learned state included)."""
+        params: dict[str, typing.Any] = {
+            "components": {n: c.clone() for n, c in self.components.items()},
+            "weights": dict(self.weights),
+            "learns_components": self.learns_components,
+            "rank_constant": self.rank_constant,
+        }
+        params.update(new_params or {})
+        return Blend(**params)
+
+    @property
+    def n_users(self) -> int:
+        return max((c.n_users for c in self.components.values()), default=0)
+
+    @property
+    def n_items(self) -> int:
+        return max((c.n_items for c in self.components.values()), default=0)
+
+    def learn_one(
+        self,
+        user: Hashable,
+        item: Hashable,
+        y: float,
+        x: dict[str, typing.Any] | None = None,
+    ) -> None:
+        if self.learns_components:
+            for component in self.components.values():
+                component.learn_one(user, item, y, x)
+
+    def _fused(
+        self, user: Hashable, depth: int, exclude: Iterable[Hashable]
+    ) -> dict[Hashable, list[typing.Any]]:
+        # item -> [total, best contribution, reason of the best contributor]
+        fused: dict[Hashable, list[typing.Any]] = {}
+        constant = self.rank_constant
+        for name, component, weight in self._active:
+            for rank, scored in enumerate(component.top_k(user, depth, exclude), start=1):
+                share = weight / (constant + rank)
+                entry = fused.get(scored.item)
+                if entry is None:
+                    fused[scored.item] = [share, share, scored.reason or name]
+                else:
+                    entry[0] += share
+                    if share > entry[1]:
+                        entry[1], entry[2] = share, scored.reason or name
+        return fused
+
+    def predict_one(
+        self, user: Hashable, item: Hashable, x: dict[str, typing.Any] | None = None
+    ) -> float:
+        """The item's fused score over the components' full rankings (O(catalogue): the
+        pipeline never calls it; :meth:`top_k` fuses only the heads)."""
+        entry = self._fused(user, max(self.n_items, 1), ()).get(item)
+        return 0.0 if entry is None else float(entry[0])
+
+    def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
+        if k <= 0:
+            return []
+        if not isinstance(exclude, set | frozenset | dict):
+            exclude = set(exclude)
+        fused = self._fused(user, DEPTH * k, exclude)
+        best = sorted(fused.items(), key=lambda kv: -kv[1][0])[:k]
+        return [Scored(item, total, reason) for item, (total, _, reason) in best]
+
+    def forget_user(self, user: Hashable) -> None:
+        for component in self.components.values():
+            component.forget_user(user)

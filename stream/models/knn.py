@@ -1,0 +1,290 @@
+"""Item-based neighbourhood collaborative filtering, updated one event at a time."""
+
+from __future__ import annotations
+
+import logging
+import math
+import typing
+from collections.abc import Hashable, Iterable
+from typing import NamedTuple
+
+import numpy as np
+
+from stream.models._ranking import FloatArray, IntArray, grow, select
+from stream.models.base import Recommender, Scored
+
+__all__ = ["ItemKNN"]
+
+logger = logging.getLogger(__name__)
+
+_EMPTY_ROWS: IntArray = np.empty(0, dtype=np.intp)
+_EMPTY_SIMS: FloatArray = np.empty(0)
+# A neighbour list is recomputed once the modifications of its item's co-occurrence row since
+# the last computation reach this fraction of the row's size (bounded staleness, see ItemKNN).
+_STALE_FRACTION = 0.25
+# With decay, stored weights carry a growing global factor; past this they are divided back.
+_RENORMALISE_AT = 2.0**64
+
+
+class ItemKNN(Recommender):
+    """Item-to-item cosine neighbourhoods over the users' recent items.
+
+    Each user is a vector of their last ``history`` distinct items, valued by the strongest
+    event weight they gave each (implicit events: ``max(y, 0)``; rating events: 1, since
+    this model ranks what users interact with next, not how they rate it). On every event
+    the co-occurrences ``C[i][j] = sum_u w_ui w_uj`` between the event's item and the user's
+    recent items grow by the change of the user's weight, and so do the squared norms
+    ``N_i = sum_u w_ui ** 2``; the similarity is ``C[i][j] / sqrt(N_i N_j)``. Items that left
+    a user's recent history no longer co-occur with that user's new items.
+
+    Memory is bounded per item: when a co-occurrence row exceeds ``4 * neighbors`` entries it
+    is cut to its ``2 * neighbors`` strongest. Each item keeps its ``neighbors`` most similar
+    items as numpy arrays, recomputed during ``learn_one`` once the modifications of its row
+    reach a quarter of the row's size (so each row is recomputed O(log) times while it grows
+    and every few events when it is hot). The norms of the neighbours are as of that moment;
+    the item's own norm is applied when scoring, so it is always current.
+    ``top_k`` and ``predict_one`` therefore never change the model.
+
+    With ``half_life`` set, co-occurrences and norms decay exponentially with the number of
+    events learned (an event ``half_life`` events ago weighs half), so the neighbourhoods
+    follow drift; the similarity, a ratio, is unaffected by the scale.
+
+    The score of an item for a user is ``sum_h w_uh sim(h, item)`` over the user's recent
+    items ``h``; the reason names the ``h`` contributing most. :meth:`forget_user` removes
+    the user's history; the co-occurrence counts are aggregates over users and stay.
+
+    Parameters
+    ----------
+    neighbors
+        Most similar items kept per item.
+    history
+        Recent distinct items kept per user (and used to score).
+    half_life
+        Events after which a co-occurrence weighs half; ``None`` for no decay. The default
+        was measured on a synthetic stream with an abrupt drift at 40k of 80k events (1k
+        users, 2k items): HR@10 in the 10k events after the drift 0.049 / 0.123 / 0.165
+        against 0.031 / 0.095 / 0.136 without decay, and 0.194 against 0.198 before it.
+    seed
+        Unused (the model is deterministic); accepted like every River ranker.
+
+    Examples
+    --------
+    >>> model = ItemKNN(neighbors=5, history=5)
+    >>> for user, item in [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x")]:
+    ...     model.learn_one(user, item, 1.0, {"implicit": True})
+    >>> model.top_k("c", 1, exclude={"x"})
+    [Scored(item='y', score=0.8164..., reason='because you interacted with x')]
+    >>> model.top_k("stranger", 3)
+    []
+    """
+
+    def __init__(
+        self,
+        neighbors: int = 50,
+        history: int = 20,
+        half_life: float | None = 20_000.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed=seed)
+        if neighbors < 1 or history < 1:
+            raise ValueError("neighbors and history must be at least 1")
+        if half_life is not None and not half_life > 0:
+            raise ValueError(f"half_life must be positive or None, got {half_life}")
+        self.neighbors = neighbors
+        self.history = history
+        self.half_life = half_life
+        self._growth = 1.0 if half_life is None else 2.0 ** (1.0 / half_life)
+        self._scale = 1.0
+        self._index: dict[Hashable, int] = {}
+        self._items: list[Hashable] = []
+        self._because: list[str] = []  # the reason naming each item, built once
+        self._norms: FloatArray = np.zeros(0)
+        self._co: list[dict[int, float]] = []
+        self._pending: list[int] = []
+        self._nbr_rows: list[IntArray] = []
+        self._nbr_sims: list[FloatArray] = []
+        # Per user: item row -> weight, most recent last.
+        self._history: dict[Hashable, dict[int, float]] = {}
+        # The pipeline ranks the same user several times between two events (evaluation,
+        # blend): the last user's scores are kept until the model changes.
+        self._version = 0
+        self._cached: tuple[Hashable, int, _Scores | None] | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self._history)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._items)
+
+    # --- learning -----------------------------------------------------------------------
+
+    def learn_one(
+        self,
+        user: Hashable,
+        item: Hashable,
+        y: float,
+        x: dict[str, typing.Any] | None = None,
+    ) -> None:
+        weight = 1.0 if x is not None and not x.get("implicit", True) else max(float(y), 0.0)
+        self._version += 1
+        j = self._row(item)
+        if weight <= 0.0:
+            return
+        if self._growth != 1.0:
+            self._scale *= self._growth
+            if self._scale > _RENORMALISE_AT:
+                self._renormalise()
+        scale = self._scale
+        hist = self._history.get(user)
+        if hist is None:
+            hist = self._history[user] = {}
+        old = hist.pop(j, 0.0)
+        new = max(old, weight)
+        if new > old:
+            delta = (new - old) * scale
+            self._norms[j] += (new * new - old * old) * scale
+            co, pending = self._co, self._pending
+            row_j = co[j]
+            cap = 4 * self.neighbors
+            for i, w_i in hist.items():
+                add = delta * w_i
+                row_j[i] = row_j.get(i, 0.0) + add
+                row_i = co[i]
+                row_i[j] = row_i.get(j, 0.0) + add
+                pending[i] += 1
+                if len(row_i) > cap:
+                    self._prune(i)
+                    row_i = co[i]
+                if pending[i] >= _STALE_FRACTION * len(row_i):
+                    self._refresh(i)
+            pending[j] += len(hist)
+            if len(row_j) > cap:
+                self._prune(j)
+            if pending[j] and pending[j] >= _STALE_FRACTION * len(row_j):
+                self._refresh(j)
+        hist[j] = new
+        if len(hist) > self.history:
+            del hist[next(iter(hist))]
+
+    def _row(self, item: Hashable) -> int:
+        row = self._index.get(item)
+        if row is None:
+            row = len(self._items)
+            self._index[item] = row
+            self._items.append(item)
+            self._because.append(f"because you interacted with {item}")
+            self._norms = grow(self._norms, row + 1)
+            self._co.append({})
+            self._pending.append(0)
+            self._nbr_rows.append(_EMPTY_ROWS)
+            self._nbr_sims.append(_EMPTY_SIMS)
+        return row
+
+    def _prune(self, i: int) -> None:
+        row = self._co[i]
+        keep = 2 * self.neighbors
+        cols = np.fromiter(row.keys(), dtype=np.intp, count=len(row))
+        vals = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        strongest = np.sort(np.argpartition(-vals, keep - 1)[:keep])  # keep insertion order
+        self._co[i] = dict(zip(cols[strongest].tolist(), vals[strongest].tolist(), strict=True))
+        self._pending[i] += len(row) - keep
+
+    def _refresh(self, i: int) -> None:
+        row = self._co[i]
+        self._pending[i] = 0
+        if not row:
+            self._nbr_rows[i], self._nbr_sims[i] = _EMPTY_ROWS, _EMPTY_SIMS
+            return
+        cols = np.fromiter(row.keys(), dtype=np.intp, count=len(row))
+        vals = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        # sqrt(N_i) is left out: it scales the whole row alike, so it is applied at query
+        # time with the current norm.
+        sims = vals / np.sqrt(self._norms[cols])
+        if cols.shape[0] > self.neighbors:
+            top = np.argpartition(-sims, self.neighbors - 1)[: self.neighbors]
+            cols, sims = cols[top], sims[top]
+        self._nbr_rows[i], self._nbr_sims[i] = cols, sims
+
+    def _renormalise(self) -> None:
+        scale = self._scale
+        self._norms[: len(self._items)] /= scale
+        for row in self._co:
+            for j in row:
+                row[j] /= scale
+        # Neighbour lists hold C / sqrt(N): they move by sqrt(scale) (and stay fresh).
+        root = math.sqrt(scale)
+        self._nbr_sims = [sims / root if sims.shape[0] else sims for sims in self._nbr_sims]
+        self._scale = 1.0
+
+    # --- scoring ------------------------------------------------------------------------
+
+    def _user_scores(self, user: Hashable) -> _Scores | None:
+        cached = self._cached
+        if cached is not None and cached[1] == self._version and cached[0] == user:
+            return cached[2]
+        found = self._compute_scores(user)
+        self._cached = (user, self._version, found)
+        return found
+
+    def _compute_scores(self, user: Hashable) -> _Scores | None:
+        hist = self._history.get(user)
+        if not hist:
+            return None
+        rows = [self._nbr_rows[h] for h in hist]
+        lengths = np.fromiter(map(len, rows), dtype=np.intp, count=len(rows))
+        if not lengths.any():
+            return None
+        weights = np.fromiter(hist.values(), dtype=np.float64, count=len(hist))
+        weights /= np.sqrt(self._norms[np.fromiter(hist, dtype=np.intp, count=len(hist))])
+        owners = np.repeat(np.arange(len(hist)), lengths)
+        idx = np.concatenate(rows)
+        contrib = np.concatenate([self._nbr_sims[h] for h in hist]) * weights[owners]
+        scores = np.bincount(idx, weights=contrib, minlength=len(self._items))
+        return _Scores(typing.cast(FloatArray, scores), idx, contrib, owners, list(hist))
+
+    def predict_one(
+        self, user: Hashable, item: Hashable, x: dict[str, typing.Any] | None = None
+    ) -> float:
+        """The user's score for ``item`` (0.0 for an unknown user or item)."""
+        row = self._index.get(item)
+        found = self._user_scores(user) if row is not None else None
+        if found is None or row is None:
+            return 0.0
+        return float(found.scores[row])
+
+    def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
+        found = self._user_scores(user)
+        if found is None or k <= 0:
+            return []
+        rows, values = select(found.scores.copy(), self._index, k, exclude, positive_only=True)
+        if not rows:
+            return []
+        # The history item contributing most to each result: a (results x history) table
+        # of the contributions, plus a last row where all the other candidates land.
+        at = np.full(len(self._items), len(rows), dtype=np.intp)
+        at[rows] = range(len(rows))
+        table = np.zeros((len(rows) + 1, len(found.history)))
+        table[at[found.idx], found.owners] = found.contrib
+        best = table[:-1].argmax(axis=1).tolist()
+        items, because, hist = self._items, self._because, found.history
+        return [
+            Scored(items[r], v, because[hist[b]])
+            for r, v, b in zip(rows, values, best, strict=True)
+        ]
+
+    def forget_user(self, user: Hashable) -> None:
+        """Drop the user's history (co-occurrence counts are aggregates and stay)."""
+        self._history.pop(user, None)
+        self._version += 1
+
+
+class _Scores(NamedTuple):
+    """A user's score vector and where it came from (for the reasons)."""
+
+    scores: FloatArray
+    idx: IntArray  # candidate row of each contribution
+    contrib: FloatArray  # the contributions
+    owners: IntArray  # position in ``history`` of the item behind each contribution
+    history: list[int]  # the user's recent item rows

@@ -1,0 +1,108 @@
+"""Model names -> factories, and the set of models a configuration asks for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from stream.models.base import Recommender
+from stream.models.blend import Blend
+from stream.models.knn import ItemKNN
+from stream.models.mf import MatrixFactorization, MFKind
+from stream.models.popularity import Popularity
+from stream.settings import StreamSettings
+
+__all__ = ["MODEL_REGISTRY", "build_models", "learns"]
+
+logger = logging.getLogger(__name__)
+
+
+def _popularity(settings: StreamSettings) -> Recommender:
+    return Popularity(half_life=settings.popularity_half_life)
+
+
+def _knn(settings: StreamSettings) -> Recommender:
+    return ItemKNN(
+        neighbors=settings.knn_neighbors, history=settings.knn_history, seed=settings.seed
+    )
+
+
+def _mf(kind: MFKind) -> Callable[[StreamSettings], Recommender]:
+    def build(settings: StreamSettings) -> Recommender:
+        return MatrixFactorization(
+            kind=kind,
+            n_factors=settings.mf_factors,
+            learning_rate=settings.mf_learning_rate,
+            bias_learning_rate=settings.mf_bias_learning_rate,
+            l2=settings.mf_l2,
+            init_std=settings.mf_init_std,
+            negative_samples=settings.negative_samples,
+            seed=settings.seed,
+        )
+
+    build.__name__ = f"_{kind}_mf"
+    return build
+
+
+def _blend(settings: StreamSettings) -> Recommender:
+    """A stand-alone blend owning (and learning) its own components."""
+    names = [n for n in settings.blend if n != "blend"]
+    return Blend(
+        {n: MODEL_REGISTRY[n](settings) for n in names},
+        {n: settings.blend[n] for n in names},
+        learns_components=True,
+    )
+
+
+MODEL_REGISTRY: dict[str, Callable[[StreamSettings], Recommender]] = {
+    "popularity": _popularity,
+    "knn": _knn,
+    "biased_mf": _mf("biased"),
+    "funk_mf": _mf("funk"),
+    "blend": _blend,
+}
+"""Every model by name. ``blend`` builds a stand-alone blend with its own components; in a
+pipeline, :func:`build_models` builds it over the pipeline's instances instead."""
+
+
+def build_models(settings: StreamSettings) -> dict[str, Recommender]:
+    """The models named in ``settings.models``, in that order, seeded from ``settings.seed``.
+
+    A listed ``blend`` fuses the *same instances* as the other configured models it names
+    (``settings.blend``) and does not learn them itself (see :func:`learns`).
+
+    Examples
+    --------
+    >>> s = StreamSettings(models=("knn", "popularity", "blend"), blend={"knn": 1.0})
+    >>> models = build_models(s)
+    >>> list(models), models["blend"].components["knn"] is models["knn"]
+    (['knn', 'popularity', 'blend'], True)
+    >>> [name for name, model in models.items() if learns(name, model)]
+    ['knn', 'popularity']
+    """
+    unknown = [n for n in settings.models if n not in MODEL_REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; known: {sorted(MODEL_REGISTRY)}")
+    built: dict[str, Recommender] = {
+        n: MODEL_REGISTRY[n](settings) for n in settings.models if n != "blend"
+    }
+    models: dict[str, Recommender] = {}
+    for name in settings.models:
+        if name != "blend":
+            models[name] = built[name]
+            continue
+        missing = [n for n in settings.blend if n not in built]
+        if missing:
+            raise ValueError(f"blend names models that are not configured: {missing}")
+        models[name] = Blend(
+            {n: built[n] for n in settings.blend},
+            dict(settings.blend),
+            learns_components=False,
+        )
+    logger.debug("built models %s", list(models))
+    return models
+
+
+def learns(name: str, model: Recommender) -> bool:
+    """Whether the pipeline must call ``model.learn_one`` (not for a blend of shared models)."""
+    return not (isinstance(model, Blend) and not model.learns_components)

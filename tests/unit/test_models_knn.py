@@ -1,0 +1,182 @@
+"""ItemKNN: incremental cosine similarities, explanations, bounded memory, decay."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Hashable
+
+import pytest
+
+from stream.models.knn import ItemKNN
+
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
+
+
+def event(kind: str) -> tuple[float, dict[str, object]]:
+    implicit = kind != "rating"
+    return WEIGHTS.get(kind, 4.0), {"event_type": kind, "implicit": implicit, "timestamp": 0.0}
+
+
+def learn(model: ItemKNN, user: str, item: str, kind: str = "view") -> None:
+    y, x = event(kind)
+    model.learn_one(user, item, y, x)
+
+
+def test_recommends_co_occurring_items_and_says_why() -> None:
+    model = ItemKNN(neighbors=10, history=10, half_life=None)
+    rng = random.Random(0)
+    for n in range(40):  # pairs (a, b) and (p, q) go together
+        first, second = ("a", "b") if n % 2 else ("p", "q")
+        learn(model, f"u{n}", first)
+        learn(model, f"u{n}", second)
+        learn(model, f"u{n}", f"noise{rng.randrange(30)}")
+    learn(model, "me", "a")
+    learn(model, "me", "p")
+    top = model.top_k("me", 2, exclude={"a", "p"})
+    assert {s.item for s in top} == {"b", "q"}
+    reasons = {s.item: s.reason for s in top}
+    assert reasons == {"b": "because you interacted with a", "q": "because you interacted with p"}
+
+
+def test_similarity_is_the_cosine_of_weighted_user_vectors() -> None:
+    model = ItemKNN(neighbors=5, history=5, half_life=None)
+    learn(model, "a", "x", "view")  # w_ax = 1
+    learn(model, "a", "y", "purchase")  # w_ay = 5
+    learn(model, "b", "x", "click")  # w_bx = 2
+    learn(model, "b", "y", "view")  # w_by = 1
+    learn(model, "c", "x", "view")  # w_cx = 1: N_x = 1 + 4 + 1
+    # C_xy = 1*5 + 2*1 = 7, N_y = 25 + 1
+    assert model.predict_one("c", "y") == pytest.approx(7 / math.sqrt(6 * 26))
+    learn(model, "a", "x", "click")  # w_ax 1 -> 2: C_xy += 1*5, N_x += 4 - 1
+    assert model.predict_one("c", "y") == pytest.approx(12 / math.sqrt(9 * 26))
+    learn(model, "a", "x", "view")  # weaker than what a already gave x: nothing changes
+    assert model.predict_one("c", "y") == pytest.approx(12 / math.sqrt(9 * 26))
+    assert model.top_k("c", 3, exclude={"x"})[0].score == model.predict_one("c", "y")
+
+
+def test_ratings_count_as_one_interaction_whatever_the_value() -> None:
+    low, high = ItemKNN(half_life=None), ItemKNN(half_life=None)
+    for model, rating in ((low, 0.5), (high, 5.0)):
+        for user in ("a", "b"):
+            model.learn_one(user, "x", rating, {"implicit": False})
+            model.learn_one(user, "y", rating, {"implicit": False})
+        learn(model, "c", "x")
+    assert low.predict_one("c", "y") == high.predict_one("c", "y") > 0
+
+
+def test_unknown_users_and_items_score_nothing() -> None:
+    model = ItemKNN()
+    learn(model, "a", "x")
+    learn(model, "a", "y")
+    assert model.top_k("nobody", 5) == []
+    assert model.predict_one("nobody", "x") == 0.0
+    assert model.predict_one("a", "nothing") == 0.0
+    model.learn_one("z", "w", 0.0, {"implicit": True})  # no weight: the item is known, no user
+    assert (model.n_users, model.n_items) == (1, 3)
+
+
+def test_only_the_recent_history_scores() -> None:
+    model = ItemKNN(neighbors=5, history=2, half_life=None)
+    for user in ("a", "b"):
+        learn(model, user, "x")
+        learn(model, user, "y")
+    learn(model, "me", "y")
+    assert [s.item for s in model.top_k("me", 5, exclude={"y"})] == ["x"]
+    learn(model, "me", "p")
+    learn(model, "me", "q")  # y leaves me's two-item history: x, only similar to y, goes
+    assert [s.item for s in model.top_k("me", 5, exclude={"p", "q"})] == ["y"]
+
+
+def test_memory_is_bounded_under_many_events() -> None:
+    neighbors, history = 5, 8
+    model = ItemKNN(neighbors=neighbors, history=history)
+    rng = random.Random(4)
+    for _ in range(30_000):
+        user = f"u{rng.randrange(400)}"
+        item = f"i{int(rng.paretovariate(0.8)) % 600}"
+        learn(model, user, item, rng.choice(list(WEIGHTS)))
+    assert max(len(row) for row in model._co) <= 4 * neighbors
+    assert max(len(rows) for rows in model._nbr_rows) <= neighbors
+    assert max(len(h) for h in model._history.values()) <= history
+    top = model.top_k("u1", 10)
+    assert 0 < len(top) <= 10
+
+
+def test_pruning_keeps_the_strongest_co_occurrences() -> None:
+    model = ItemKNN(neighbors=2, history=2, half_life=None)  # rows cut at 8 to 4 entries
+    for n in range(30):
+        learn(model, f"fan{n}", "hub")
+        learn(model, f"fan{n}", "partner", "purchase")
+    for n in range(30):
+        learn(model, f"passer{n}", "hub")
+        learn(model, f"passer{n}", f"once{n}")
+    learn(model, "me", "hub")
+    assert model.top_k("me", 1, exclude={"hub"})[0].item == "partner"
+    assert len(model._co[model._index["hub"]]) <= 8
+
+
+def test_decay_follows_a_change_of_associations() -> None:
+    def run(half_life: float | None) -> Hashable:
+        model = ItemKNN(neighbors=5, history=2, half_life=half_life)
+        for n in range(300):
+            learn(model, f"old{n}", "x")
+            learn(model, f"old{n}", "y")
+        for n in range(120):
+            learn(model, f"new{n}", "x")
+            learn(model, f"new{n}", "z")
+        learn(model, "me", "x")
+        return model.top_k("me", 1, exclude={"x"})[0].item
+
+    assert run(None) == "y"
+    assert run(50.0) == "z"
+
+
+def test_long_decayed_streams_stay_finite() -> None:
+    model = ItemKNN(neighbors=5, history=3, half_life=1.0)  # renormalised every ~64 events
+    rng = random.Random(2)
+    for _ in range(2_000):
+        learn(model, f"u{rng.randrange(20)}", f"i{rng.randrange(30)}")
+    for n in range(5):
+        learn(model, f"late{n}", "p")
+        learn(model, f"late{n}", "q")
+    learn(model, "me", "p")
+    top = model.top_k("me", 3, exclude={"p"})
+    assert top[0].item == "q"
+    assert all(math.isfinite(s.score) for s in top)
+
+
+def test_forget_user_drops_their_history_only() -> None:
+    model = ItemKNN(half_life=None)
+    for user in ("a", "b"):
+        learn(model, user, "x")
+        learn(model, user, "y")
+    model.forget_user("a")
+    assert model.n_users == 1 and model.top_k("a", 5) == []
+    learn(model, "c", "x")
+    assert model.top_k("c", 1, exclude={"x"})[0].item == "y"  # aggregates stay
+
+
+def test_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError):
+        ItemKNN(neighbors=0)
+    with pytest.raises(ValueError):
+        ItemKNN(history=0)
+    with pytest.raises(ValueError):
+        ItemKNN(half_life=0.0)
+
+
+def test_decayed_similarity_is_exact_across_renormalisations() -> None:
+    half_life = 5.0
+    model = ItemKNN(neighbors=5, history=2, half_life=half_life)
+    learn(model, "a", "x")  # t = 1
+    learn(model, "a", "y")  # t = 2: the rows of x and y are computed now
+    for n in range(400):  # 80 half-lives: the stored weights are renormalised in between
+        learn(model, f"f{n}", f"filler{n % 7}")
+    learn(model, "c", "x")  # t = 403
+    # Every contribution weighs 2 ** -(age / half_life); relative to now:
+    c_xy = 2.0 ** (-(403 - 2) / half_life)
+    n_x = 2.0 ** (-(403 - 1) / half_life) + 1.0
+    n_y = 2.0 ** (-(403 - 2) / half_life)
+    expected = c_xy / math.sqrt(n_x * n_y)
+    assert model.predict_one("c", "y") == pytest.approx(expected, rel=1e-9)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stream.checkpoint_cli import add_arguments as checkpoint_arguments
+
 __all__ = ["main"]
 
 logger = logging.getLogger("stream")
@@ -66,6 +68,12 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--users", type=int, default=500)
     d.add_argument("--items", type=int, default=1_000)
     d.add_argument("--seed", type=int, default=7)
+    d.add_argument(
+        "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
+    )
+    d.add_argument(
+        "--idle-timeout", type=float, default=10.0, help="stop after SECONDS without a record"
+    )
     _setting_flag(d, "--metrics-port", int, "Prometheus /metrics port for the demo worker")
 
     e = sub.add_parser("evaluate", help="run the core offline on a file (test-then-learn)")
@@ -74,8 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", type=Path, default=None, help="write metrics.json, plots, HTML here")
     e.add_argument("--limit", type=int, default=None, help="evaluate the first N events only")
 
-    c = sub.add_parser("checkpoint", help="list, inspect or export stored checkpoints")
-    c.add_argument("rest", nargs=argparse.REMAINDER, help="ls | inspect [--json] | export | prune")
+    c = sub.add_parser("checkpoint", help="list, inspect, export or prune stored checkpoints")
+    checkpoint_arguments(c)
 
     s = sub.add_parser("schema", help="print the JSON Schemas of every record")
     s.add_argument("--output", type=Path, default=None, help="write one file per record here")
@@ -148,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     ns = _build_parser().parse_args(argv)
     _configure_logging(ns.log_level)
+    from stream.broker import BrokerError
+    from stream.checkpoint import CheckpointError
+    from stream.kafka import BrokerUnavailableError
     from stream.settings import SettingsError
 
     try:
@@ -160,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "demo":
             from stream.demo import run_demo
 
-            return run_demo(ns)
+            return int(run_demo(ns))
         if ns.command == "evaluate":
             from stream.evaluate import run_evaluate
 
@@ -168,12 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "checkpoint":
             from stream.checkpoint_cli import main as checkpoint_main
 
-            return checkpoint_main(ns.rest)
+            return checkpoint_main(ns)
         if ns.command == "schema":
             return _cmd_schema(ns)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (CheckpointError, BrokerUnavailableError, BrokerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2

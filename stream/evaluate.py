@@ -120,6 +120,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def print_table(result: EvaluationResult, out: TextIO = sys.stdout) -> None:
     """Models side by side, then the drift points."""
     k = result.k
@@ -136,7 +140,7 @@ def print_table(result: EvaluationResult, out: TextIO = sys.stdout) -> None:
                 _fmt(m.mae),
                 _fmt(m.rmse),
                 _fmt(m.coverage, 3),
-                f"{result.events_per_second.get(name, 0):,.0f}",
+                _rate(result.events_per_second.get(name)),
             ]
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -171,7 +175,13 @@ def run_evaluate(ns: argparse.Namespace) -> int:
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
     try:
-        reader = read_events(path, ns.format, limit=ns.limit)
+        reader = read_events(
+            path,
+            ns.format,
+            limit=ns.limit,
+            rating_range=(settings.rating_min, settings.rating_max),
+            max_event_bytes=settings.max_event_bytes,
+        )
         result = evaluate(reader, settings)
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -135,6 +135,14 @@ class WorkerMetrics:
         # Pre-create label sets so dashboards show zeros instead of "no data".
         self.events.labels("unknown", "dead_lettered")
         self.ready.set(0)
+        for outcome in ("ok", "failed"):
+            self.checkpoints.labels(outcome)
+
+    def declare_models(self, models: list[str], metrics: list[str], detector: str) -> None:
+        """Pre-create drift counters at zero, so ``increase()`` sees the first detection."""
+        for model in models:
+            for metric in metrics:
+                self.drifts.labels(model, metric, detector)
 
     def observe_accuracy(self, record: MetricsRecord) -> None:
         k = str(record.k)
@@ -155,6 +163,14 @@ class WorkerMetrics:
     def observe_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
         for (topic, partition), value in lag.items():
             self.consumer_lag.labels(topic, str(partition)).set(value)
+
+    def forget_partitions(self, partitions: list[tuple[str, int]]) -> None:
+        """Drop the lag series of partitions this worker no longer owns (no stale lag)."""
+        for topic, partition in partitions:
+            try:
+                self.consumer_lag.remove(topic, str(partition))
+            except KeyError:
+                pass
 
 
 class HealthState:

@@ -54,7 +54,7 @@ class StreamSettings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     poll_timeout_ms: int = Field(200, ge=1, le=60_000)
     max_poll_records: int = Field(500, ge=1, le=100_000)
-    session_timeout_ms: int = Field(10_000, ge=1_000)
+    session_timeout_ms: int = Field(6_000, ge=1_000)
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(60_000, ge=1_000)
     producer_linger_ms: int = Field(5, ge=0, le=10_000)
@@ -63,6 +63,9 @@ class StreamSettings(BaseSettings):
         65_536, ge=64, le=10_000_000, description="Larger event payloads are dead-lettered."
     )
     reconnect_backoff_max_s: float = Field(30.0, gt=0)
+    broker_wait_seconds: float = Field(
+        300.0, gt=0, description="How long the worker waits for a broker at start, then exits 1."
+    )
 
     # Kafka security: passed straight through to kafka-python.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -117,6 +120,9 @@ class StreamSettings(BaseSettings):
     knn_history: int = Field(
         20, ge=1, le=10_000, description="Recent items per user used to score."
     )
+    knn_half_life: float | None = Field(
+        20_000.0, gt=0, description="Co-occurrences halve every this many events; unset = never."
+    )
 
     # Popularity
     popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")
@@ -166,6 +172,13 @@ class StreamSettings(BaseSettings):
         if self.recommender not in self.models:
             raise ValueError(
                 f"recommender {self.recommender!r} is not one of models {list(self.models)}"
+            )
+        if self.checkpoint_dir is not None and (
+            self.checkpoint_key is None or not self.checkpoint_key.get_secret_value()
+        ):
+            raise ValueError(
+                "STREAM_CHECKPOINT_KEY is required when STREAM_CHECKPOINT_DIR is set "
+                "(checkpoints are signed pickles; use a long random secret shared by the group)"
             )
         if "blend" in self.models:
             missing = [m for m in self.blend if m not in self.models or m == "blend"]

@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline, merge_metrics
 from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
-from stream.kafka import RawRecord
+from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
 from stream.kafka.admin import ensure_topics
-from stream.kafka.sink import OutputTooLargeError, RecordSink
+from stream.kafka.sink import DeliveryError, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.settings import StreamSettings
@@ -96,6 +96,11 @@ class Worker:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def server_port(self) -> int | None:
+        """The port ``/metrics`` is served on (None when off)."""
+        return None if self._server is None else self._server.port
+
     def request_stop(self, reason: str = "requested") -> None:
         """Finish the current batch, flush, commit and return from :meth:`run`."""
         if not self._stop_reason:
@@ -126,11 +131,14 @@ class Worker:
                     s.metrics_topic: 1,
                     s.dead_letter_topic: 1,
                 },
+                timeout_s=s.broker_wait_seconds,
             )
             self._sink = RecordSink(s)
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
             )
+            models = list(self._new_pipeline_names())
+            self.metrics.declare_models(models, ["miss", "abs_error"], s.drift_detector)
             self._loop(max_events, idle_timeout)
         finally:
             self._shutdown()
@@ -211,7 +219,9 @@ class Worker:
                     self.metrics.observe_drift(drift)
                     self._pending_drifts.append(drift)
                     self.summary.drifts.append(drift)
-                self.metrics.event_lag.set(time.time() - decoded.timestamp)
+                now = time.time()
+                self.metrics.event_lag.set(now - decoded.timestamp)
+                self.metrics.last_event.set(now)
         self._positions[tp] = record.offset + 1
         self._since_metrics += 1
         self._since_checkpoint += 1
@@ -251,6 +261,9 @@ class Worker:
         self.metrics.events.labels(event_type, "dead_lettered").inc()
         self.summary.dead_lettered += 1
 
+    def _new_pipeline_names(self) -> list[str]:
+        return list(self.settings.models)
+
     def _shard(self, tp: TopicPartition) -> Pipeline:
         shard = self.shards.get(tp)
         if shard is None:
@@ -269,7 +282,8 @@ class Worker:
         """Flush outputs, then commit what is safe: everything flushed (no checkpoints) or
         exactly what the checkpoint just written covers."""
         assert self._sink is not None and self._source is not None
-        self._sink.flush()
+        if not self._flush_outputs():
+            return
         if self.checkpoints is None:
             safe = dict(self._positions)
         else:
@@ -282,9 +296,56 @@ class Worker:
             if not due:
                 return
             safe = self._checkpoint(list(self._positions))
-        if safe:
-            self._source.commit(safe)
+        self._commit(safe)
+
+    def _commit(self, safe: dict[TopicPartition, int]) -> None:
+        assert self._source is not None
+        if safe and self._source.commit(safe):
             self.summary.committed.update(safe)
+
+    def _flush_outputs(self) -> bool:
+        """Wait until every output sent so far is acknowledged; re-send failed ones.
+
+        While the broker is away this keeps retrying with backoff (readiness says why), so no
+        offset is committed past an undelivered output. Returns False only when a stop was
+        requested before the outputs were delivered (their events will be consumed again).
+        """
+        assert self._sink is not None
+        backoff = Backoff(max_s=min(10.0, self.settings.reconnect_backoff_max_s))
+        while True:
+            try:
+                self._sink.flush()
+            except DeliveryError as exc:
+                failures = self._sink.take_failures()
+                self.health.set_ready(False, f"outputs undelivered: {exc}")
+                self.metrics.ready.set(0)
+                if backoff.attempts == 0:
+                    logger.warning(
+                        "%d output record(s) not delivered (%s); re-sending until the broker "
+                        "accepts them, no offsets are committed meanwhile",
+                        len(failures),
+                        exc,
+                    )
+                if self._stop_reason and backoff.attempts >= 3:
+                    logger.error(
+                        "stopping with %d undelivered output(s); their events were not "
+                        "committed and will be consumed again",
+                        len(failures),
+                    )
+                    return False
+                self.health.tick()
+                backoff.sleep()
+                for failure in failures:
+                    try:
+                        self._sink.send(failure.topic, failure.key, failure.value)
+                    except OutputTooLargeError:
+                        logger.error("dropping an output the broker refuses as too large")
+                    except BrokerUnavailableError:
+                        break
+                continue
+            if backoff.attempts:
+                logger.info("outputs delivered after %d retries", backoff.attempts)
+            return True
 
     def _checkpoint(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         assert self.checkpoints is not None
@@ -330,7 +391,6 @@ class Worker:
             self.metrics.observe_accuracy(
                 merge_metrics([p.metrics_record() for p in self.shards.values()])
             )
-        self.metrics.last_event.set(time.time())
 
     def _update_readiness(self) -> None:
         assert self._source is not None
@@ -367,11 +427,10 @@ class Worker:
                 safe = self._checkpoint([tp for tp in partitions if tp in self._positions])
             else:
                 safe = {tp: self._positions[tp] for tp in partitions if tp in self._positions}
-            if safe:
-                self._source.commit(safe)
-                self.summary.committed.update(safe)
+            self._commit(safe)
         except Exception:
             logger.exception("could not make revoked partitions safe; they will be re-consumed")
         for tp in partitions:
             self.shards.pop(tp, None)
             self._positions.pop(tp, None)
+        self.metrics.forget_partitions(partitions)

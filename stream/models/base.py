@@ -41,9 +41,7 @@ class Recommender(Ranker):  # type: ignore[misc]
     predicts_ratings: typing.ClassVar[bool] = False
 
     @abc.abstractmethod
-    def top_k(
-        self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()
-    ) -> list[Scored]:
+    def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
         """The ``k`` best items for ``user`` not in ``exclude``, best first.
 
         Must not create state for an unknown ``user`` (cold users get whatever the model can

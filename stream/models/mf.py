@@ -77,6 +77,8 @@ class MatrixFactorization(Recommender):
     'liked by many'
     """
 
+    predicts_ratings = True
+
     def __init__(
         self,
         kind: MFKind = "biased",

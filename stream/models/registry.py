@@ -23,7 +23,10 @@ def _popularity(settings: StreamSettings) -> Recommender:
 
 def _knn(settings: StreamSettings) -> Recommender:
     return ItemKNN(
-        neighbors=settings.knn_neighbors, history=settings.knn_history, seed=settings.seed
+        neighbors=settings.knn_neighbors,
+        history=settings.knn_history,
+        half_life=settings.knn_half_life,
+        seed=settings.seed,
     )
 
 

@@ -64,7 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="broker + synthetic producer + worker on the embedded default")
     d.add_argument("--events", type=int, default=30_000, help="synthetic events to stream")
-    d.add_argument("--drift-at", type=int, default=None, help="inject drift at this event")
+    d.add_argument(
+        "--drift-at", type=int, default=None, help="inject drift at this event (default: halfway)"
+    )
+    d.add_argument("--no-drift", action="store_true", help="a stream without drift")
     d.add_argument("--users", type=int, default=500)
     d.add_argument("--items", type=int, default=1_000)
     d.add_argument("--seed", type=int, default=7)
@@ -84,6 +87,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("checkpoint", help="list, inspect, export or prune stored checkpoints")
     checkpoint_arguments(c)
+
+    st = sub.add_parser("settings", help="print the effective settings (secrets masked)")
+    st.add_argument(
+        "--markdown", action="store_true", help="print the reference table of every setting"
+    )
 
     s = sub.add_parser("schema", help="print the JSON Schemas of every record")
     s.add_argument("--output", type=Path, default=None, help="write one file per record here")
@@ -138,6 +146,36 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
     return 0
 
 
+def settings_table() -> str:
+    """Markdown table of every setting: variable, default, meaning (the README embeds it)."""
+    from stream.settings import StreamSettings
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in StreamSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, tuple):
+            shown = ",".join(str(v) for v in default)
+        elif isinstance(default, dict):
+            shown = json.dumps(default)
+        else:
+            shown = "" if default is None else str(default)
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `STREAM_{name.upper()}` | `{shown}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def _cmd_settings(ns: argparse.Namespace) -> int:
+    from stream.settings import load_settings
+
+    if ns.markdown:
+        print(settings_table())
+        return 0
+    settings = load_settings()
+    for name, value in settings.model_dump(mode="json").items():
+        print(f"STREAM_{name.upper()}={'' if value is None else value}")
+    return 0
+
+
 def _cmd_schema(ns: argparse.Namespace) -> int:
     from stream.events import json_schemas
 
@@ -182,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return checkpoint_main(ns)
         if ns.command == "schema":
             return _cmd_schema(ns)
+        if ns.command == "settings":
+            return _cmd_settings(ns)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -50,6 +50,12 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _drift_at(ns: argparse.Namespace) -> int | None:
+    if getattr(ns, "no_drift", False):
+        return None
+    return int(ns.drift_at) if ns.drift_at is not None else ns.events // 2
+
+
 def _records(ns: argparse.Namespace) -> list[Record]:
     stream = SyntheticStream(
         SyntheticConfig(
@@ -57,7 +63,7 @@ def _records(ns: argparse.Namespace) -> list[Record]:
             n_users=ns.users,
             n_items=ns.items,
             seed=ns.seed,
-            drift_at=ns.drift_at,
+            drift_at=_drift_at(ns),
             ratings_fraction=0.1,
         )
     )
@@ -129,11 +135,6 @@ def _summary(worker: Worker, summary: RunSummary, elapsed: float, produced: int)
             drifts=summary.drifts,
         )
     )
-    shard = next(iter(worker.shards.values()), None) if worker.shards else None
-    if shard is not None and shard.history:
-        user = next(reversed(shard.history))
-        ranked = shard.serve(s.recommender, user, shard.history[user])[:3]
-        print(f"e.g. user {user}: " + "; ".join(f"{r.item} ({r.reason or '-'})" for r in ranked))
     print(
         f"topics: {s.recommendations_topic}, {s.metrics_topic}, {s.dead_letter_topic} "
         f"on {s.bootstrap_servers}"
@@ -165,10 +166,11 @@ def run_demo(ns: argparse.Namespace) -> int:
         registry = CollectorRegistry()
         worker = Worker(settings, registry=registry)
         worker.install_signal_handlers()
+        drift_at = _drift_at(ns)
+        drift = "no drift" if drift_at is None else f"abrupt drift at event {drift_at:,}"
         print(
-            f"broker {broker.bootstrap}; streaming {len(records):,} events "
-            f"({len(MALFORMED)} malformed){'' if ns.drift_at is None else f', drift at {ns.drift_at:,}'}"
-            f" into '{settings.events_topic}'",
+            f"broker {broker.bootstrap}; streaming {len(records):,} synthetic events "
+            f"({len(MALFORMED)} malformed, {drift}) into '{settings.events_topic}'",
             flush=True,
         )
         started = time.monotonic()

@@ -36,6 +36,7 @@ class StreamSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        use_attribute_docstrings=True,
     )
 
     # --- Kafka ---------------------------------------------------------------------------
@@ -43,74 +44,114 @@ class StreamSettings(BaseSettings):
         "localhost:9092", description="Kafka bootstrap servers, comma-separated."
     )
     events_topic: str = "events"
+    """Topic the worker consumes events from (key = user id)."""
     recommendations_topic: str = "recommendations"
+    """Topic of the top-K records (key = user id; compaction recommended)."""
     metrics_topic: str = "metrics"
+    """Topic of the accuracy and drift records."""
     dead_letter_topic: str = "events.dlq"
+    """Topic of records the worker could not use, with the reason."""
     events_partitions: int = Field(
         1, ge=1, le=10_000, description="Partitions of the events topic when the worker creates it."
     )
     group_id: str = "stream-reco"
+    """Consumer group of the workers (partitions are split among its members)."""
     client_id: str = "stream-reco"
+    """Kafka client id (shows up in broker logs and quotas)."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a new group starts: earliest learns from the retained history."""
     poll_timeout_ms: int = Field(200, ge=1, le=60_000)
+    """Longest wait for records in one poll."""
     max_poll_records: int = Field(500, ge=1, le=100_000)
+    """Most records handled per poll (one commit per batch at most)."""
     session_timeout_ms: int = Field(6_000, ge=1_000)
+    """Group session timeout: a silent worker loses its partitions after it."""
     heartbeat_interval_ms: int = Field(1_000, ge=100)
+    """Group heartbeat interval."""
     max_poll_interval_ms: int = Field(60_000, ge=1_000)
+    """Longest time between polls before the worker is evicted."""
     producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    """Producer batching delay for outputs."""
     producer_acks: Literal["0", "1", "all"] = "all"
+    """Acknowledgements for outputs (all = durable; idempotent producer)."""
     max_event_bytes: int = Field(
         65_536, ge=64, le=10_000_000, description="Larger event payloads are dead-lettered."
     )
     reconnect_backoff_max_s: float = Field(30.0, gt=0)
+    """Longest wait between two reconnection attempts to an unreachable broker."""
     broker_wait_seconds: float = Field(
         300.0, gt=0, description="How long the worker waits for a broker at start, then exits 1."
     )
 
     # Kafka security: passed straight through to kafka-python.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol, passed to kafka-python."""
     sasl_mechanism: (
         Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
     ) = None
+    """SASL mechanism, passed to kafka-python."""
     sasl_plain_username: str | None = None
+    """SASL username."""
     sasl_plain_password: SecretStr | None = None
+    """SASL password (secret)."""
     ssl_cafile: Path | None = None
+    """CA bundle for SSL."""
     ssl_certfile: Path | None = None
+    """Client certificate for SSL."""
     ssl_keyfile: Path | None = None
+    """Client key for SSL."""
     ssl_password: SecretStr | None = None
+    """Password of the SSL key (secret)."""
     ssl_check_hostname: bool = True
+    """Verify the broker's hostname against its certificate."""
 
     # --- Serving / observability -------------------------------------------------------------
     metrics_port: int = Field(
         8000, ge=0, le=65_535, description="Prometheus /metrics port; 0 = off."
     )
     metrics_host: str = "0.0.0.0"
+    """Address the /metrics, /healthz, /readyz server listens on."""
     metrics_every_events: int = Field(
         1_000, ge=1, description="Publish a metrics record every N events."
     )
     metrics_every_seconds: float = Field(10.0, gt=0)
+    """Also publish a metrics record at least this often."""
 
     # --- Recommendation ----------------------------------------------------------------------
     top_k: int = Field(10, ge=1, le=1_000)
+    """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
     models: Annotated[tuple[ModelName, ...], NoDecode] = ("popularity", "knn", "biased_mf", "blend")
+    """Models to run (comma list): popularity, knn, biased_mf, funk_mf, blend."""
     recommender: ModelName = Field("knn", description="The model whose top-K is published.")
     seed: int = 42
+    """Seed of every random choice (initialisation, negative sampling): runs are repeatable."""
     history_size: int = Field(200, ge=1, le=100_000, description="Items remembered per user.")
 
     # Event -> learning target
     rating_min: float = 0.5
+    """Lowest valid rating (lower ones are dead-lettered)."""
     rating_max: float = 5.0
+    """Highest valid rating (higher ones are dead-lettered)."""
     weight_view: float = Field(1.0, gt=0)
+    """Learning target of a view."""
     weight_click: float = Field(2.0, gt=0)
+    """Learning target of a click."""
     weight_add_to_cart: float = Field(3.0, gt=0)
+    """Learning target of an add-to-cart."""
     weight_purchase: float = Field(5.0, gt=0)
+    """Learning target of a purchase."""
 
     # Matrix factorization (river.reco)
     mf_factors: int = Field(16, ge=1, le=1_024)
+    """Latent factors of the matrix factorisation."""
     mf_learning_rate: float = Field(0.05, gt=0)
+    """SGD learning rate of the latent factors."""
     mf_bias_learning_rate: float = Field(0.01, gt=0)
+    """SGD learning rate of the biases (biased_mf)."""
     mf_l2: float = Field(0.01, ge=0)
+    """L2 regularisation of factors and biases."""
     mf_init_std: float = Field(0.1, gt=0)
+    """Standard deviation of the initial factors."""
     negative_samples: int = Field(
         4, ge=0, le=100, description="Sampled negatives per implicit event."
     )
@@ -129,19 +170,27 @@ class StreamSettings(BaseSettings):
 
     # Blend
     blend: dict[str, float] = Field(default_factory=lambda: {"knn": 1.0, "popularity": 0.3})
+    """Blend weights per model (JSON object); scores are rank-fused."""
 
     # --- Evaluation / drift ---------------------------------------------------------------
     metric_window: int = Field(1_000, ge=10, le=10_000_000)
+    """Events in the rolling window of the windowed metrics."""
     drift_detector: DriftDetectorName = "adwin"
+    """River drift detector: adwin, page_hinkley or kswin."""
     drift_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta / sensitivity.")
     drift_min_events: int = Field(500, ge=0, description="No drift is reported before this many.")
 
     # --- Checkpoints ------------------------------------------------------------------------
     checkpoint_dir: Path | None = None
+    """Directory of checkpoints (off when unset); put it on durable storage."""
     checkpoint_every_events: int = Field(10_000, ge=1)
+    """Checkpoint (and commit) after this many events."""
     checkpoint_every_seconds: float = Field(60.0, gt=0)
+    """Checkpoint (and commit) at least this often."""
     checkpoint_keep: int = Field(3, ge=1, le=1_000)
+    """Checkpoints kept per partition (older ones are deleted)."""
     checkpoint_key: SecretStr | None = None
+    """HMAC key signing checkpoints; required with STREAM_CHECKPOINT_DIR (secret)."""
 
     @field_validator("models", mode="before")
     @classmethod

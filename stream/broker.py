@@ -149,7 +149,10 @@ class EmbeddedBroker:
     port
         Port to listen on; a free one is picked when ``None``.
     host
-        Address to listen on and advertise.
+        Address to listen on (and to advertise unless ``advertised_host`` is given).
+    advertised_host, advertised_port
+        The address clients are told to connect to (metadata responses), when it is not the
+        listening one: e.g. a proxy in front of the broker. Clients reconnect to this address.
     startup_timeout_s
         How long :meth:`start` waits for the broker to answer a metadata request.
     log_path
@@ -167,10 +170,14 @@ class EmbeddedBroker:
         port: int | None = None,
         host: str = "127.0.0.1",
         *,
+        advertised_host: str | None = None,
+        advertised_port: int | None = None,
         startup_timeout_s: float = 20.0,
         log_path: Path | None = None,
     ) -> None:
         self.host = host
+        self.advertised_host = advertised_host
+        self.advertised_port = advertised_port
         self._requested_port = port
         self.port = port if port is not None else 0
         self.startup_timeout_s = startup_timeout_s
@@ -185,6 +192,12 @@ class EmbeddedBroker:
         if not self.port:
             raise BrokerError("the broker has not been started")
         return f"{self.host}:{self.port}"
+
+    @property
+    def advertised(self) -> str:
+        """``host:port`` the broker tells clients to connect to."""
+        port = self.advertised_port if self.advertised_port is not None else self.port
+        return f"{self.advertised_host or self.host}:{port}"
 
     @property
     def pid(self) -> int | None:
@@ -232,6 +245,7 @@ class EmbeddedBroker:
             os.close(fd)
             self.log_path = Path(name)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         # A file, not a pipe: a pipe nobody reads fills up and blocks the broker. The child
         # keeps its own descriptor; ours is closed at once.
@@ -243,7 +257,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

@@ -1,16 +1,18 @@
 """Test-then-learn accuracy: ranking metrics (HR@K, NDCG@K, MRR@K) and rating errors (MAE, RMSE).
 
 Each model gets one :class:`ModelEvaluator` holding cumulative and windowed statistics, built
-on River's ``stats.Mean`` / ``metrics.MAE`` / ``metrics.RMSE`` and ``utils.Rolling``.
+on River's ``metrics.MAE`` / ``metrics.RMSE`` and ``utils.Rolling`` (ranking means: the same
+arithmetic as River's rolling ``stats.Mean``, fused into one update).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from collections import deque
 from dataclasses import dataclass
 
-from river import metrics, stats, utils
+from river import metrics, utils
 
 from stream.events import ModelMetrics
 
@@ -45,6 +47,49 @@ def _value(metric: object) -> float | None:
     return None if value is None else float(value)
 
 
+class _RankMeans:
+    """Cumulative and rolling means of (hit, ndcg, mrr), three streams updated together.
+
+    The arithmetic is exactly River's ``stats.Mean`` (``update``/``revert``) inside
+    ``utils.Rolling`` (revert the oldest value once the window is full, then update), so the
+    numbers are bit-identical to those objects', at one Python call per evaluation instead of
+    six wrapped ones (tests/unit/test_evaluation_drift.py compares them).
+    """
+
+    __slots__ = ("cumulative", "n", "w_n", "window", "window_size", "windowed")
+
+    def __init__(self, window_size: int) -> None:
+        self.window_size = window_size
+        self.window: deque[tuple[float, float, float]] = deque()
+        self.n = 0.0
+        self.w_n = 0.0
+        self.cumulative = [0.0, 0.0, 0.0]
+        self.windowed = [0.0, 0.0, 0.0]
+
+    def update(self, hit: float, ndcg: float, mrr: float) -> None:
+        values = (hit, ndcg, mrr)
+        self.n += 1.0
+        share = 1.0 / self.n
+        cum = self.cumulative
+        for i in range(3):
+            cum[i] += share * (values[i] - cum[i])
+        window, win = self.window, self.windowed
+        if len(window) == self.window_size:
+            old = window.popleft()
+            self.w_n -= 1.0
+            if self.w_n == 0:
+                win[0] = win[1] = win[2] = 0.0
+            else:
+                share = 1.0 / self.w_n
+                for i in range(3):
+                    win[i] -= share * (old[i] - win[i])
+        self.w_n += 1.0
+        share = 1.0 / self.w_n
+        for i in range(3):
+            win[i] += share * (values[i] - win[i])
+        window.append(values)
+
+
 class ModelEvaluator:
     """Cumulative and windowed (last ``window`` evaluations) accuracy of one model.
 
@@ -57,10 +102,7 @@ class ModelEvaluator:
 
     def __init__(self, window: int = 1_000) -> None:
         self.window = window
-        self.hit, self.ndcg, self.mrr = stats.Mean(), stats.Mean(), stats.Mean()
-        self.w_hit = utils.Rolling(stats.Mean, window_size=window)
-        self.w_ndcg = utils.Rolling(stats.Mean, window_size=window)
-        self.w_mrr = utils.Rolling(stats.Mean, window_size=window)
+        self._rank = _RankMeans(window)
         self.mae, self.rmse = metrics.MAE(), metrics.RMSE()
         self.w_mae = utils.Rolling(metrics.MAE, window_size=window)
         self.w_rmse = utils.Rolling(metrics.RMSE, window_size=window)
@@ -71,13 +113,7 @@ class ModelEvaluator:
 
     def update_rank(self, outcome: RankOutcome) -> None:
         self.evaluated += 1
-        for cum, win, value in (
-            (self.hit, self.w_hit, outcome.hit),
-            (self.ndcg, self.w_ndcg, outcome.ndcg),
-            (self.mrr, self.w_mrr, outcome.mrr),
-        ):
-            cum.update(value)
-            win.update(value)
+        self._rank.update(outcome.hit, outcome.ndcg, outcome.mrr)
 
     def update_rating(self, y_true: float, y_pred: float) -> None:
         self.rated += 1
@@ -85,20 +121,18 @@ class ModelEvaluator:
             metric.update(y_true, y_pred)
 
     def cumulative(self) -> ModelMetrics:
-        return self._metrics(self.hit, self.ndcg, self.mrr, self.mae, self.rmse)
+        return self._metrics(self._rank.cumulative, self.mae, self.rmse)
 
     def windowed(self) -> ModelMetrics:
-        return self._metrics(self.w_hit, self.w_ndcg, self.w_mrr, self.w_mae, self.w_rmse)
+        return self._metrics(self._rank.windowed, self.w_mae, self.w_rmse)
 
-    def _metrics(
-        self, hit: object, ndcg: object, mrr: object, mae: object, rmse: object
-    ) -> ModelMetrics:
+    def _metrics(self, rank: list[float], mae: object, rmse: object) -> ModelMetrics:
         ranked = self.evaluated > 0
         rated = self.rated > 0
         return ModelMetrics(
-            hit_rate=_value(hit) if ranked else None,
-            ndcg=_value(ndcg) if ranked else None,
-            mrr=_value(mrr) if ranked else None,
+            hit_rate=rank[0] if ranked else None,
+            ndcg=rank[1] if ranked else None,
+            mrr=rank[2] if ranked else None,
             mae=_value(mae) if rated else None,
             rmse=_value(rmse) if rated else None,
             evaluated=self.evaluated,

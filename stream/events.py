@@ -96,6 +96,8 @@ class Event(BaseModel):
     @field_validator("user_id", "item_id", mode="before")
     @classmethod
     def _id(cls, value: Any) -> Any:
+        if value is None:  # null: the field's own check decides (item_id may be null on forget)
+            return None
         if isinstance(value, bool):
             raise ValueError("must be a string or an integer, not a boolean")
         if isinstance(value, int):
@@ -114,9 +116,13 @@ class Event(BaseModel):
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range: not a ValueError
+            raise ValueError("must be finite") from None
         if not math.isfinite(value):
             raise ValueError("must be finite")
-        return float(value)
+        return value
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -124,7 +130,10 @@ class Event(BaseModel):
         if isinstance(value, bool):
             raise ValueError("must be epoch seconds or ISO-8601")
         if isinstance(value, int | float):
-            ts = float(value)
+            try:
+                ts = float(value)
+            except OverflowError:  # an integer beyond float range: not a ValueError
+                ts = math.inf
         elif isinstance(value, str):
             text = value.strip()
             try:
@@ -152,6 +161,9 @@ class Event(BaseModel):
             raise ValueError("must be an object")
         if len(json.dumps(value, allow_nan=False)) > MAX_CONTEXT_BYTES:
             raise ValueError(f"larger than {MAX_CONTEXT_BYTES} bytes")
+        # A lone surrogate (``"\\ud800"``) parses but cannot be encoded back: UnicodeEncodeError
+        # is a ValueError, so it becomes a validation error here, not a crash downstream.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
         return value
 
     @model_validator(mode="after")
@@ -242,7 +254,10 @@ def decode_one(
         if err["type"] == "missing":
             return reject("missing_field", f"{field} is required")
         if field == "event_type" and err["type"] == "literal_error":
-            return reject("unknown_event_type", f"event_type {data.get('event_type')!r}"[:300])
+            # repr() only of a string: a deeply nested value could raise RecursionError here.
+            shown = data.get("event_type")
+            shown = repr(shown[:300]) if isinstance(shown, str) else type(shown).__name__
+            return reject("unknown_event_type", f"event_type {shown}"[:300])
         if err["type"] == "value_error" and "item_id is required" in err["msg"]:
             return reject("missing_field", "item_id is required")
         return reject("invalid_field", f"{field}: {err['msg']}"[:300])

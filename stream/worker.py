@@ -155,6 +155,9 @@ class Worker:
                 break
             batch = self._source.poll_batch(self.settings.poll_timeout_ms)
             self._update_readiness()
+            if not self.health.ready:
+                # Joining the group takes seconds: a worker is idle only once it has partitions.
+                last_record_at = time.monotonic()
             if budget is not None:
                 batch = batch[:budget]
             if batch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ _PRODUCER_STATE_ERRORS = (
     kafka_errors.InvalidProducerEpochError,
 )
 _ACKS: dict[str, int | str] = {"0": 0, "1": 1, "all": "all"}
+# A flush waiting this long with no connection to any broker reports the broker as lost
+# (like the source: shorter gaps are routine reconnects).
+_LOST_AFTER_S = 3.0
 
 
 class OutputTooLargeError(ValueError):
@@ -108,6 +112,7 @@ class RecordSink:
         self._lock = threading.Lock()  # errbacks run on kafka-python's sender thread
         self._broken = False
         self._closed = False
+        self._down_since: float | None = None
         self._producer = self._new_producer()
 
     def _new_producer(self) -> KafkaProducer:
@@ -176,14 +181,44 @@ class RecordSink:
 
     # --- flushing ---------------------------------------------------------------------------
 
+    def _broker_connected(self) -> bool:
+        client = getattr(getattr(self._producer, "_sender", None), "_client", None)
+        if client is None:  # kafka-python internals moved: assume connected, never mis-report
+            return True
+        return any(client.connected(b.node_id) for b in client.cluster.brokers())
+
     def _flush_once(self, timeout_s: float | None) -> None:
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except kafka_errors.KafkaTimeoutError:
-            raise DeliveryError(
-                [f for _, f in self._failures],
-                f"records still unacknowledged after {timeout_s}s",
-            ) from None
+        """Flush in short steps so that a flush stuck on a lost broker says so (once) and
+        says when the broker is back; kafka-python keeps retrying meanwhile."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waited_from = time.monotonic()
+        while True:
+            step = _LOST_AFTER_S
+            if deadline is not None:
+                step = max(0.0, min(step, deadline - time.monotonic()))
+            try:
+                self._producer.flush(timeout=step)
+                break
+            except kafka_errors.KafkaTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DeliveryError(
+                        [f for _, f in self._failures],
+                        f"records still unacknowledged after {timeout_s}s",
+                    ) from None
+                if self._down_since is None and not self._broker_connected():
+                    self._down_since = waited_from
+                    logger.warning(
+                        "lost the Kafka broker at %s: outputs wait for it (no offsets are "
+                        "committed meanwhile); reconnecting",
+                        self.settings.bootstrap_servers,
+                    )
+        if self._down_since is not None:
+            logger.info(
+                "Kafka broker at %s is back after %.1fs; outputs delivered",
+                self.settings.bootstrap_servers,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every queued record is acknowledged or failed.

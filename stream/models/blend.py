@@ -114,14 +114,19 @@ class Blend(Recommender):
             for component in self.components.values():
                 component.learn_one(user, item, y, x)
 
+    @property
+    def active(self) -> list[tuple[str, Recommender]]:
+        """The consulted components (positive weight), in fusion order."""
+        return [(name, component) for name, component, _ in self._active]
+
     def _fused(
-        self, user: Hashable, depth: int, exclude: Iterable[Hashable]
+        self, rankings: typing.Mapping[str, typing.Sequence[Scored]], depth: int
     ) -> dict[Hashable, list[typing.Any]]:
         # item -> [total, best contribution, reason of the best contributor]
         fused: dict[Hashable, list[typing.Any]] = {}
         constant = self.rank_constant
-        for name, component, weight in self._active:
-            for rank, scored in enumerate(component.top_k(user, depth, exclude), start=1):
+        for name, _, weight in self._active:
+            for rank, scored in enumerate(rankings[name][:depth], start=1):
                 share = weight / (constant + rank)
                 entry = fused.get(scored.item)
                 if entry is None:
@@ -137,7 +142,9 @@ class Blend(Recommender):
     ) -> float:
         """The item's fused score over the components' full rankings (O(catalogue): the
         pipeline never calls it; :meth:`top_k` fuses only the heads)."""
-        entry = self._fused(user, max(self.n_items, 1), ()).get(item)
+        depth = max(self.n_items, 1)
+        rankings = {name: c.top_k(user, depth) for name, c, _ in self._active}
+        entry = self._fused(rankings, depth).get(item)
         return 0.0 if entry is None else float(entry[0])
 
     def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
@@ -145,7 +152,20 @@ class Blend(Recommender):
             return []
         if not isinstance(exclude, set | frozenset | dict):
             exclude = set(exclude)
-        fused = self._fused(user, DEPTH * k, exclude)
+        depth = DEPTH * k
+        return self.fuse({name: c.top_k(user, depth, exclude) for name, c, _ in self._active}, k)
+
+    def fuse(self, rankings: typing.Mapping[str, typing.Sequence[Scored]], k: int) -> list[Scored]:
+        """The top ``k`` fused from rankings the caller already has, one per active component.
+
+        ``rankings[name]`` must be ``component.top_k(user, m, exclude)`` for some
+        ``m >= DEPTH * k`` (only its first ``DEPTH * k`` count, and a top-``m`` list begins
+        with the top-``DEPTH * k``), so this equals :meth:`top_k` without ranking again: the
+        pipeline ranks each component once per event, for its evaluation and for the blend.
+        """
+        if k <= 0:
+            return []
+        fused = self._fused(rankings, DEPTH * k)
         best = sorted(fused.items(), key=lambda kv: -kv[1][0])[:k]
         return [Scored(item, total, reason) for item, (total, _, reason) in best]
 

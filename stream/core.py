@@ -97,7 +97,12 @@ class Pipeline:
     user: re-interactions with a known item are not predictions) and, on rating events, the
     rating error of rating models; (2) feed those per-event streams to the drift detectors;
     (3) learn every model; (4) publish the recommender's fresh top-K. Users a model cannot
-    serve (cold start) are filled from a recency-weighted popularity model.
+    serve (cold start) are filled from a recency-weighted popularity model; items the user
+    already interacted with are never recommended (so ``a`` gets nothing below).
+
+    Each model is ranked once per evaluated event: a blend over the pipeline's own models
+    fuses the rankings its components made for their own evaluation (ranked deep enough
+    for it), instead of ranking them again.
 
     Examples
     --------
@@ -106,8 +111,8 @@ class Pipeline:
     >>> p = Pipeline.from_settings(s)
     >>> events = [Event(user_id=u, item_id=i, event_type="click", timestamp=t)
     ...           for t, (u, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x")])]
-    >>> [r.recommendation.items[0].item_id for r in p.run(events)]
-    ['x', 'x', 'y']
+    >>> [[i.item_id for i in r.recommendation.items] for r in p.run(events)]
+    [[], [], ['y']]
     >>> p.run_count, p.evaluators["knn"].evaluated
     (3, 3)
     """

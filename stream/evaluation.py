@@ -8,8 +8,8 @@ arithmetic as River's rolling ``stats.Mean``, fused into one update).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
 from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from river import metrics, utils

@@ -257,9 +257,18 @@ class Worker:
         assert self._sink is not None
         logger.warning("dead letter %s at %s: %s", rejected.reason, source, rejected.detail)
         letter = DeadLetter.of(rejected, source)
-        self._sink.send(
-            self.settings.dead_letter_topic, rejected.key, letter.model_dump_json().encode()
-        )
+        try:
+            self._sink.send(
+                self.settings.dead_letter_topic, rejected.key, letter.model_dump_json().encode()
+            )
+        except OutputTooLargeError:
+            # base64 of a near-1 MiB input does not fit: keep the letter, point at the original.
+            size = len(rejected.value or b"")
+            letter.value_b64 = None
+            letter.detail = f"{letter.detail} (value of {size} bytes left out: see {source})"
+            self._sink.send(
+                self.settings.dead_letter_topic, rejected.key, letter.model_dump_json().encode()
+            )
         self.metrics.dead_letters.labels(rejected.reason).inc()
         self.metrics.events.labels(event_type, "dead_lettered").inc()
         self.summary.dead_lettered += 1

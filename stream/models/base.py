@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from river.reco.base import Ranker
 
-__all__ = ["Recommender", "Scored"]
+__all__ = ["Recommender", "Scored", "scored_many"]
 
 
 class Scored(NamedTuple):
@@ -29,6 +29,20 @@ class Scored(NamedTuple):
     item: Hashable
     score: float
     reason: str | None = None
+
+
+def scored_many(
+    items: Iterable[Hashable], scores: Iterable[float], reasons: Iterable[str | None]
+) -> list[Scored]:
+    """``[Scored(i, s, r) for i, s, r in zip(items, scores, reasons)]``, built by the C tuple
+    constructor instead of ``NamedTuple``'s Python-level ``__new__`` (about half the cost;
+    rankings build tens of these per event).
+
+    >>> scored_many(["a", "b"], [2.0, 1.0], [None, "why"])
+    [Scored(item='a', score=2.0, reason=None), Scored(item='b', score=1.0, reason='why')]
+    """
+    new = tuple.__new__
+    return [new(Scored, entry) for entry in zip(items, scores, reasons, strict=True)]
 
 
 class Recommender(Ranker):  # type: ignore[misc]
@@ -43,6 +57,10 @@ class Recommender(Ranker):  # type: ignore[misc]
     @abc.abstractmethod
     def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
         """The ``k`` best items for ``user`` not in ``exclude``, best first.
+
+        A deeper list begins with the shallower one (``top_k(u, k, e) == top_k(u, m, e)[:k]``
+        for ``m >= k``, ties included): the pipeline ranks a blend's components once, deep
+        enough for the blend, and evaluates each on the head of that list.
 
         Must not create state for an unknown ``user`` (cold users get whatever the model can
         offer, possibly an empty list) and must cost O(1) Python calls in the catalogue size.

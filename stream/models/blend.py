@@ -6,7 +6,7 @@ import logging
 import typing
 from collections.abc import Hashable, Iterable
 
-from stream.models.base import Recommender, Scored
+from stream.models.base import Recommender, Scored, scored_many
 
 __all__ = ["Blend"]
 
@@ -167,7 +167,9 @@ class Blend(Recommender):
             return []
         fused = self._fused(rankings, DEPTH * k)
         best = sorted(fused.items(), key=lambda kv: -kv[1][0])[:k]
-        return [Scored(item, total, reason) for item, (total, _, reason) in best]
+        return scored_many(
+            [item for item, _ in best], [e[0] for _, e in best], [e[2] for _, e in best]
+        )
 
     def forget_user(self, user: Hashable) -> None:
         for component in self.components.values():

@@ -11,14 +11,12 @@ from typing import NamedTuple
 import numpy as np
 
 from stream.models._ranking import FloatArray, IntArray, grow, select
-from stream.models.base import Recommender, Scored
+from stream.models.base import Recommender, Scored, scored_many
 
 __all__ = ["ItemKNN"]
 
 logger = logging.getLogger(__name__)
 
-_EMPTY_ROWS: IntArray = np.empty(0, dtype=np.intp)
-_EMPTY_SIMS: FloatArray = np.empty(0)
 # A neighbour list is recomputed once the modifications of its item's co-occurrence row since
 # the last computation reach this fraction of the row's size (bounded staleness, see ItemKNN).
 _STALE_FRACTION = 0.25
@@ -39,11 +37,13 @@ class ItemKNN(Recommender):
 
     Memory is bounded per item: when a co-occurrence row exceeds ``4 * neighbors`` entries it
     is cut to its ``2 * neighbors`` strongest. Each item keeps its ``neighbors`` most similar
-    items as numpy arrays, recomputed during ``learn_one`` once the modifications of its row
-    reach a quarter of the row's size (so each row is recomputed O(log) times while it grows
-    and every few events when it is hot). The norms of the neighbours are as of that moment;
-    the item's own norm is applied when scoring, so it is always current.
-    ``top_k`` and ``predict_one`` therefore never change the model.
+    items, recomputed during ``learn_one`` once the modifications of its row reach a quarter
+    of the row's size (so each row is recomputed O(log) times while it grows and every few
+    events when it is hot). The norms of the neighbours are as of that moment; the item's own
+    norm is applied when scoring, so it is always current. ``top_k`` and ``predict_one``
+    therefore never change the model. The lists are rows of two ``items x neighbors`` arrays,
+    so a user's neighbourhoods are gathered in one indexing operation; a shorter list is
+    padded with the item itself at similarity 0, which leaves every score exactly as it was.
 
     With ``half_life`` set, co-occurrences and norms decay exponentially with the number of
     events learned (an event ``half_life`` events ago weighs half), so the neighbourhoods
@@ -101,8 +101,11 @@ class ItemKNN(Recommender):
         self._norms: FloatArray = np.zeros(0)
         self._co: list[dict[int, float]] = []
         self._pending: list[int] = []
-        self._nbr_rows: list[IntArray] = []
-        self._nbr_sims: list[FloatArray] = []
+        # Row i: item i's neighbours (padded with i), their similarities (padded with 0),
+        # and how many are real.
+        self._nbr_rows: IntArray = np.zeros((0, neighbors), dtype=np.intp)
+        self._nbr_sims: FloatArray = np.zeros((0, neighbors))
+        self._nbr_len: IntArray = np.zeros(0, dtype=np.intp)
         # Per user: item row -> weight, most recent last.
         self._history: dict[Hashable, dict[int, float]] = {}
         # The pipeline ranks the same user several times between two events (evaluation,
@@ -178,8 +181,10 @@ class ItemKNN(Recommender):
             self._norms = grow(self._norms, row + 1)
             self._co.append({})
             self._pending.append(0)
-            self._nbr_rows.append(_EMPTY_ROWS)
-            self._nbr_sims.append(_EMPTY_SIMS)
+            self._nbr_rows = grow(self._nbr_rows, row + 1)
+            self._nbr_sims = grow(self._nbr_sims, row + 1)
+            self._nbr_len = grow(self._nbr_len, row + 1)
+            self._nbr_rows[row] = row
         return row
 
     def _prune(self, i: int) -> None:
@@ -195,7 +200,7 @@ class ItemKNN(Recommender):
         row = self._co[i]
         self._pending[i] = 0
         if not row:
-            self._nbr_rows[i], self._nbr_sims[i] = _EMPTY_ROWS, _EMPTY_SIMS
+            self._nbr_rows[i], self._nbr_sims[i], self._nbr_len[i] = i, 0.0, 0
             return
         cols = np.fromiter(row.keys(), dtype=np.intp, count=len(row))
         vals = np.fromiter(row.values(), dtype=np.float64, count=len(row))
@@ -205,7 +210,10 @@ class ItemKNN(Recommender):
         if cols.shape[0] > self.neighbors:
             top = np.argpartition(-sims, self.neighbors - 1)[: self.neighbors]
             cols, sims = cols[top], sims[top]
-        self._nbr_rows[i], self._nbr_sims[i] = cols, sims
+        length = cols.shape[0]
+        self._nbr_rows[i, :length], self._nbr_rows[i, length:] = cols, i
+        self._nbr_sims[i, :length], self._nbr_sims[i, length:] = sims, 0.0
+        self._nbr_len[i] = length
 
     def _renormalise(self) -> None:
         scale = self._scale
@@ -214,8 +222,7 @@ class ItemKNN(Recommender):
             for j in row:
                 row[j] /= scale
         # Neighbour lists hold C / sqrt(N): they move by sqrt(scale) (and stay fresh).
-        root = math.sqrt(scale)
-        self._nbr_sims = [sims / root if sims.shape[0] else sims for sims in self._nbr_sims]
+        self._nbr_sims[: len(self._items)] /= math.sqrt(scale)
         self._scale = 1.0
 
     # --- scoring ------------------------------------------------------------------------
@@ -232,17 +239,16 @@ class ItemKNN(Recommender):
         hist = self._history.get(user)
         if not hist:
             return None
-        rows = [self._nbr_rows[h] for h in hist]
-        lengths = np.fromiter(map(len, rows), dtype=np.intp, count=len(rows))
-        if not lengths.any():
+        rows = np.fromiter(hist, dtype=np.intp, count=len(hist))
+        if not self._nbr_len[rows].any():
             return None
         weights = np.fromiter(hist.values(), dtype=np.float64, count=len(hist))
-        weights /= np.sqrt(self._norms[np.fromiter(hist, dtype=np.intp, count=len(hist))])
-        owners = np.repeat(np.arange(len(hist)), lengths)
-        idx = np.concatenate(rows)
-        contrib = np.concatenate([self._nbr_sims[h] for h in hist]) * weights[owners]
-        scores = np.bincount(idx, weights=contrib, minlength=len(self._items))
-        return _Scores(typing.cast(FloatArray, scores), idx, contrib, owners, list(hist))
+        weights /= np.sqrt(self._norms[rows])
+        # (history x neighbors): row h holds history item h's neighbours / contributions.
+        idx = self._nbr_rows[rows]
+        contrib = self._nbr_sims[rows] * weights[:, None]
+        scores = np.bincount(idx.ravel(), weights=contrib.ravel(), minlength=len(self._items))
+        return _Scores(typing.cast(FloatArray, scores), idx, contrib, rows.tolist())
 
     def predict_one(
         self, user: Hashable, item: Hashable, x: dict[str, typing.Any] | None = None
@@ -264,27 +270,26 @@ class ItemKNN(Recommender):
         # The history item contributing most to each result: a (results x history) table
         # of the contributions, plus a last row where all the other candidates land.
         at = np.full(len(self._items), len(rows), dtype=np.intp)
-        at[rows] = range(len(rows))
+        at[rows] = np.arange(len(rows))
         table = np.zeros((len(rows) + 1, len(found.history)))
-        table[at[found.idx], found.owners] = found.contrib
+        # Padding lands in the cell (own row, own column): no real contribution goes there.
+        table[at[found.idx], np.arange(len(found.history))[:, None]] = found.contrib
         best = table[:-1].argmax(axis=1).tolist()
         items, because, hist = self._items, self._because, found.history
-        return [
-            Scored(items[r], v, because[hist[b]])
-            for r, v, b in zip(rows, values, best, strict=True)
-        ]
+        return scored_many([items[r] for r in rows], values, [because[hist[b]] for b in best])
 
     def forget_user(self, user: Hashable) -> None:
         """Drop the user's history (co-occurrence counts are aggregates and stay)."""
         self._history.pop(user, None)
         self._version += 1
+        # The score cache names its user: it would carry them into the next checkpoint.
+        self._cached = None
 
 
 class _Scores(NamedTuple):
     """A user's score vector and where it came from (for the reasons)."""
 
     scores: FloatArray
-    idx: IntArray  # candidate row of each contribution
-    contrib: FloatArray  # the contributions
-    owners: IntArray  # position in ``history`` of the item behind each contribution
+    idx: IntArray  # (history x neighbors): the candidate row of each contribution
+    contrib: FloatArray  # (history x neighbors): the contributions (0 for padding)
     history: list[int]  # the user's recent item rows

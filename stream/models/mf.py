@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import typing
 from collections.abc import Hashable, Iterable
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
 from river import optim, reco
 
 from stream.models._ranking import FloatArray, grow, select
-from stream.models.base import Recommender, Scored
+from stream.models.base import Recommender, Scored, scored_many
 
 __all__ = ["MatrixFactorization"]
 
@@ -229,7 +230,7 @@ class MatrixFactorization(Recommender):
             return []
         rows, values = select(scores, self._index, k, exclude)
         items = self._items
-        return [Scored(items[r], v, reason) for r, v in zip(rows, values, strict=True)]
+        return scored_many([items[r] for r in rows], values, repeat(reason, len(rows)))
 
     def forget_user(self, user: Hashable) -> None:
         """Delete the user's latent vector (and bias): nothing else is per user."""

@@ -141,12 +141,13 @@ class Popularity(Recommender):
         if k <= 0:
             return out
         scale = self._scale
+        new = tuple.__new__  # the C constructor: NamedTuple's own __new__ is Python-level
         for key, item in zip(self._keys, self._ranked, strict=True):
             if key >= 0.0:  # the rest were only seen with weight 0
                 break
             if item in exclude:
                 continue
-            out.append(Scored(item, -key / scale, "popular now"))
+            out.append(new(Scored, (item, -key / scale, "popular now")))
             if len(out) == k:
                 break
         return out

@@ -7,17 +7,21 @@ A plain module (like ``kafka_helpers``), imported by name from the ``test_crash_
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.structs import TopicPartition
 from pydantic import SecretStr
 
 from stream.checkpoint import CheckpointStore
@@ -27,11 +31,14 @@ from stream.kafka import RawRecord
 from stream.settings import StreamSettings
 
 __all__ = [
+    "OutputWatcher",
     "WorkerProcess",
     "assert_same_state",
+    "assignments",
     "checkpoint_offsets",
     "committed_offsets",
     "offline_shard",
+    "restorations",
     "sample_pairs",
     "wait_for",
     "worker_env",
@@ -54,7 +61,8 @@ def worker_env(settings: StreamSettings) -> dict[str, str]:
     """The environment of a ``python -m stream worker`` that reads exactly ``settings``.
 
     Every field given explicitly to ``settings`` becomes ``STREAM_<NAME>``; inherited
-    ``STREAM_*`` variables are dropped so the child sees nothing else.
+    ``STREAM_*`` variables are dropped so the child sees nothing else. String hashing is
+    randomised per process, so state that depended on set order would not compare equal.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_")}
     for name in sorted(settings.model_fields_set):
@@ -62,6 +70,8 @@ def worker_env(settings: StreamSettings) -> dict[str, str]:
         if value is not None:
             env[f"STREAM_{name.upper()}"] = _env_value(value)
     env["PYTHONPATH"] = str(REPO)
+    # Every process hashes strings differently: results must not depend on set order.
+    env["PYTHONHASHSEED"] = "random"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -102,18 +112,79 @@ class WorkerProcess:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"worker did not stop within {timeout_s:g}s\n{self.log()}")
+            raise AssertionError(
+                f"worker did not stop within {timeout_s:g}s\n{self.log()}"
+            ) from None
 
     def wait(self, timeout_s: float) -> int:
         try:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"worker did not exit within {timeout_s:g}s\n{self.log()}")
+            raise AssertionError(
+                f"worker did not exit within {timeout_s:g}s\n{self.log()}"
+            ) from None
 
-    def log(self, tail: int = 60) -> str:
+    def log(self, tail: int | None = 60) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-tail:])
+        return "\n".join(lines if tail is None else lines[-tail:])
+
+
+class OutputWatcher:
+    """Reads ``topic`` from its beginning, keeping every record that has arrived so far."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.records: list[RawRecord] = []
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=[bootstrap], enable_auto_commit=False, group_id=None
+        )
+        partitions = self._consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + 30
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+            partitions = self._consumer.partitions_for_topic(topic)
+        assert partitions, f"topic {topic} not found"
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+
+    def poll(self) -> list[RawRecord]:
+        """Fetch what arrived since the last call; returns every record so far."""
+        for batch in self._consumer.poll(timeout_ms=100).values():
+            self.records.extend(
+                RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                for r in batch
+            )
+        return self.records
+
+    def sources(self) -> Counter[tuple[int, int]]:
+        """How many recommendations were published per event ``(partition, offset)``."""
+        return Counter(
+            (int(v["source_partition"]), int(v["source_offset"]))
+            for v in (json.loads(r.value) for r in self.poll() if r.value is not None)
+        )
+
+    def covers(self, ends: dict[int, int]) -> bool:
+        """Whether the last event of every partition has its recommendation."""
+        seen = self.sources()
+        return all(end == 0 or (p, end - 1) in seen for p, end in ends.items())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+_ASSIGNED = re.compile(r"partitions assigned: (\[.*\])")
+_RESTORED = re.compile(r"restored (\S+)\[(\d+)\] from checkpoint at offset (\d+)")
+
+
+def assignments(log: str) -> list[list[int]]:
+    """The partition lists a worker's log says it was assigned, in order."""
+    return [[int(p) for _, p in ast.literal_eval(m.group(1))] for m in _ASSIGNED.finditer(log)]
+
+
+def restorations(log: str) -> list[tuple[int, int]]:
+    """``(partition, offset)`` of every checkpoint restore a worker's log reports."""
+    return [(int(m.group(2)), int(m.group(3))) for m in _RESTORED.finditer(log)]
 
 
 def wait_for(

@@ -296,3 +296,4 @@ def test_worker_rides_out_a_broker_outage(
     assert with_traceback == [], [r.getMessage() for r in with_traceback[:5]]
     assert len(lost) == 1, lost
     assert len(back) == 1, back
+    assert broker.running and broker.advertised == bootstrap  # same broker, data kept

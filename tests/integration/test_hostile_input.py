@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -52,12 +53,15 @@ def _strategies() -> ModuleType:
 
 
 def draw_hostile(n: int) -> list[tuple[str, bytes | None, bytes | None]]:
-    """``n`` malformed records (family, key, value), the same on every run."""
+    """``n`` malformed records (family, key, value), from a derandomized Hypothesis run."""
     props = _strategies()
+    # Smaller extremes than the unit test (which goes to 100k): still past every limit
+    # (ids 256 chars, context 8 KiB, 64 KiB records, recursion ~1000) at a tenth of the bytes.
+    props.bounds.update(string=6_000, depth=15_000)
     out: list[tuple[str, bytes | None, bytes | None]] = []
 
     @settings(
-        max_examples=n,
+        max_examples=n + n // 10,  # a few drawn records are valid and left out
         derandomize=True,
         database=None,
         deadline=None,
@@ -76,7 +80,7 @@ def draw_hostile(n: int) -> list[tuple[str, bytes | None, bytes | None]]:
 
 
 def test_ten_thousand_malformed_records_through_the_worker(
-    kafka_bootstrap: str, kafka_settings: type[StreamSettings]
+    kafka_bootstrap: str, kafka_settings: Callable[..., StreamSettings]
 ) -> None:
     from stream.worker import Worker
 
@@ -105,6 +109,11 @@ def test_ten_thousand_malformed_records_through_the_worker(
             key, value = record.key, record.value
         keys.append(key)
         values.append(value)
+    # Too big for its dead letter (base64 > the producer's 1 MiB): it once crashed the worker.
+    giant = len(values)
+    families[giant] = "giant"
+    keys.append(b"giant")
+    values.append(b'{"pad": "' + b"x" * 900_000 + b'"}')
     expected_reason: dict[int, str] = {}
     for offset, value in enumerate(values):
         decoded = decode_one(keys[offset], value, max_bytes=MAX_EVENT_BYTES)
@@ -133,7 +142,7 @@ def test_ten_thousand_malformed_records_through_the_worker(
 
     assert summary.stopped_by == f"max events ({len(values)}) consumed"
     assert summary.consumed == len(values)
-    assert summary.dead_lettered == N_HOSTILE and summary.processed == N_VALID
+    assert summary.dead_lettered == N_HOSTILE + 1 and summary.processed == N_VALID
 
     # One dead letter per malformed record, with its reason and its original bytes.
     letters = [
@@ -141,12 +150,15 @@ def test_ten_thousand_malformed_records_through_the_worker(
         for r in consume(kafka_bootstrap, s.dead_letter_topic, n=None, timeout_s=120)
     ]
     by_offset = {d.source_offset: d for d in letters}
-    assert len(letters) == len(by_offset) == N_HOSTILE
+    assert len(letters) == len(by_offset) == N_HOSTILE + 1
     assert set(by_offset) == set(families)
     for offset, letter in by_offset.items():
         assert letter.source_topic == s.events_topic and letter.source_partition == 0
         assert letter.reason == expected_reason[offset] and letter.detail
         sent = values[offset]
+        if offset == giant:
+            assert letter.value_b64 is None and f"{s.events_topic}[0]@{giant}" in letter.detail
+            continue
         assert letter.value_b64 == (None if sent is None else base64.b64encode(sent).decode())
         key = keys[offset]
         assert letter.key_b64 == (None if key is None else base64.b64encode(key).decode())

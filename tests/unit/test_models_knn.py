@@ -97,7 +97,7 @@ def test_memory_is_bounded_under_many_events() -> None:
         item = f"i{int(rng.paretovariate(0.8)) % 600}"
         learn(model, user, item, rng.choice(list(WEIGHTS)))
     assert max(len(row) for row in model._co) <= 4 * neighbors
-    assert max(len(rows) for rows in model._nbr_rows) <= neighbors
+    assert int(model._nbr_len.max()) <= neighbors
     assert max(len(h) for h in model._history.values()) <= history
     top = model.top_k("u1", 10)
     assert 0 < len(top) <= 10

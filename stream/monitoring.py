@@ -6,6 +6,7 @@ never at module level, so tests and several workers in one process do not collid
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -167,10 +168,8 @@ class WorkerMetrics:
     def forget_partitions(self, partitions: list[tuple[str, int]]) -> None:
         """Drop the lag series of partitions this worker no longer owns (no stale lag)."""
         for topic, partition in partitions:
-            try:
+            with contextlib.suppress(KeyError):
                 self.consumer_lag.remove(topic, str(partition))
-            except KeyError:
-                pass
 
 
 class HealthState:

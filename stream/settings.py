@@ -64,6 +64,9 @@ class StreamSettings(BaseSettings):
     """Longest wait for records in one poll."""
     max_poll_records: int = Field(500, ge=1, le=100_000)
     """Most records handled per poll (one commit per batch at most)."""
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, le=60_000, description="Longest a fetch waits for data (latency vs requests)."
+    )
     session_timeout_ms: int = Field(6_000, ge=1_000)
     """Group session timeout: a silent worker loses its partitions after it."""
     heartbeat_interval_ms: int = Field(1_000, ge=100)
@@ -122,7 +125,11 @@ class StreamSettings(BaseSettings):
     """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
     models: Annotated[tuple[ModelName, ...], NoDecode] = ("popularity", "knn", "biased_mf", "blend")
     """Models to run (comma list): popularity, knn, biased_mf, funk_mf, blend."""
-    recommender: ModelName = Field("knn", description="The model whose top-K is published.")
+    recommender: ModelName = Field(
+        "blend",
+        description="The model whose top-K is published (default: blend, or knn, or the first "
+        "model when STREAM_MODELS leaves the blend out).",
+    )
     seed: int = 42
     """Seed of every random choice (initialisation, negative sampling): runs are repeatable."""
     history_size: int = Field(200, ge=1, le=100_000, description="Items remembered per user.")
@@ -169,7 +176,9 @@ class StreamSettings(BaseSettings):
     popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")
 
     # Blend
-    blend: dict[str, float] = Field(default_factory=lambda: {"knn": 1.0, "popularity": 0.3})
+    blend: dict[str, float] = Field(
+        default_factory=lambda: {"knn": 1.0, "popularity": 0.3, "biased_mf": 0.5}
+    )
     """Blend weights per model (JSON object); scores are rank-fused."""
 
     # --- Evaluation / drift ---------------------------------------------------------------
@@ -212,6 +221,16 @@ class StreamSettings(BaseSettings):
             raise ValueError("must name at least one host:port")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recommender(cls, data: Any) -> Any:
+        # STREAM_MODELS=knn,popularity without STREAM_RECOMMENDER: publish knn, not an error.
+        if isinstance(data, dict) and data.get("recommender") is None and data.get("models"):
+            models = cls._split_models(data["models"])
+            if "blend" not in models:
+                data = {**data, "recommender": "knn" if "knn" in models else models[0]}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> StreamSettings:
         if self.rating_min >= self.rating_max:
@@ -221,13 +240,6 @@ class StreamSettings(BaseSettings):
         if self.recommender not in self.models:
             raise ValueError(
                 f"recommender {self.recommender!r} is not one of models {list(self.models)}"
-            )
-        if self.checkpoint_dir is not None and (
-            self.checkpoint_key is None or not self.checkpoint_key.get_secret_value()
-        ):
-            raise ValueError(
-                "STREAM_CHECKPOINT_KEY is required when STREAM_CHECKPOINT_DIR is set "
-                "(checkpoints are signed pickles; use a long random secret shared by the group)"
             )
         if "blend" in self.models:
             missing = [m for m in self.blend if m not in self.models or m == "blend"]

@@ -177,6 +177,7 @@ class EventSource:
             "heartbeat_interval_ms": s.heartbeat_interval_ms,
             "max_poll_interval_ms": s.max_poll_interval_ms,
             "max_poll_records": s.max_poll_records,
+            "fetch_max_wait_ms": s.fetch_max_wait_ms,
             "bootstrap_timeout_ms": bootstrap_timeout_ms,
             "partition_assignment_strategy": (
                 (CooperativeStickyAssignor,) if self.cooperative else (RangePartitionAssignor,)

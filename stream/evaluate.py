@@ -171,8 +171,9 @@ def run_evaluate(ns: argparse.Namespace) -> int:
 
     settings = load_settings()
     path: Path = ns.path
-    if not path.exists():
-        print(f"error: no such file: {path}", file=sys.stderr)
+    if not path.is_file():
+        what = "not a file" if path.exists() else "no such file"
+        print(f"error: {what}: {path}", file=sys.stderr)
         return 2
     try:
         reader = read_events(
@@ -186,6 +187,9 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
     result.rejected = reader.rejected
     print_table(result)
     if reader.rejected:
@@ -193,7 +197,11 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     if ns.report is not None:
         from stream.report import write_report
 
-        write_report(result, ns.report)
+        try:
+            write_report(result, ns.report)
+        except OSError as exc:
+            print(f"error: cannot write the report to {ns.report}: {exc}", file=sys.stderr)
+            return 1
         print(f"report written to {ns.report}/index.html", file=sys.stderr)
     json.dumps(result.to_json())  # fail here, not in a report consumer, if not serialisable
     return 0

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 __all__ = ["EVENT_TYPES", "SettingsError", "StreamSettings", "load_settings"]
 
@@ -176,7 +177,7 @@ class StreamSettings(BaseSettings):
     popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")
 
     # Blend
-    blend: dict[str, float] = Field(
+    blend: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: {"knn": 1.0, "popularity": 0.3, "biased_mf": 0.5}
     )
     """Blend weights per model (JSON object); scores are rank-fused."""
@@ -214,6 +215,19 @@ class StreamSettings(BaseSettings):
             return tuple(v.strip() for v in text.split(",") if v.strip())
         return value
 
+    @field_validator("blend", mode="before")
+    @classmethod
+    def _parse_blend(cls, value: Any) -> Any:
+        # STREAM_BLEND='{"knn": 1, "popularity": 0.3}'; a clear error instead of a traceback.
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f'not a JSON object like {{"knn": 1.0}}: {exc}') from None
+        return value
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_not_empty(cls, value: str) -> str:
@@ -234,17 +248,20 @@ class StreamSettings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> StreamSettings:
         if self.rating_min >= self.rating_max:
-            raise ValueError("rating_min must be below rating_max")
+            raise ValueError("STREAM_RATING_MIN must be below STREAM_RATING_MAX")
         if not self.models:
-            raise ValueError("models must name at least one model")
+            raise ValueError("STREAM_MODELS must name at least one model")
         if self.recommender not in self.models:
             raise ValueError(
-                f"recommender {self.recommender!r} is not one of models {list(self.models)}"
+                f"STREAM_RECOMMENDER {self.recommender!r} is not one of STREAM_MODELS "
+                f"{list(self.models)}"
             )
         if "blend" in self.models:
             missing = [m for m in self.blend if m not in self.models or m == "blend"]
             if missing:
-                raise ValueError(f"blend names models that are not configured: {missing}")
+                raise ValueError(
+                    f"STREAM_BLEND names models that are not in STREAM_MODELS: {missing}"
+                )
         return self
 
     def implicit_weight(self, event_type: str) -> float:
@@ -289,6 +306,8 @@ def load_settings(**overrides: Any) -> StreamSettings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return StreamSettings(**given)
+    except PydanticSettingsError as exc:  # a value pydantic-settings could not even parse
+        raise SettingsError(f"invalid settings: {exc}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

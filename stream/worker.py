@@ -27,7 +27,7 @@ from stream.core import Pipeline, merge_metrics
 from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
 from stream.kafka.admin import ensure_topics
-from stream.kafka.sink import DeliveryError, OutputTooLargeError, RecordSink
+from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.settings import StreamSettings
@@ -84,6 +84,10 @@ class Worker:
         self._positions: dict[TopicPartition, int] = {}
         self._pending_drifts: list[DriftRecord] = []
         self._stop_reason = ""
+        # Set when what is in memory may no longer match the offsets: nothing more is
+        # checkpointed or committed by this process (the restart re-consumes from the last
+        # safe point).
+        self._unsafe = ""
         self._server: MetricsServer | None = None
         self._source: EventSource | None = None
         self._sink: RecordSink | None = None
@@ -139,7 +143,14 @@ class Worker:
             )
             models = list(self._new_pipeline_names())
             self.metrics.declare_models(models, ["miss", "abs_error"], s.drift_detector)
-            self._loop(max_events, idle_timeout)
+            try:
+                self._loop(max_events, idle_timeout)
+            except BaseException as exc:
+                # An event may be half applied (learned, outputs not sent, offset not moved):
+                # a checkpoint now would learn it twice after the restart.
+                if self.checkpoints is not None:
+                    self._unsafe = f"stopped by {type(exc).__name__}"
+                raise
         finally:
             self._shutdown()
         return self.summary
@@ -294,7 +305,7 @@ class Worker:
         """Flush outputs, then commit what is safe: everything flushed (no checkpoints) or
         exactly what the checkpoint just written covers."""
         assert self._sink is not None and self._source is not None
-        if not self._flush_outputs():
+        if self._unsafe or not self._flush_outputs():
             return
         if self.checkpoints is None:
             safe = dict(self._positions)
@@ -324,40 +335,52 @@ class Worker:
         """
         assert self._sink is not None
         backoff = Backoff(max_s=min(10.0, self.settings.reconnect_backoff_max_s))
+        pending: list[DeliveryFailure] = []  # taken from the sink, not yet re-sent
         while True:
             try:
                 self._sink.flush()
             except DeliveryError as exc:
-                failures = self._sink.take_failures()
+                pending += self._sink.take_failures()
                 self.health.set_ready(False, f"outputs undelivered: {exc}")
                 self.metrics.ready.set(0)
                 if backoff.attempts == 0:
                     logger.warning(
                         "%d output record(s) not delivered (%s); re-sending until the broker "
                         "accepts them, no offsets are committed meanwhile",
-                        len(failures),
+                        len(pending),
                         exc,
                     )
-                if self._stop_reason and backoff.attempts >= 3:
+            else:
+                if not pending:
+                    if backoff.attempts:
+                        logger.info("outputs delivered after %d retries", backoff.attempts)
+                    return True
+            if self._stop_reason and backoff.attempts >= 3:
+                logger.error(
+                    "stopping with %d undelivered output(s): nothing more is checkpointed or "
+                    "committed, their events will be consumed again",
+                    len(pending),
+                )
+                self._unsafe = "outputs undelivered at stop"
+                return False
+            self.health.tick()
+            backoff.sleep()
+            while pending:
+                failure = pending[0]
+                try:
+                    self._sink.send(failure.topic, failure.key, failure.value)
+                except BrokerUnavailableError:
+                    break  # keep the rest for the next round
+                except OutputTooLargeError:
                     logger.error(
-                        "stopping with %d undelivered output(s); their events were not "
-                        "committed and will be consumed again",
-                        len(failures),
+                        "an output to %s is now refused as too large; stopping without "
+                        "committing past it",
+                        failure.topic,
                     )
+                    self._unsafe = "output refused"
+                    self.request_stop("an output cannot be delivered")
                     return False
-                self.health.tick()
-                backoff.sleep()
-                for failure in failures:
-                    try:
-                        self._sink.send(failure.topic, failure.key, failure.value)
-                    except OutputTooLargeError:
-                        logger.error("dropping an output the broker refuses as too large")
-                    except BrokerUnavailableError:
-                        break
-                continue
-            if backoff.attempts:
-                logger.info("outputs delivered after %d retries", backoff.attempts)
-            return True
+                pending.pop(0)
 
     def _checkpoint(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         assert self.checkpoints is not None
@@ -431,7 +454,10 @@ class Worker:
 
     def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Make the revoked partitions' work safe, then drop their shards."""
-        if self._sink is None or self._source is None:
+        if self._sink is None or self._source is None or self._unsafe:
+            if self._unsafe:
+                logger.warning("not committing revoked partitions: %s", self._unsafe)
+            self._drop(partitions)
             return
         try:
             self._sink.flush()
@@ -442,6 +468,9 @@ class Worker:
             self._commit(safe)
         except Exception:
             logger.exception("could not make revoked partitions safe; they will be re-consumed")
+        self._drop(partitions)
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.shards.pop(tp, None)
             self._positions.pop(tp, None)

@@ -45,3 +45,7 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
     assert commands == ["make demo", "make test"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_readme_has_no_unfilled_placeholders() -> None:
+    assert not re.search(r"\bFIGURES_[A-Z_]+\b|\bTODO\b|\bTBD\b", README)

@@ -88,6 +88,7 @@ class Worker:
         # checkpointed or committed by this process (the restart re-consumes from the last
         # safe point).
         self._unsafe = ""
+        self._checkpointed: dict[TopicPartition, int] = {}  # offset of each shard's last save
         self._server: MetricsServer | None = None
         self._source: EventSource | None = None
         self._sink: RecordSink | None = None
@@ -388,6 +389,11 @@ class Worker:
         for tp in partitions:
             if tp not in self.shards or tp not in self._positions:
                 continue
+            if self._checkpointed.get(tp) == self._positions[tp]:
+                # Nothing learned since the last checkpoint (e.g. shutdown, then revoke): a
+                # second identical file would only push an older good one out of the rotation.
+                written[tp] = self._positions[tp]
+                continue
             try:
                 self.checkpoints.save(tp, self.shards[tp], self._positions[tp])
             except OSError:
@@ -395,7 +401,7 @@ class Worker:
                 self.metrics.checkpoints.labels("failed").inc()
                 continue
             self.metrics.checkpoints.labels("ok").inc()
-            written[tp] = self._positions[tp]
+            written[tp] = self._checkpointed[tp] = self._positions[tp]
         if written:
             self.metrics.checkpoint_last.set(time.time())
         self._since_checkpoint = 0
@@ -447,7 +453,7 @@ class Worker:
                 continue
             pipeline, offset = restored
             self.shards[tp] = pipeline
-            self._positions[tp] = offset
+            self._positions[tp] = self._checkpointed[tp] = offset
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
         return seek
@@ -472,6 +478,7 @@ class Worker:
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self._checkpointed.pop(tp, None)
             self.shards.pop(tp, None)
             self._positions.pop(tp, None)
         self.metrics.forget_partitions(partitions)

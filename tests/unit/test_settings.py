@@ -53,7 +53,7 @@ def test_wrong_setting_fails_naming_it(
 
 
 def test_recommender_must_be_configured() -> None:
-    with pytest.raises(SettingsError, match="recommender"):
+    with pytest.raises(SettingsError, match="STREAM_RECOMMENDER"):
         load_settings(models=("popularity",), recommender="knn")
 
 

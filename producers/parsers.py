@@ -11,10 +11,11 @@ cannot be read in the format at all (a CSV header without the needed columns) ra
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
+
+from stream.events import strict_json
 
 __all__ = [
     "CSV_FIELDS",
@@ -51,19 +52,6 @@ class LineParser(Protocol):
     def parse_one(self, text: str) -> dict[str, Any] | Bad | None: ...
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _number(text: str) -> int | float:
     """An int if the text is one (keeps epoch seconds exact), else a finite float."""
     text = text.strip()
@@ -79,15 +67,9 @@ def _number(text: str) -> int | float:
 class JsonlParser:
     """One JSON object per line (strict: no NaN, no duplicate keys)."""
 
-    def __init__(self) -> None:
-        # One decoder for the whole file: json.loads with hooks builds a new one per call.
-        self._decoder = json.JSONDecoder(
-            parse_constant=_no_constant, object_pairs_hook=_no_duplicates
-        )
-
     def parse_one(self, text: str) -> dict[str, Any] | Bad | None:
         try:
-            data = self._decoder.decode(text)
+            data = strict_json.decode(text)
         except RecursionError:
             return Bad("invalid_json", "nested too deeply")
         except ValueError as exc:

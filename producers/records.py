@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+from stream.events import parse_timestamp
 
 __all__ = ["Record", "RejectedLine", "encode_event", "parse_time"]
 
@@ -66,24 +67,7 @@ def parse_time(value: Any) -> float:
     >>> parse_time("2024-01-01T00:00:00Z"), parse_time("86400"), parse_time(1.5)
     (1704067200.0, 86400.0, 1.5)
     """
-    if isinstance(value, bool):
-        raise ValueError(f"not a time: {value!r}")
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            ts = float(text)
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"not epoch seconds or ISO-8601: {text[:60]!r}") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            ts = parsed.timestamp()
-    else:
-        raise ValueError(f"not a time: {type(value).__name__}")
+    ts = parse_timestamp(value)
     if not math.isfinite(ts):
         raise ValueError(f"not a finite time: {value!r}")
     return ts

@@ -39,6 +39,8 @@ __all__ = [
     "Source",
     "decode_one",
     "json_schemas",
+    "parse_timestamp",
+    "strict_json",
 ]
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "forget"]
@@ -69,6 +71,38 @@ class Source:
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from a number, a numeric string or an ISO-8601 string (UTC if naive).
+
+    Raises ``ValueError`` (saying why) for anything else. The result may be non-finite (an
+    integer beyond float range gives ``inf``): callers decide what range they accept.
+
+    >>> parse_timestamp("2024-01-01T00:00:00Z"), parse_timestamp("86400"), parse_timestamp(1.5)
+    (1704067200.0, 86400.0, 1.5)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range: not a ValueError
+            return math.inf
+    if not isinstance(value, str):
+        raise ValueError(f"not a time: {type(value).__name__}")
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not epoch seconds or ISO-8601: {text[:60]!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 class Event(BaseModel):
@@ -127,27 +161,10 @@ class Event(BaseModel):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _timestamp(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be epoch seconds or ISO-8601")
-        if isinstance(value, int | float):
-            try:
-                ts = float(value)
-            except OverflowError:  # an integer beyond float range: not a ValueError
-                ts = math.inf
-        elif isinstance(value, str):
-            text = value.strip()
-            try:
-                ts = float(text)
-            except ValueError:
-                try:
-                    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-                except ValueError:
-                    raise ValueError("must be epoch seconds or ISO-8601") from None
-                if parsed.tzinfo is None:
-                    parsed = parsed.replace(tzinfo=UTC)
-                ts = parsed.timestamp()
-        else:
-            raise ValueError("must be epoch seconds or ISO-8601")
+        try:
+            ts = parse_timestamp(value)
+        except ValueError:
+            raise ValueError("must be epoch seconds or ISO-8601") from None
         if not math.isfinite(ts) or not 0.0 <= ts <= MAX_TIMESTAMP:
             raise ValueError("out of range (epoch seconds between 1970 and 2200)")
         return ts
@@ -207,6 +224,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+strict_json = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+"""The JSON decoder of every input: refuses NaN/Infinity literals and duplicated keys (both
+raise ``ValueError``). One shared instance: ``json.loads`` with hooks builds one per call."""
+
+
 def decode_one(
     key: bytes | None,
     value: bytes | None,
@@ -239,7 +261,7 @@ def decode_one(
     except UnicodeDecodeError as exc:
         return reject("not_utf8", str(exc))
     try:
-        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        data = strict_json.decode(text)
     except RecursionError:
         return reject("invalid_json", "nested too deeply")
     except ValueError as exc:

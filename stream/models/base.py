@@ -23,6 +23,18 @@ from river.reco.base import Ranker
 __all__ = ["Recommender", "Scored", "scored_many"]
 
 
+def interaction_weight(y: float, x: dict[str, typing.Any] | None) -> float:
+    """How much an interaction counts for the counting models (popularity, KNN).
+
+    A rating (``x["implicit"]`` false) counts 1 whatever its value; an implicit event, or a
+    plain River call without ``x``, counts its target ``y`` (never below 0).
+
+    >>> interaction_weight(4.5, {"implicit": False}), interaction_weight(3.0, None)
+    (1.0, 3.0)
+    """
+    return 1.0 if x is not None and not x.get("implicit", True) else max(float(y), 0.0)
+
+
 class Scored(NamedTuple):
     """A ranked item with its score and, where the model can say, why it was recommended."""
 

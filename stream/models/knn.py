@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from stream.models._ranking import FloatArray, IntArray, grow, select
-from stream.models.base import Recommender, Scored, scored_many
+from stream.models.base import Recommender, Scored, interaction_weight, scored_many
 
 __all__ = ["ItemKNN"]
 
@@ -130,7 +130,7 @@ class ItemKNN(Recommender):
         y: float,
         x: dict[str, typing.Any] | None = None,
     ) -> None:
-        weight = 1.0 if x is not None and not x.get("implicit", True) else max(float(y), 0.0)
+        weight = interaction_weight(y, x)
         self._version += 1
         j = self._row(item)
         if weight <= 0.0:

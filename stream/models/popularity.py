@@ -7,7 +7,7 @@ import logging
 import typing
 from collections.abc import Hashable, Iterable
 
-from stream.models.base import Recommender, Scored
+from stream.models.base import Recommender, Scored, interaction_weight
 
 __all__ = ["Popularity"]
 
@@ -89,7 +89,7 @@ class Popularity(Recommender):
         y: float,
         x: dict[str, typing.Any] | None = None,
     ) -> None:
-        weight = 1.0 if x is not None and not x.get("implicit", True) else max(float(y), 0.0)
+        weight = interaction_weight(y, x)
         self._events += 1
         self._scale *= self._growth
         if self._scale > _RENORMALISE_AT:

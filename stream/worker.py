@@ -142,8 +142,7 @@ class Worker:
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
             )
-            models = list(self._new_pipeline_names())
-            self.metrics.declare_models(models, ["miss", "abs_error"], s.drift_detector)
+            self.metrics.declare_models(list(s.models), ["miss", "abs_error"], s.drift_detector)
             try:
                 self._loop(max_events, idle_timeout)
             except BaseException as exc:
@@ -284,9 +283,6 @@ class Worker:
         self.metrics.dead_letters.labels(rejected.reason).inc()
         self.metrics.events.labels(event_type, "dead_lettered").inc()
         self.summary.dead_lettered += 1
-
-    def _new_pipeline_names(self) -> list[str]:
-        return list(self.settings.models)
 
     def _shard(self, tp: TopicPartition) -> Pipeline:
         shard = self.shards.get(tp)

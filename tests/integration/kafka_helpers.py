@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
 from kafka.structs import TopicPartition
 
 from stream.kafka import RawRecord
@@ -119,3 +120,23 @@ def consume(
 def _caught_up(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
     high = consumer.highwater(tp)
     return high is not None and consumer.position(tp, timeout_ms=1_000) >= high
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` every 0.1 s; fail the test after ``timeout_s`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """The group's committed offsets, read with the admin API."""
+    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
+    try:
+        offsets = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}

@@ -22,13 +22,12 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
-from kafka_helpers import consume, settings_for
+from kafka_helpers import consume, group_offsets, settings_for, wait_for
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.events import Recommendation
@@ -190,24 +189,6 @@ class Producer:
             self._thread.join(10)
         self._producer.flush(timeout=120)
         self._producer.close(timeout=10)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
-def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}
 
 
 def test_worker_rides_out_a_broker_outage(

@@ -11,7 +11,6 @@ import base64
 import json
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -19,8 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from kafka.admin import KafkaAdminClient
-from kafka_helpers import consume, produce
+from kafka_helpers import consume, group_offsets, produce, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from producers.synthetic import SyntheticConfig, SyntheticStream
@@ -114,28 +112,10 @@ def value(
     return page.get((name, tuple(sorted(labels.items()))))
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}
 
 
 class Background:

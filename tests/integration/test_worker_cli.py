@@ -17,8 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka.admin import KafkaAdminClient
-from kafka_helpers import consume, produce
+from kafka_helpers import consume, group_offsets, produce
 
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.events import DeadLetter, Recommendation
@@ -71,15 +70,6 @@ def records(n: int, seed: int = 1) -> tuple[list[bytes | None], list[bytes | Non
     return values, keys
 
 
-def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}
-
-
 def run(
     cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -117,7 +107,7 @@ def test_max_events_stops_after_n_records_including_dead_letters(
     assert proc.returncode == 0, proc.stderr[-3_000:]
     assert "Traceback" not in proc.stderr
     assert "worker stopped (max events (120) consumed): consumed 120, processed 118" in proc.stderr
-    assert committed(kafka_bootstrap, s.group_id) == {(s.events_topic, 0): 120}
+    assert group_offsets(kafka_bootstrap, s.group_id) == {(s.events_topic, 0): 120}
     letters = consume(kafka_bootstrap, s.dead_letter_topic, n=None)
     assert [DeadLetter.model_validate_json(r.value or b"").source_offset for r in letters] == [
         10,
@@ -141,7 +131,7 @@ def test_idle_timeout_stops_and_flags_override_the_environment(
     proc = run(cmd, env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3_000:]
     assert "worker stopped (idle for 3s): consumed 80, processed 80" in proc.stderr
-    assert committed(kafka_bootstrap, other_group) == {(s.events_topic, 0): 80}
+    assert group_offsets(kafka_bootstrap, other_group) == {(s.events_topic, 0): 80}
 
 
 def test_sigterm_mid_stream_finishes_the_batch_commits_and_exits_0(
@@ -166,7 +156,7 @@ def test_sigterm_mid_stream_finishes_the_batch_commits_and_exits_0(
         deadline = time.monotonic() + 90
         seen = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            seen = sum(committed(kafka_bootstrap, s.group_id).values())
+            seen = sum(group_offsets(kafka_bootstrap, s.group_id).values())
             if seen >= 1_000:
                 break
             time.sleep(0.3)
@@ -181,7 +171,7 @@ def test_sigterm_mid_stream_finishes_the_batch_commits_and_exits_0(
     assert proc.returncode == 0, err[-3_000:]
     assert "Traceback" not in err
     assert "worker stopped (SIGTERM)" in err
-    offsets = committed(kafka_bootstrap, s.group_id)
+    offsets = group_offsets(kafka_bootstrap, s.group_id)
     done = offsets[(s.events_topic, 0)]
     assert seen <= done < total  # stopped mid-stream, after what was committed before
     # Every processed event was published and exactly those were committed: no gap, no extra.

@@ -1,7 +1,7 @@
 """Per-event cost of the core (:meth:`stream.core.Pipeline.process_one`), with a fingerprint.
 
 Builds a :class:`~stream.core.Pipeline` from ``StreamSettings`` defaults (models popularity,
-knn, biased_mf, blend; recommender knn; K = 10) unless ``--set`` overrides them, decodes a
+knn, biased_mf, blend; recommender blend; K = 10) unless ``--set`` overrides them, decodes a
 seeded synthetic stream (``producers.synthetic``) into events beforehand, and times
 ``process_one`` over all of them. Prints µs/event and events/s, the CPU seconds the pipeline
 attributes to each model, each model's cumulative HR@K / NDCG@K, the drifts, and a SHA-256
@@ -25,9 +25,13 @@ import io
 import pstats
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from benchmarks._common import quiet_logging
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import quiet_logging
+
 from producers.synthetic import SyntheticStream
 from stream.core import Pipeline
 from stream.events import Event, Source

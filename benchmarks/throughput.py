@@ -89,15 +89,15 @@ class ThroughputResult:
     broker: str
     models: list[str]
     recommender: str
-    event_bytes: float
-    recommendation_bytes: float
-    ceiling_rate: float
-    worker_rate: float
-    worker_rate_with_shutdown: float
-    core_rate: float
-    decode_rate: float
-    encode_rate: float
-    ratio: float
+    event_bytes: float = 0.0
+    recommendation_bytes: float = 0.0
+    ceiling_rate: float = 0.0
+    worker_rate: float = 0.0
+    worker_rate_with_shutdown: float = 0.0
+    core_rate: float = 0.0
+    decode_rate: float = 0.0
+    encode_rate: float = 0.0
+    ratio: float = 0.0
     latency: LatencyResult | None = None
 
 
@@ -355,9 +355,31 @@ def measure_latency(bootstrap: str, rate: float, seconds: float, seed: int) -> L
 
 
 def run(
-    bootstrap: str, broker_name: str, n: int, latency_seconds: float, seed: int
+    bootstrap: str,
+    broker_name: str,
+    n: int,
+    latency_seconds: float,
+    seed: int,
+    latency_rate: float | None = None,
 ) -> ThroughputResult:
-    """All measurements, in order (a), (b), (c), latency, printing each as it completes."""
+    """All measurements, in order (a), (b), (c), latency, printing each as it completes.
+
+    ``latency_rate`` paces the latency run instead of half of (b); with ``n == 0`` only the
+    latency run happens (at ``latency_rate``).
+    """
+    if n == 0:
+        if latency_rate is None:
+            raise ValueError("--events 0 needs --latency-rate")
+        settings = _settings(bootstrap, "throughput")
+        result = ThroughputResult(
+            events=0,
+            broker=broker_name,
+            models=list(settings.models),
+            recommender=settings.recommender,
+        )
+        print(f"latency: {latency_rate:,.0f} events/s for {latency_seconds:g} s ...", flush=True)
+        result.latency = measure_latency(bootstrap, latency_rate, latency_seconds, seed)
+        return result
     records = _records(n, seed)
     event_bytes = sum(len(r.value) for r in records) / len(records)
     settings = _settings(bootstrap, "throughput")
@@ -409,9 +431,10 @@ def run(
         ratio=worker_rate / ceiling,
     )
     if latency_seconds > 0:
-        rate = worker_rate / 2
+        rate = worker_rate / 2 if latency_rate is None else latency_rate
         print(
-            f"latency: {rate:,.0f} events/s (half of (b)) for {latency_seconds:g} s "
+            f"latency: {rate:,.0f} events/s "
+            f"({'half of (b)' if latency_rate is None else 'as asked'}) for {latency_seconds:g} s "
             "into a fresh worker ...",
             flush=True,
         )
@@ -421,6 +444,12 @@ def run(
 
 def print_summary(result: ThroughputResult) -> None:
     """The figures as tables, then the verdicts against the targets."""
+    if result.events:
+        _print_throughput(result)
+    _print_latency(result)
+
+
+def _print_throughput(result: ThroughputResult) -> None:
     rows = [
         ["(a) kafka-python ceiling", fmt(result.ceiling_rate, 0), "1.00"],
         [
@@ -452,6 +481,9 @@ def print_summary(result: ThroughputResult) -> None:
         f"  events {result.event_bytes:.0f} B, recommendations {result.recommendation_bytes:.0f} B;"
         f" models {', '.join(result.models)}; published: {result.recommender}"
     )
+
+
+def _print_latency(result: ThroughputResult) -> None:
     lat = result.latency
     if lat is None:
         return
@@ -484,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency-seconds", type=float, default=20.0, help="paced latency run (0 = skip)"
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="events/s of the latency run (default: half of (b)); with --events 0, only that run",
+    )
     parser.add_argument("--seed", type=int, default=7, help="synthetic stream seed")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write JSON (- = stdout)")
     ns = parser.parse_args(argv)
@@ -492,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bootstrap = ns.bootstrap or broker.bootstrap  # type: ignore[union-attr]
         name = ns.bootstrap or f"embedded Tansu {bootstrap}"
-        result = run(bootstrap, name, ns.events, ns.latency_seconds, ns.seed)
+        result = run(bootstrap, name, ns.events, ns.latency_seconds, ns.seed, ns.latency_rate)
     finally:
         if broker is not None:
             broker.stop()

@@ -97,6 +97,7 @@ class Worker:
         self._last_gauges_at = 0.0
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
+        self._last_flush_at = time.monotonic()
         self.summary = RunSummary()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -176,8 +177,12 @@ class Worker:
                 for record in batch:
                     self._handle_one(record)
                 self._after_batch()
-            elif idle_timeout is not None and time.monotonic() - last_record_at >= idle_timeout:
-                self.request_stop(f"idle for {idle_timeout:g}s")
+            else:
+                if self._positions:
+                    # Quiet topic: what the last batches left unflushed is made safe on time.
+                    self._make_safe(force_checkpoint=False)
+                if idle_timeout is not None and time.monotonic() - last_record_at >= idle_timeout:
+                    self.request_stop(f"idle for {idle_timeout:g}s")
             self._maybe_refresh_gauges()
         self.summary.stopped_by = self._stop_reason
 
@@ -300,23 +305,31 @@ class Worker:
 
     def _make_safe(self, force_checkpoint: bool) -> None:
         """Flush outputs, then commit what is safe: everything flushed (no checkpoints) or
-        exactly what the checkpoint just written covers."""
+        exactly what the checkpoint just written covers.
+
+        Without checkpoints this happens every ``commit_interval_ms``; with them, whenever a
+        checkpoint is due (``checkpoint_every_*``), and outputs are flushed at the interval.
+        """
         assert self._sink is not None and self._source is not None
-        if self._unsafe or not self._flush_outputs():
+        if self._unsafe:
             return
+        s = self.settings
+        now = time.monotonic()
+        checkpoint_due = self.checkpoints is not None and (
+            force_checkpoint
+            or self._since_checkpoint >= s.checkpoint_every_events
+            or now - self._last_checkpoint_at >= s.checkpoint_every_seconds
+        )
+        # A flush waits for the broker's acknowledgements and a commit is a round trip: once
+        # per poll batch they cost the events that arrive meanwhile tens of milliseconds.
+        flush_due = force_checkpoint or now - self._last_flush_at >= s.commit_interval_ms / 1000
+        if not (checkpoint_due or flush_due) or not self._flush_outputs():
+            return
+        self._last_flush_at = now
         if self.checkpoints is None:
-            safe = dict(self._positions)
-        else:
-            s = self.settings
-            due = (
-                force_checkpoint
-                or self._since_checkpoint >= s.checkpoint_every_events
-                or time.monotonic() - self._last_checkpoint_at >= s.checkpoint_every_seconds
-            )
-            if not due:
-                return
-            safe = self._checkpoint(list(self._positions))
-        self._commit(safe)
+            self._commit(dict(self._positions))
+        elif checkpoint_due:
+            self._commit(self._checkpoint(list(self._positions)))
 
     def _commit(self, safe: dict[TopicPartition, int]) -> None:
         assert self._source is not None

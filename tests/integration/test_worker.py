@@ -11,6 +11,7 @@ import base64
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -387,3 +388,42 @@ def test_each_users_recommendations_come_from_their_partition(
     last = summary.last_metrics
     assert last is not None
     assert last.events == len(records) and last.users == len(partition_of)
+
+
+@pytest.mark.parametrize("interval_ms", [300, 600_000])
+def test_commits_follow_the_commit_interval_while_running(
+    kafka_bootstrap: str,
+    kafka_settings: Callable[..., StreamSettings],
+    running: list[Background],
+    interval_ms: int,
+) -> None:
+    """A quiet topic still gets its last batch committed within the interval; a long interval
+    commits nothing until the stop (where everything processed is made safe)."""
+    s = kafka_settings(
+        models=("popularity",),
+        recommender="popularity",
+        commit_interval_ms=interval_ms,
+        max_poll_records=20,  # ten batches, faster than the interval: the last one waits
+    )
+    stream = SyntheticStream(SyntheticConfig(n_events=200, n_users=20, n_items=50, seed=5))
+    records = list(stream.records())
+    ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
+    produce(kafka_bootstrap, s.events_topic, [r.value for r in records], [r.key for r in records])
+    worker = Worker(s)
+    bg = Background(worker, idle_timeout=None)
+    running.append(bg)
+    wait_for(lambda: worker.summary.consumed == len(records), 60, "all events consumed")
+    expected = {(s.events_topic, 0): len(records)}
+    if interval_ms < 1_000:
+        # No further batch arrives: the idle loop commits on time, the worker still runs.
+        wait_for(lambda: group_offsets(kafka_bootstrap, s.group_id) == expected, 10, "commit")
+        assert bg._thread.is_alive()
+    else:
+        time.sleep(2.0)
+        assert group_offsets(kafka_bootstrap, s.group_id) == {}
+    # Outputs go out at once whatever the interval; only the flush + commit wait for it.
+    assert len(consume(kafka_bootstrap, s.recommendations_topic, n=None)) == len(records)
+    worker.request_stop("test over")
+    summary = bg.join(30)
+    assert summary.committed == expected
+    assert group_offsets(kafka_bootstrap, s.group_id) == expected

@@ -68,8 +68,8 @@ class StreamSettings(BaseSettings):
     # Like Kafka's auto.commit.interval.ms, except that only offsets whose outputs were
     # flushed are committed. Per batch, the flush and the commit round trip cost the events
     # arriving meanwhile tens of milliseconds (measured: benchmarks/throughput.py).
-    commit_interval_ms: int = Field(1_000, ge=0, le=600_000)
-    """Flush outputs, then commit their offsets, at most this often (0: after every poll)."""
+    commit_interval_ms: int = Field(1_000, ge=0, le=60_000)
+    """Flush outputs (no checkpoints: and commit) this often, also when idle; 0: every poll."""
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=60_000, description="Longest a fetch waits for data (latency vs requests)."
     )

@@ -325,7 +325,7 @@ class Worker:
         flush_due = force_checkpoint or now - self._last_flush_at >= s.commit_interval_ms / 1000
         if not (checkpoint_due or flush_due) or not self._flush_outputs():
             return
-        self._last_flush_at = now
+        self._last_flush_at = time.monotonic()  # after the flush, which may have waited
         if self.checkpoints is None:
             self._commit(dict(self._positions))
         elif checkpoint_due:

@@ -135,6 +135,11 @@ class Background:
         except BaseException as exc:
             self.error = exc
 
+    @property
+    def alive(self) -> bool:
+        """Whether the run has not returned (or raised) yet."""
+        return self._thread.is_alive()
+
     def join(self, timeout_s: float) -> RunSummary:
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -417,7 +422,7 @@ def test_commits_follow_the_commit_interval_while_running(
     if interval_ms < 1_000:
         # No further batch arrives: the idle loop commits on time, the worker still runs.
         wait_for(lambda: group_offsets(kafka_bootstrap, s.group_id) == expected, 10, "commit")
-        assert bg._thread.is_alive()
+        assert bg.alive
     else:
         time.sleep(2.0)
         assert group_offsets(kafka_bootstrap, s.group_id) == {}

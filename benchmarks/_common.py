@@ -13,7 +13,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["fmt", "percentile", "print_table", "quiet_logging", "write_json"]
+__all__ = ["fmt", "percentile", "print_table", "quiet_logging", "settings_overrides", "write_json"]
+
+
+def settings_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` arguments as ``StreamSettings`` keyword arguments.
+
+    Names are the settings' field names (``negative_samples``, not ``STREAM_NEGATIVE_SAMPLES``);
+    an unknown one raises ``ValueError`` instead of being ignored like an unknown env variable.
+
+    >>> settings_overrides(["negative_samples=2", "models=popularity,knn"])
+    {'negative_samples': '2', 'models': 'popularity,knn'}
+    """
+    from stream.settings import StreamSettings
+
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower().removeprefix("stream_")
+        if not sep or not name:
+            raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
+        if name not in StreamSettings.model_fields:
+            raise ValueError(f"--set {pair!r}: StreamSettings has no setting {name!r}")
+        overrides[name] = value
+    return overrides
 
 
 def quiet_logging(level: int = logging.WARNING) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import quiet_logging
+from _common import quiet_logging, settings_overrides
 
 from producers.synthetic import SyntheticStream
 from stream.core import Pipeline
@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_logging()
 
-    overrides: dict[str, Any] = dict(s.split("=", 1) for s in args.set)
-    settings = StreamSettings(_env_file=None, **overrides)
+    try:
+        settings = StreamSettings(_env_file=None, **settings_overrides(args.set))
+    except ValueError as exc:  # pydantic's ValidationError included
+        parser.error(str(exc))
     events = synthetic_events(args.events, args.users, args.items, args.seed)
     # A worker drops each event once handled; here all of them stay in memory, and without
     # this every full garbage collection would walk them (~20% of the time measured).

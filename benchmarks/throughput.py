@@ -27,10 +27,13 @@ behind them (p99 ~300-600 ms at 800 events/s instead of ~50-70 ms).
 
     python benchmarks/throughput.py [--events 30000] [--bootstrap HOST:PORT]
                                     [--latency-seconds 20] [--latency-rate R]
-                                    [--probe-linger-ms 5] [--json PATH|-]
+                                    [--probe-linger-ms 5] [--set NAME=VALUE ...]
+                                    [--json PATH|-]
 
 Without ``--bootstrap`` an embedded broker (Tansu) is started and stopped. Settings come from
-``StreamSettings`` defaults (not the environment or ``.env``), so runs compare. Prints figures;
+``StreamSettings`` defaults (not the environment or ``.env``), so runs compare; ``--set
+NAME=VALUE`` (a field name, e.g. ``--set fetch_max_wait_ms=5``) changes one for (b), (c) and
+the latency run. Prints figures;
 asserts nothing.
 """
 
@@ -54,7 +57,7 @@ from kafka.structs import TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import fmt, percentile, print_table, quiet_logging, write_json
+from _common import fmt, percentile, print_table, quiet_logging, settings_overrides, write_json
 from kafka_ceiling import measure_ceiling
 
 from producers.pacing import Pacer
@@ -307,10 +310,15 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def measure_latency(
-    bootstrap: str, rate: float, seconds: float, seed: int, probe_linger_ms: int = 5
+    bootstrap: str,
+    rate: float,
+    seconds: float,
+    seed: int,
+    probe_linger_ms: int = 5,
+    overrides: dict[str, Any] | None = None,
 ) -> LatencyResult:
     """Run a fresh worker in a thread while a child process sends paced events and times them."""
-    settings = _settings(bootstrap, "latency")
+    settings = _settings(bootstrap, "latency", **(overrides or {}))
     ensure_topics(
         settings,
         {
@@ -376,16 +384,18 @@ def run(
     seed: int,
     latency_rate: float | None = None,
     probe_linger_ms: int = 5,
+    overrides: dict[str, Any] | None = None,
 ) -> ThroughputResult:
     """All measurements, in order (a), (b), (c), latency, printing each as it completes.
 
     ``latency_rate`` paces the latency run instead of half of (b); with ``n == 0`` only the
     latency run happens (at ``latency_rate``).
     """
+    overrides = overrides or {}
     if n == 0:
         if latency_rate is None:
             raise ValueError("--events 0 needs --latency-rate")
-        settings = _settings(bootstrap, "throughput")
+        settings = _settings(bootstrap, "throughput", **overrides)
         result = ThroughputResult(
             events=0,
             broker=broker_name,
@@ -394,12 +404,14 @@ def run(
         )
         print(f"latency: {latency_rate:,.0f} events/s for {latency_seconds:g} s ...", flush=True)
         result.latency = measure_latency(
-            bootstrap, latency_rate, latency_seconds, seed, probe_linger_ms
+            bootstrap, latency_rate, latency_seconds, seed, probe_linger_ms, overrides
         )
         return result
     records = _records(n, seed)
     event_bytes = sum(len(r.value) for r in records) / len(records)
-    settings = _settings(bootstrap, "throughput")
+    settings = _settings(bootstrap, "throughput", **overrides)
+    if overrides:
+        print(f"settings changed: {overrides}", flush=True)
     print(
         f"{n:,} synthetic events (mean {event_bytes:.0f} B), broker {broker_name}; "
         f"models {', '.join(settings.models)}, recommender {settings.recommender}",
@@ -455,7 +467,9 @@ def run(
             "into a fresh worker ...",
             flush=True,
         )
-        result.latency = measure_latency(bootstrap, rate, latency_seconds, seed, probe_linger_ms)
+        result.latency = measure_latency(
+            bootstrap, rate, latency_seconds, seed, probe_linger_ms, overrides
+        )
     return result
 
 
@@ -538,9 +552,18 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="linger.ms of the latency probe's producer (default 5, Apache Kafka's client default)",
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a StreamSettings override, e.g. --set fetch_max_wait_ms=5 (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=7, help="synthetic stream seed")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write JSON (- = stdout)")
     ns = parser.parse_args(argv)
+    try:
+        overrides = settings_overrides(ns.set)
+        _settings("localhost:9092", "check", **overrides)  # a bad value fails here, not mid-run
+    except ValueError as exc:  # pydantic's ValidationError included
+        parser.error(str(exc))
     quiet_logging()
     broker = None if ns.bootstrap else EmbeddedBroker().start()
     try:
@@ -554,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             ns.seed,
             ns.latency_rate,
             ns.probe_linger_ms,
+            overrides,
         )
     finally:
         if broker is not None:

@@ -165,6 +165,8 @@ class KafkaSink:
         from kafka import KafkaProducer
         from kafka import errors as kafka_errors
 
+        from stream.kafka import build_client
+
         self._errors = kafka_errors
         self.topic = topic
         self.servers = settings.bootstrap_servers
@@ -185,7 +187,7 @@ class KafkaSink:
             "max_block_ms": max(connect_ms, 30_000),
         }
         try:
-            self._producer = KafkaProducer(**config)
+            self._producer = build_client(KafkaProducer, **config)
         except kafka_errors.KafkaTimeoutError:
             raise SinkError(
                 f"no Kafka broker reachable at {self.servers} within {connect_ms / 1000:g}s"

@@ -63,12 +63,15 @@ def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
     """Block until ``bootstrap`` answers a Kafka metadata request, or raise ``BrokerError``."""
     from kafka import KafkaConsumer
 
+    from stream.kafka import build_client
+
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         remaining_ms = max(100, int((deadline - time.monotonic()) * 1000))
         try:
-            consumer = KafkaConsumer(
+            consumer = build_client(
+                KafkaConsumer,
                 bootstrap_servers=[bootstrap],
                 enable_auto_commit=False,
                 bootstrap_timeout_ms=min(remaining_ms, 2_000),

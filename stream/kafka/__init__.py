@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-__all__ = ["Backoff", "BrokerUnavailableError", "RawRecord", "TopicPartition"]
+__all__ = ["Backoff", "BrokerUnavailableError", "RawRecord", "TopicPartition", "build_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +22,38 @@ TopicPartition = tuple[str, int]
 
 class BrokerUnavailableError(ConnectionError):
     """The broker stayed unreachable past the caller's deadline."""
+
+
+_Client = TypeVar("_Client")
+
+
+def build_client(cls: Callable[..., _Client], **config: Any) -> _Client:
+    """``cls(**config)`` for a kafka-python client, without leaking when it fails.
+
+    kafka-python 3.0 starts a client's IO thread before it bootstraps and leaves it running
+    when the bootstrap times out (``KafkaConsumer`` and ``KafkaAdminClient``): every failed
+    attempt would leave a thread, a selector and its sockets behind, hundreds of them for a
+    worker retrying through a long broker outage. The network client is built through the
+    ``kafka_client`` option, so a failed constructor's client is closed here.
+    """
+    from kafka.net.compat import KafkaNetClient
+
+    created: list[Any] = []
+
+    def network_client(**kwargs: Any) -> Any:
+        client = KafkaNetClient(**kwargs)
+        created.append(client)
+        return client
+
+    try:
+        return cls(**config, kafka_client=network_client)
+    except BaseException:
+        for client in created:
+            try:
+                client.close()
+            except Exception as exc:  # closing a half-built client is best effort
+                logger.debug("closing a failed %r: %r", cls, exc)
+        raise
 
 
 @dataclass(frozen=True, slots=True)

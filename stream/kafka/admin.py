@@ -13,7 +13,7 @@ from typing import Any
 from kafka import errors as kafka_errors
 from kafka.admin import KafkaAdminClient
 
-from stream.kafka import Backoff, BrokerUnavailableError
+from stream.kafka import Backoff, BrokerUnavailableError, build_client
 from stream.settings import StreamSettings
 
 __all__ = ["TopicError", "ensure_topics", "topic_partitions"]
@@ -32,7 +32,8 @@ def _connect(settings: StreamSettings, backoff: Backoff) -> KafkaAdminClient:
     warned = False
     while True:
         try:
-            admin = KafkaAdminClient(
+            admin = build_client(
+                KafkaAdminClient,
                 **settings.kafka_common(),
                 bootstrap_timeout_ms=backoff.attempt_timeout_ms(5_000),
                 request_timeout_ms=15_000,

@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 
-from stream.kafka import BrokerUnavailableError
+from stream.kafka import BrokerUnavailableError, build_client
 from stream.settings import StreamSettings
 
 __all__ = ["DeliveryError", "DeliveryFailure", "OutputTooLargeError", "RecordSink"]
@@ -129,7 +129,7 @@ class RecordSink:
             "request_timeout_ms": min(30_000, self.delivery_timeout_ms - s.producer_linger_ms),
         }
         try:
-            return KafkaProducer(**config)
+            return build_client(KafkaProducer, **config)
         except kafka_errors.KafkaTimeoutError as exc:
             raise BrokerUnavailableError(
                 f"no Kafka broker reachable at {s.bootstrap_servers} for the producer: {exc}"

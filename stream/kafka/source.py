@@ -21,7 +21,13 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
-from stream.kafka import Backoff, BrokerUnavailableError, RawRecord, TopicPartition
+from stream.kafka import (
+    Backoff,
+    BrokerUnavailableError,
+    RawRecord,
+    TopicPartition,
+    build_client,
+)
 from stream.settings import StreamSettings
 
 __all__ = ["AssignedCallback", "EventSource", "OffsetRegressionError", "RevokedCallback"]
@@ -195,7 +201,9 @@ class EventSource:
         servers = self.settings.bootstrap_servers
         while True:
             try:
-                consumer = KafkaConsumer(**self._config(backoff.attempt_timeout_ms(5_000)))
+                consumer = build_client(
+                    KafkaConsumer, **self._config(backoff.attempt_timeout_ms(5_000))
+                )
             except kafka_errors.KafkaTimeoutError as exc:
                 if backoff.expired():
                     raise BrokerUnavailableError(

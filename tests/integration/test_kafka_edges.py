@@ -319,6 +319,17 @@ def test_source_gives_up_when_no_broker_answers_by_the_deadline() -> None:
         ensure_topics(s, {unique("t"): 1}, timeout_s=2)
 
 
+def test_failed_connection_attempts_leave_no_client_threads() -> None:
+    # kafka-python 3.0 leaves a failed constructor's IO thread running: a worker retrying
+    # through an outage would pile them up (one per attempt, each with a selector and sockets).
+    s = settings_for(f"127.0.0.1:{free_port()}")
+    with pytest.raises(BrokerUnavailableError):
+        EventSource(s, [unique("t")], unavailable_timeout_s=3)
+    with pytest.raises(BrokerUnavailableError):
+        ensure_topics(s, {unique("t"): 1}, timeout_s=3)
+    assert [t.name for t in threading.enumerate() if s.client_id in t.name] == []
+
+
 def test_source_reports_a_lost_broker_once_then_gives_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

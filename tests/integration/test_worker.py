@@ -140,6 +140,11 @@ class Background:
         """Whether the run has not returned (or raised) yet."""
         return self._thread.is_alive()
 
+    def stop(self, timeout_s: float) -> None:
+        """Ask the worker to stop and wait for its thread (errors are the test's to check)."""
+        self.worker.request_stop("test over")
+        self._thread.join(timeout_s)
+
     def join(self, timeout_s: float) -> RunSummary:
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -157,8 +162,7 @@ def running() -> Iterator[list[Background]]:
     started: list[Background] = []
     yield started
     for bg in started:  # never leave a worker behind a failed assertion
-        bg.worker.request_stop("test over")
-        bg._thread.join(30)
+        bg.stop(30)
 
 
 def test_worker_end_to_end(

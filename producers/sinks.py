@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from producers.records import Record
+from stream.kafka import build_client, close_producer
 from stream.settings import StreamSettings
 
 __all__ = ["JsonlSink", "KafkaSink", "ListSink", "NullSink", "Sink", "SinkError"]
@@ -165,8 +166,6 @@ class KafkaSink:
         from kafka import KafkaProducer
         from kafka import errors as kafka_errors
 
-        from stream.kafka import build_client
-
         self._errors = kafka_errors
         self.topic = topic
         self.servers = settings.bootstrap_servers
@@ -210,7 +209,10 @@ class KafkaSink:
 
     @property
     def failed(self) -> int:
-        return self._failed
+        # A record written off when a flush timed out may still fail (or arrive) later, e.g.
+        # when close() force-closes the producer: it is never counted twice.
+        with self._lock:
+            return min(self._failed, self.queued - self._delivered)
 
     def send_one(self, record: Record) -> None:
         self.queued += 1
@@ -265,6 +267,6 @@ class KafkaSink:
 
     def close(self) -> None:
         try:
-            self._producer.close(timeout=min(10.0, self.flush_timeout_s))
+            close_producer(self._producer, min(10.0, self.flush_timeout_s))
         except Exception as exc:  # closing must not hide the run's own outcome
             logger.warning("closing the Kafka producer: %s: %s", type(exc).__name__, exc)

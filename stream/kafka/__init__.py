@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Backoff", "BrokerUnavailableError", "RawRecord", "TopicPartition", "build_client"]
+__all__ = [
+    "Backoff",
+    "BrokerUnavailableError",
+    "RawRecord",
+    "TopicPartition",
+    "build_client",
+    "close_producer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,33 @@ def build_client(cls: Callable[..., _Client], **config: Any) -> _Client:
             except Exception as exc:  # closing a half-built client is best effort
                 logger.debug("closing a failed %r: %r", cls, exc)
         raise
+
+
+def close_producer(producer: Any, timeout_s: float) -> None:
+    """Close a ``KafkaProducer`` within about ``timeout_s``, stopping its sender thread even
+    when records are still unacknowledged.
+
+    kafka-python's ``close(timeout)`` flushes first and raises ``KafkaTimeoutError`` when the
+    flush times out, before it stops the sender: the thread then runs for the rest of the
+    process (and ``__del__`` fails on it later). Here the sender is force-closed instead,
+    which fails the pending records' futures (their errbacks count them as not delivered).
+
+    Raises the other errors of ``close``.
+    """
+    from kafka import errors as kafka_errors
+
+    try:
+        producer.close(timeout=timeout_s)
+        return
+    except kafka_errors.KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is None:  # kafka-python internals moved: nothing more can be done here
+        logger.warning("Kafka producer not closed within %gs; its thread may linger", timeout_s)
+        return
+    sender.force_close()
+    sender.join(max(1.0, timeout_s))
+    producer.close(timeout=0)  # nothing is pending now: releases metrics and serializers
 
 
 @dataclass(frozen=True, slots=True)

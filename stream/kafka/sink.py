@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 
-from stream.kafka import BrokerUnavailableError, build_client
+from stream.kafka import BrokerUnavailableError, build_client, close_producer
 from stream.settings import StreamSettings
 
 __all__ = ["DeliveryError", "DeliveryFailure", "OutputTooLargeError", "RecordSink"]
@@ -260,7 +260,8 @@ class RecordSink:
             "unknown cause" if cause is None else f"{type(cause).__name__}: {cause}",
         )
         try:
-            old.close(timeout=0)
+            # What it still holds fails now (errbacks: failures, re-sent by the caller).
+            close_producer(old, 0.0)
         except Exception as exc:  # a broken producer may fail to close; it is dropped anyway
             logger.debug("closing the failed producer: %r", exc)
         self._generation += 1
@@ -282,7 +283,7 @@ class RecordSink:
             return
         self._closed = True
         try:
-            self._producer.close(timeout=timeout_s)
+            close_producer(self._producer, timeout_s)
         except Exception as exc:
             logger.warning("closing the producer: %s: %s", type(exc).__name__, exc)
         if self._failures:

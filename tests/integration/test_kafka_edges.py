@@ -290,6 +290,23 @@ def test_flush_reports_failures_and_keeps_reporting_them() -> None:
             sink.close(timeout_s=1)
 
 
+def test_close_without_a_broker_stops_the_producer_and_reports_what_was_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with EmbeddedBroker() as broker:
+        s = settings_for(broker.bootstrap)
+        ensure_topics(s, {"out": 1})
+        sink = RecordSink(s)
+        sink.send("out", b"k0", b"delivered")
+        sink.flush(timeout_s=30)
+        broker.stop()
+        sink.send("out", b"k1", b"lost")
+        with caplog.at_level(logging.ERROR, logger="stream.kafka.sink"):
+            sink.close(timeout_s=1)
+    assert any("1 record(s) were never delivered" in r.getMessage() for r in caplog.records)
+    assert [t.name for t in threading.enumerate() if s.client_id in t.name] == []
+
+
 def test_producer_is_replaced_after_a_broker_restart() -> None:
     """kafka-python's idempotent producer fails for good when the broker forgets its id."""
     port = free_port()

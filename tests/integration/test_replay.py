@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -139,5 +140,7 @@ def test_records_the_broker_never_acknowledged_count_as_failed() -> None:
         sink.flush()
         sink.close()
         assert (sink.queued, sink.delivered, sink.failed) == (15, 10, 5)
+        # kafka-python's close() gives up on a flush before stopping its sender thread.
+        assert [t.name for t in threading.enumerate() if settings.client_id in t.name] == []
     finally:
         broker.stop()

@@ -16,18 +16,19 @@ from typing import Any, TextIO
 __all__ = ["fmt", "percentile", "print_table", "quiet_logging", "settings_overrides", "write_json"]
 
 
-def settings_overrides(pairs: Sequence[str]) -> dict[str, str]:
+def settings_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``--set NAME=VALUE`` arguments as ``StreamSettings`` keyword arguments.
 
-    Names are the settings' field names (``negative_samples``, not ``STREAM_NEGATIVE_SAMPLES``);
-    an unknown one raises ``ValueError`` instead of being ignored like an unknown env variable.
+    NAME is a setting's field name (``negative_samples``; ``STREAM_NEGATIVE_SAMPLES`` is
+    accepted too); an unknown one raises ``ValueError`` instead of being ignored like an
+    unknown env variable. Values stay strings: ``StreamSettings`` parses them.
 
     >>> settings_overrides(["negative_samples=2", "models=popularity,knn"])
     {'negative_samples': '2', 'models': 'popularity,knn'}
     """
     from stream.settings import StreamSettings
 
-    overrides: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         name = name.strip().lower().removeprefix("stream_")

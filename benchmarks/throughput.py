@@ -23,7 +23,7 @@ the ``linger.ms`` default of Apache Kafka's own client since 4.0). Latency count
 probe's ``send()`` call, so that wait is inside the figures. With ``--probe-linger-ms 0``
 every event is its own produce request: 800 requests/s cost the embedded broker and the
 probe about a core between them on this 2-core machine, and the worker's fetches queue
-behind them (p99 ~300-600 ms at 800 events/s instead of ~50-70 ms).
+behind them (at 800 events/s, p99 ~300-600 ms instead of ~65-100 ms).
 
     python benchmarks/throughput.py [--events 30000] [--bootstrap HOST:PORT]
                                     [--latency-seconds 20] [--latency-rate R]
@@ -111,9 +111,26 @@ class ThroughputResult:
     encode_rate: float | None = None  # None: not measured (latency-only run)
     ratio: float | None = None  # None: not measured (latency-only run)
     latency: LatencyResult | None = None
+    settings_changed: dict[str, Any] = field(default_factory=dict)  # --set
 
 
 # --- data ---------------------------------------------------------------------------------
+
+
+# Set by _settings for every run (fresh topics and group, no HTTP server); --bootstrap picks
+# the broker.
+_FIXED_SETTINGS = frozenset(
+    {
+        "bootstrap_servers",
+        "events_topic",
+        "recommendations_topic",
+        "metrics_topic",
+        "dead_letter_topic",
+        "group_id",
+        "client_id",
+        "metrics_port",
+    }
+)
 
 
 def _settings(bootstrap: str, prefix: str, **overrides: Any) -> StreamSettings:
@@ -392,6 +409,8 @@ def run(
     latency run happens (at ``latency_rate``).
     """
     overrides = overrides or {}
+    if overrides:
+        print(f"settings changed: {overrides}", flush=True)
     if n == 0:
         if latency_rate is None:
             raise ValueError("--events 0 needs --latency-rate")
@@ -401,6 +420,7 @@ def run(
             broker=broker_name,
             models=list(settings.models),
             recommender=settings.recommender,
+            settings_changed=dict(overrides),
         )
         print(f"latency: {latency_rate:,.0f} events/s for {latency_seconds:g} s ...", flush=True)
         result.latency = measure_latency(
@@ -410,8 +430,6 @@ def run(
     records = _records(n, seed)
     event_bytes = sum(len(r.value) for r in records) / len(records)
     settings = _settings(bootstrap, "throughput", **overrides)
-    if overrides:
-        print(f"settings changed: {overrides}", flush=True)
     print(
         f"{n:,} synthetic events (mean {event_bytes:.0f} B), broker {broker_name}; "
         f"models {', '.join(settings.models)}, recommender {settings.recommender}",
@@ -449,6 +467,7 @@ def run(
         broker=broker_name,
         models=list(settings.models),
         recommender=settings.recommender,
+        settings_changed=dict(overrides),
         event_bytes=event_bytes,
         recommendation_bytes=core["recommendation_bytes"],
         ceiling_rate=ceiling,
@@ -561,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         overrides = settings_overrides(ns.set)
+        fixed = sorted(set(overrides) & _FIXED_SETTINGS)
+        if fixed:
+            raise ValueError(f"--set cannot change {', '.join(fixed)}: each run names its own")
         _settings("localhost:9092", "check", **overrides)  # a bad value fails here, not mid-run
     except ValueError as exc:  # pydantic's ValidationError included
         parser.error(str(exc))

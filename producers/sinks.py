@@ -174,6 +174,9 @@ class KafkaSink:
         self.queued = 0
         self._delivered = 0
         self._failed = 0
+        # Sent, not yet acknowledged nor failed; a flush that times out writes them off (counts
+        # them as failed), and what their futures say later is ignored: never counted twice.
+        self._unsettled: set[int] = set()
         self.first_error: BaseException | None = None
         self._lock = threading.Lock()  # callbacks run on kafka-python's sender thread
         connect_ms = max(1_000, int(connect_timeout_s * 1000))
@@ -209,13 +212,11 @@ class KafkaSink:
 
     @property
     def failed(self) -> int:
-        # A record written off when a flush timed out may still fail (or arrive) later, e.g.
-        # when close() force-closes the producer: it is never counted twice.
-        with self._lock:
-            return min(self._failed, self.queued - self._delivered)
+        return self._failed
 
     def send_one(self, record: Record) -> None:
         self.queued += 1
+        seq = self.queued
         try:
             future = self._producer.send(self.topic, key=record.key, value=record.value)
         except self._errors.KafkaTimeoutError as exc:
@@ -226,14 +227,22 @@ class KafkaSink:
         except self._errors.KafkaError as exc:  # e.g. MessageSizeTooLargeError: this one only
             self._fail(record, exc)
             return
-        future.add_callback(self._ok)
-        future.add_errback(self._on_error, record)
-
-    def _ok(self, _metadata: Any) -> None:
         with self._lock:
-            self._delivered += 1
+            self._unsettled.add(seq)
+        future.add_callback(self._ok, seq)
+        future.add_errback(self._on_error, record, seq)
 
-    def _on_error(self, record: Record, error: BaseException) -> None:
+    def _ok(self, seq: int, _metadata: Any) -> None:
+        with self._lock:
+            if seq in self._unsettled:
+                self._unsettled.discard(seq)
+                self._delivered += 1
+
+    def _on_error(self, record: Record, seq: int, error: BaseException) -> None:
+        with self._lock:
+            if seq not in self._unsettled:
+                return  # written off by a flush that timed out: already counted
+            self._unsettled.discard(seq)
         self._fail(record, error)
 
     def _fail(self, record: Record, error: BaseException) -> None:
@@ -257,8 +266,9 @@ class KafkaSink:
             self._producer.flush(timeout=self.flush_timeout_s)
         except self._errors.KafkaTimeoutError:
             with self._lock:
-                pending = self.queued - self._delivered - self._failed
+                pending = len(self._unsettled)
                 self._failed += pending
+                self._unsettled.clear()
             logger.error(
                 "%d record(s) still unacknowledged after %gs: counted as failed",
                 pending,

@@ -139,7 +139,7 @@ class Worker:
                 },
                 timeout_s=s.broker_wait_seconds,
             )
-            self._sink = RecordSink(s)
+            self._sink = RecordSink(s, on_wait=self._on_flush_wait)
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
             )
@@ -336,6 +336,14 @@ class Worker:
         if safe and self._source.commit(safe):
             self.summary.committed.update(safe)
 
+    def _on_flush_wait(self, broker_connected: bool) -> None:
+        """A flush is waiting for the broker: the loop is alive, and not ready while the
+        broker is gone (the next poll restores readiness once it is back)."""
+        self.health.tick()
+        if not broker_connected:
+            self.health.set_ready(False, "Kafka broker unreachable: outputs waiting to be flushed")
+            self.metrics.ready.set(0)
+
     def _flush_outputs(self) -> bool:
         """Wait until every output sent so far is acknowledged; re-send failed ones.
 
@@ -444,10 +452,14 @@ class Worker:
 
     def _update_readiness(self) -> None:
         assert self._source is not None
-        assigned = bool(self._source.assignment())
-        reason = "" if assigned else "no partitions assigned"
-        self.health.set_ready(assigned, reason)
-        self.metrics.ready.set(1 if assigned else 0)
+        if self._source.broker_lost:
+            ready, reason = False, "Kafka broker unreachable"
+        elif not self._source.assignment():
+            ready, reason = False, "no partitions assigned"
+        else:
+            ready, reason = True, ""
+        self.health.set_ready(ready, reason)
+        self.metrics.ready.set(1 if ready else 0)
 
     # --- rebalances --------------------------------------------------------------------------
 

@@ -64,15 +64,21 @@ def build_client(cls: Callable[..., _Client], **config: Any) -> _Client:
 
 
 def close_producer(producer: Any, timeout_s: float) -> None:
-    """Close a ``KafkaProducer`` within about ``timeout_s``, stopping its sender thread even
-    when records are still unacknowledged.
+    """Close a ``KafkaProducer``, stopping its sender thread even when records are still
+    unacknowledged.
 
     kafka-python's ``close(timeout)`` flushes first and raises ``KafkaTimeoutError`` when the
     flush times out, before it stops the sender: the thread then runs for the rest of the
     process (and ``__del__`` fails on it later). Here the sender is force-closed instead,
     which fails the pending records' futures (their errbacks count them as not delivered).
+    Takes up to ``timeout_s`` for the flush plus up to ``max(1, timeout_s)`` for the sender
+    to stop.
 
-    Raises the other errors of ``close``.
+    Raises
+    ------
+    KafkaTimeoutError
+        The flush timed out and the sender could not be stopped (kafka-python's internals
+        moved, or the sender is stuck): pending records may stay unsettled.
     """
     from kafka import errors as kafka_errors
 
@@ -80,13 +86,15 @@ def close_producer(producer: Any, timeout_s: float) -> None:
         producer.close(timeout=timeout_s)
         return
     except kafka_errors.KafkaTimeoutError:
-        pass
-    sender = getattr(producer, "_sender", None)
-    if sender is None:  # kafka-python internals moved: nothing more can be done here
-        logger.warning("Kafka producer not closed within %gs; its thread may linger", timeout_s)
-        return
+        sender = getattr(producer, "_sender", None)
+        if sender is None:  # kafka-python internals moved: nothing more can be done here
+            raise
     sender.force_close()
     sender.join(max(1.0, timeout_s))
+    if sender.is_alive():
+        raise kafka_errors.KafkaTimeoutError(
+            f"the producer's sender thread did not stop within {max(1.0, timeout_s):g}s"
+        )
     producer.close(timeout=0)  # nothing is pending now: releases metrics and serializers
 
 

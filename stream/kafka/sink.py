@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,9 @@ class RecordSink:
         Larger records raise :class:`OutputTooLargeError` from :meth:`send`.
     delivery_timeout_ms
         How long a record may wait for the broker before it counts as failed.
+    on_wait
+        Called with ``broker_connected`` every few seconds while a flush waits (so the caller
+        can keep its liveness fresh and report readiness during a long outage).
 
     Notes
     -----
@@ -101,10 +105,12 @@ class RecordSink:
         *,
         max_request_size: int = 1_048_576,
         delivery_timeout_ms: int = 120_000,
+        on_wait: Callable[[bool], None] | None = None,
     ) -> None:
         self.settings = settings
         self.max_request_size = max_request_size
         self.delivery_timeout_ms = delivery_timeout_ms
+        self.on_wait = on_wait
         self.sent = 0
         self.replaced = 0
         self._generation = 0
@@ -205,7 +211,10 @@ class RecordSink:
                         [f for _, f in self._failures],
                         f"records still unacknowledged after {timeout_s}s",
                     ) from None
-                if self._down_since is None and not self._broker_connected():
+                connected = self._broker_connected()
+                if self.on_wait is not None:
+                    self.on_wait(connected)
+                if self._down_since is None and not connected:
                     self._down_since = waited_from
                     logger.warning(
                         "lost the Kafka broker at %s: outputs wait for it (no offsets are "

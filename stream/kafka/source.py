@@ -292,6 +292,12 @@ class EventSource:
             self._watch_connection()
         return records
 
+    @property
+    def broker_lost(self) -> bool:
+        """Whether the broker is unreachable: from the "lost the Kafka broker" log line (a few
+        seconds without a connection) until the "is back" one."""
+        return self._down_reported
+
     def assignment(self) -> set[TopicPartition]:
         """The partitions this member holds now."""
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -7,6 +7,7 @@ Reading uses manual assignment from the beginning and the consumer's ``highwater
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -140,3 +141,9 @@ def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     finally:
         admin.close()
     return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items()}
+
+
+def threads_started_since(before: set[threading.Thread]) -> list[str]:
+    """Names of the threads alive now that were not in ``before`` (``set(threading.enumerate())``
+    taken earlier): what a piece of code left running, whatever kafka-python names its threads."""
+    return [t.name for t in threading.enumerate() if t not in before]

@@ -227,9 +227,19 @@ def test_worker_rides_out_a_broker_outage(
         proxy.cut()
         cut_at = time.monotonic()
         processed_at_cut = worker.summary.processed
-        time.sleep(OUTAGE_S)
+        readiness = []  # (ready, reason), sampled through the outage
+        while time.monotonic() - cut_at < OUTAGE_S:
+            readiness.append((worker.health.ready, worker.health.reason))
+            time.sleep(0.2)
         assert thread.is_alive(), f"the worker ended during the outage: {outcome}"
         proxy.restore()
+        # Waiting in a poll or in a flush of outputs, the worker says why it is not ready.
+        assert any(
+            not ready and reason.startswith("Kafka broker unreachable")
+            for ready, reason in readiness
+        ), sorted(set(readiness))
+        assert readiness[0][0], "ready before the broker was lost"
+        wait_for(lambda: worker.health.ready, 60, "the worker to be ready again")
         time.sleep(3.0)  # the producer keeps sending after the broker is back
         producer.stop()
         sent = producer.sent

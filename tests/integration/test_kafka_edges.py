@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from kafka_helpers import consume, produce, settings_for, unique
+from kafka_helpers import consume, produce, settings_for, threads_started_since, unique
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.kafka import BrokerUnavailableError, RawRecord, TopicPartition
@@ -296,7 +296,9 @@ def test_close_without_a_broker_stops_the_producer_and_reports_what_was_lost(
     with EmbeddedBroker() as broker:
         s = settings_for(broker.bootstrap)
         ensure_topics(s, {"out": 1})
+        before = set(threading.enumerate())
         sink = RecordSink(s)
+        assert threads_started_since(before), "a producer runs a thread (else this test is moot)"
         sink.send("out", b"k0", b"delivered")
         sink.flush(timeout_s=30)
         broker.stop()
@@ -304,7 +306,7 @@ def test_close_without_a_broker_stops_the_producer_and_reports_what_was_lost(
         with caplog.at_level(logging.ERROR, logger="stream.kafka.sink"):
             sink.close(timeout_s=1)
     assert any("1 record(s) were never delivered" in r.getMessage() for r in caplog.records)
-    assert [t.name for t in threading.enumerate() if s.client_id in t.name] == []
+    assert threads_started_since(before) == []
 
 
 def test_producer_is_replaced_after_a_broker_restart() -> None:
@@ -340,11 +342,12 @@ def test_failed_connection_attempts_leave_no_client_threads() -> None:
     # kafka-python 3.0 leaves a failed constructor's IO thread running: a worker retrying
     # through an outage would pile them up (one per attempt, each with a selector and sockets).
     s = settings_for(f"127.0.0.1:{free_port()}")
+    before = set(threading.enumerate())
     with pytest.raises(BrokerUnavailableError):
         EventSource(s, [unique("t")], unavailable_timeout_s=3)
     with pytest.raises(BrokerUnavailableError):
         ensure_topics(s, {unique("t"): 1}, timeout_s=3)
-    assert [t.name for t in threading.enumerate() if s.client_id in t.name] == []
+    assert threads_started_since(before) == []
 
 
 def test_source_reports_a_lost_broker_once_then_gives_up(

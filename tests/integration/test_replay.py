@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_helpers import consume, settings_for
+from kafka_helpers import consume, settings_for, threads_started_since
 
 from producers.__main__ import main
 from producers.records import Record, encode_event
@@ -129,6 +129,7 @@ def test_records_the_broker_never_acknowledged_count_as_failed() -> None:
     broker = EmbeddedBroker().start()
     try:
         settings = settings_for(broker.bootstrap)
+        before = set(threading.enumerate())
         sink = KafkaSink(settings, "doomed", connect_timeout_s=10, flush_timeout_s=3)
         for i in range(10):
             sink.send_one(Record(i, float(i), b"u", b"{}"))
@@ -141,6 +142,6 @@ def test_records_the_broker_never_acknowledged_count_as_failed() -> None:
         sink.close()
         assert (sink.queued, sink.delivered, sink.failed) == (15, 10, 5)
         # kafka-python's close() gives up on a flush before stopping its sender thread.
-        assert [t.name for t in threading.enumerate() if settings.client_id in t.name] == []
+        assert threads_started_since(before) == []
     finally:
         broker.stop()

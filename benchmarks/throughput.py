@@ -101,15 +101,16 @@ class ThroughputResult:
     broker: str
     models: list[str]
     recommender: str
-    event_bytes: float | None = None  # None: not measured (latency-only run)
-    recommendation_bytes: float | None = None  # None: not measured (latency-only run)
-    ceiling_rate: float | None = None  # None: not measured (latency-only run)
-    worker_rate: float | None = None  # None: not measured (latency-only run)
-    worker_rate_with_shutdown: float | None = None  # None: not measured (latency-only run)
-    core_rate: float | None = None  # None: not measured (latency-only run)
-    decode_rate: float | None = None  # None: not measured (latency-only run)
-    encode_rate: float | None = None  # None: not measured (latency-only run)
-    ratio: float | None = None  # None: not measured (latency-only run)
+    # None: not measured (a latency-only run, --events 0).
+    event_bytes: float | None = None
+    recommendation_bytes: float | None = None
+    ceiling_rate: float | None = None
+    worker_rate: float | None = None
+    worker_rate_with_shutdown: float | None = None
+    core_rate: float | None = None
+    decode_rate: float | None = None
+    encode_rate: float | None = None
+    ratio: float | None = None
     latency: LatencyResult | None = None
     settings_changed: dict[str, Any] = field(default_factory=dict)  # --set
 
@@ -117,37 +118,25 @@ class ThroughputResult:
 # --- data ---------------------------------------------------------------------------------
 
 
-# Set by _settings for every run (fresh topics and group, no HTTP server); --bootstrap picks
-# the broker.
-_FIXED_SETTINGS = frozenset(
-    {
-        "bootstrap_servers",
-        "events_topic",
-        "recommendations_topic",
-        "metrics_topic",
-        "dead_letter_topic",
-        "group_id",
-        "client_id",
-        "metrics_port",
+def _run_specific(bootstrap: str, tag: str) -> dict[str, Any]:
+    """The settings every run sets itself: its broker, fresh topics and group, no HTTP server
+    (``--set`` cannot change them)."""
+    return {
+        "bootstrap_servers": bootstrap,
+        "events_topic": f"{tag}.events",
+        "recommendations_topic": f"{tag}.recommendations",
+        "metrics_topic": f"{tag}.metrics",
+        "dead_letter_topic": f"{tag}.dlq",
+        "group_id": tag,
+        "client_id": tag,
+        "metrics_port": 0,
     }
-)
 
 
 def _settings(bootstrap: str, prefix: str, **overrides: Any) -> StreamSettings:
     """Default settings on fresh, uniquely named topics and group (env and .env ignored)."""
     tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    return StreamSettings(
-        _env_file=None,
-        bootstrap_servers=bootstrap,
-        events_topic=f"{tag}.events",
-        recommendations_topic=f"{tag}.recommendations",
-        metrics_topic=f"{tag}.metrics",
-        dead_letter_topic=f"{tag}.dlq",
-        group_id=tag,
-        client_id=tag,
-        metrics_port=0,
-        **overrides,
-    )
+    return StreamSettings(_env_file=None, **_run_specific(bootstrap, tag), **overrides)
 
 
 def _records(n: int, seed: int) -> list[Record]:
@@ -580,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         overrides = settings_overrides(ns.set)
-        fixed = sorted(set(overrides) & _FIXED_SETTINGS)
+        fixed = sorted(set(overrides) & set(_run_specific("", "")))
         if fixed:
             raise ValueError(f"--set cannot change {', '.join(fixed)}: each run names its own")
         _settings("localhost:9092", "check", **overrides)  # a bad value fails here, not mid-run

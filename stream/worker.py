@@ -200,8 +200,7 @@ class Worker:
                 self._sink.close()
             if self._server is not None:
                 self._server.stop()
-            self.health.set_ready(False, "stopped")
-            self.metrics.ready.set(0)
+            self._set_ready(False, "stopped")
 
     # --- per record ---------------------------------------------------------------------------
 
@@ -341,8 +340,7 @@ class Worker:
         broker is gone (the next poll restores readiness once it is back)."""
         self.health.tick()
         if not broker_connected:
-            self.health.set_ready(False, "Kafka broker unreachable: outputs waiting to be flushed")
-            self.metrics.ready.set(0)
+            self._set_ready(False, "Kafka broker unreachable: outputs waiting to be flushed")
 
     def _flush_outputs(self) -> bool:
         """Wait until every output sent so far is acknowledged; re-send failed ones.
@@ -359,8 +357,7 @@ class Worker:
                 self._sink.flush()
             except DeliveryError as exc:
                 pending += self._sink.take_failures()
-                self.health.set_ready(False, f"outputs undelivered: {exc}")
-                self.metrics.ready.set(0)
+                self._set_ready(False, f"outputs undelivered: {exc}")
                 if backoff.attempts == 0:
                     logger.warning(
                         "%d output record(s) not delivered (%s); re-sending until the broker "
@@ -458,6 +455,10 @@ class Worker:
             ready, reason = False, "no partitions assigned"
         else:
             ready, reason = True, ""
+        self._set_ready(ready, reason)
+
+    def _set_ready(self, ready: bool, reason: str) -> None:
+        """Readiness for /readyz and the ``stream_worker_ready`` gauge, always together."""
         self.health.set_ready(ready, reason)
         self.metrics.ready.set(1 if ready else 0)
 

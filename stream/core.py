@@ -256,6 +256,13 @@ class Pipeline:
                     name, "abs_error", abs(y - y_pred), self.run_count, source, event.timestamp
                 )
 
+        if evaluated:
+            for name, blend in self._fusing.items():
+                if blend.learning_rate:
+                    started = clock()
+                    blend.observe_one({c: ranked[c] for c, _ in blend.active}, item)
+                    self.model_seconds[name] += clock() - started
+
         x = {
             "event_type": event.event_type,
             "implicit": event.implicit,

@@ -17,7 +17,7 @@ __all__ = ["EVENT_TYPES", "SettingsError", "StreamSettings", "load_settings"]
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
 
-ModelName = Literal["popularity", "knn", "biased_mf", "funk_mf", "blend"]
+ModelName = Literal["popularity", "knn", "sequence", "bpr", "biased_mf", "funk_mf", "blend"]
 DriftDetectorName = Literal["adwin", "page_hinkley", "kswin"]
 
 
@@ -129,8 +129,15 @@ class StreamSettings(BaseSettings):
     # --- Recommendation ----------------------------------------------------------------------
     top_k: int = Field(10, ge=1, le=1_000)
     """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
-    models: Annotated[tuple[ModelName, ...], NoDecode] = ("popularity", "knn", "biased_mf", "blend")
-    """Models to run (comma list): popularity, knn, biased_mf, funk_mf, blend."""
+    models: Annotated[tuple[ModelName, ...], NoDecode] = (
+        "popularity",
+        "knn",
+        "sequence",
+        "bpr",
+        "biased_mf",
+        "blend",
+    )
+    """Models to run (comma list): popularity, knn, sequence, bpr, biased_mf, funk_mf, blend."""
     recommender: ModelName = Field(
         "blend",
         description="The model whose top-K is published (default: blend, or knn, or the first "
@@ -159,7 +166,7 @@ class StreamSettings(BaseSettings):
     """Latent factors of the matrix factorisation."""
     mf_learning_rate: float = Field(0.05, gt=0)
     """SGD learning rate of the latent factors."""
-    mf_bias_learning_rate: float = Field(0.01, gt=0)
+    mf_bias_learning_rate: float = Field(0.03, gt=0)
     """SGD learning rate of the biases (biased_mf)."""
     mf_l2: float = Field(0.01, ge=0)
     """L2 regularisation of factors and biases."""
@@ -170,22 +177,52 @@ class StreamSettings(BaseSettings):
     )
 
     # KNN
-    knn_neighbors: int = Field(50, ge=1, le=10_000, description="Neighbours kept per item.")
+    knn_neighbors: int = Field(100, ge=1, le=10_000, description="Neighbours kept per item.")
     knn_history: int = Field(
         20, ge=1, le=10_000, description="Recent items per user used to score."
     )
     knn_half_life: float | None = Field(
         20_000.0, gt=0, description="Co-occurrences halve every this many events; unset = never."
     )
+    knn_alpha: float = Field(0.7, ge=0, le=1)
+    """Asymmetric cosine: sim(h, j) = C_hj / (N_h ** alpha * N_j ** (1 - alpha)); 0.5 = cosine."""
+    knn_distance_decay: float = Field(0.9, gt=0, le=1)
+    """A co-occurrence of items d positions apart in a user's sequence counts this ** d."""
+    knn_recency: float = Field(0.85, gt=0, le=1)
+    """Scoring: the most recent history item counts 1, each older one this times the next."""
+
+    # Sequence (item-to-item transitions: a directed KNN over the last few items)
+    sequence_history: int = Field(5, ge=1, le=1_000)
+    """Previous items a transition is counted from, and used to score."""
+    sequence_decay: float = Field(0.5, gt=0, le=1)
+    """A transition from d steps back counts this ** d (and so does a history item when scoring)."""
+
+    # BPR (implicit-feedback ranking factorisation)
+    bpr_factors: int = Field(32, ge=1, le=1_024)
+    """Latent factors of the BPR model."""
+    bpr_learning_rate: float = Field(0.1, gt=0, le=10)
+    """SGD step of the BPR model."""
+    bpr_l2: float = Field(0.002, ge=0)
+    """L2 regularisation of the BPR model."""
 
     # Popularity
     popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")
 
     # Blend
     blend: Annotated[dict[str, float], NoDecode] = Field(
-        default_factory=lambda: {"knn": 1.0, "popularity": 0.3, "biased_mf": 0.5}
+        default_factory=lambda: {
+            "knn": 1.0,
+            "sequence": 1.0,
+            "bpr": 1.0,
+            "popularity": 1.0,
+            "biased_mf": 1.0,
+        }
     )
-    """Blend weights per model (JSON object); scores are rank-fused."""
+    """Blend components and their prior weights (JSON object); rankings are rank-fused."""
+    blend_learning_rate: float = Field(0.1, ge=0, le=100)
+    """Hedge rate of the blend's online weights (0 = the fixed STREAM_BLEND weights)."""
+    blend_half_life: float = Field(500.0, gt=0)
+    """Evaluated events after which an outcome counts half in the blend's weights."""
 
     # --- Evaluation / drift ---------------------------------------------------------------
     metric_window: int = Field(1_000, ge=10, le=10_000_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import typing
 from collections.abc import Hashable, Iterable
 
@@ -59,6 +60,9 @@ class Blend(Recommender):
         weights: dict[str, float],
         learns_components: bool = True,
         rank_constant: float = 60.0,
+        learning_rate: float = 0.0,
+        half_life: float = 500.0,
+        k: int = 10,
     ) -> None:
         super().__init__(seed=None)
         unknown = [name for name in weights if name not in components]
@@ -66,13 +70,21 @@ class Blend(Recommender):
             raise ValueError(f"weights name unknown components: {unknown}")
         if not rank_constant >= 0:
             raise ValueError(f"rank_constant must be >= 0, got {rank_constant}")
+        if not (learning_rate >= 0 and half_life > 0 and k >= 1):
+            raise ValueError("learning_rate must be >= 0, half_life > 0 and k >= 1")
         self.components = components
         self.weights = weights
         self.learns_components = learns_components
         self.rank_constant = rank_constant
+        self.learning_rate = learning_rate
+        self.half_life = half_life
+        self.k = k
+        self._keep = 2.0 ** (-1.0 / half_life)
         self._active = [
             (n, c, float(weights[n])) for n, c in components.items() if weights.get(n, 0.0) > 0
         ]
+        self._gains = [0.0] * len(self._active)  # decayed prequential gains, per active component
+        self.updates = 0  # outcomes the weights learned from
 
     @classmethod
     def _unit_test_params(cls) -> typing.Iterator[dict[str, typing.Any]]:
@@ -91,6 +103,9 @@ class Blend(Recommender):
             "weights": dict(self.weights),
             "learns_components": self.learns_components,
             "rank_constant": self.rank_constant,
+            "learning_rate": self.learning_rate,
+            "half_life": self.half_life,
+            "k": self.k,
         }
         params.update(new_params or {})
         return Blend(**params)
@@ -111,8 +126,51 @@ class Blend(Recommender):
         x: dict[str, typing.Any] | None = None,
     ) -> None:
         if self.learns_components:
+            if self.learning_rate:
+                depth = DEPTH * self.k
+                self.observe_one({n: c.top_k(user, depth) for n, c, _ in self._active}, item)
             for component in self.components.values():
                 component.learn_one(user, item, y, x)
+
+    @property
+    def current_weights(self) -> dict[str, float]:
+        """The weights the fusion uses now (learned ones when ``learning_rate`` > 0)."""
+        return {name: weight for name, _, weight in self._active}
+
+    def observe_one(
+        self, rankings: typing.Mapping[str, typing.Sequence[Scored]], item: Hashable
+    ) -> None:
+        """Learn the weights from one outcome: the components' rankings made *before* the user
+        chose ``item`` (for a blend over shared models the pipeline passes the rankings it
+        evaluated them on, so this costs no extra ranking).
+
+        Hedge (exponential weights) over the components' prequential gains: component ``c``
+        gains ``1 / log2(1 + r)`` when ``item`` is at rank ``r <= k`` of its list (the NDCG of
+        a single relevant item), else 0; ``G_c`` is the sum of its gains, each older outcome
+        counting ``2 ** (-1 / half_life)`` times the next, so the weights follow drift; the
+        fusion weight is ``prior_c * exp(learning_rate * (G_c - max G))``. A component that
+        stays behind by ``g`` gains fades as ``exp(-learning_rate * g)``; equal components keep
+        their prior ratio.
+        """
+        if not self.learning_rate or not self._active:
+            return
+        k = self.k
+        keep = self._keep
+        gains = self._gains
+        for m, (name, _, _) in enumerate(self._active):
+            gain = 0.0
+            for rank, scored in enumerate(rankings[name][:k], start=1):
+                if scored.item == item:
+                    gain = 1.0 / math.log2(1.0 + rank)
+                    break
+            gains[m] = gains[m] * keep + gain
+        self.updates += 1
+        top = max(gains)
+        rate = self.learning_rate
+        self._active = [
+            (name, component, self.weights[name] * math.exp(rate * (g - top)))
+            for (name, component, _), g in zip(self._active, gains, strict=True)
+        ]
 
     @property
     def active(self) -> list[tuple[str, Recommender]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import typing
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
@@ -84,15 +83,31 @@ class ItemKNN(Recommender):
         history: int = 20,
         half_life: float | None = 20_000.0,
         seed: int | None = None,
+        alpha: float = 0.5,
+        distance_decay: float = 1.0,
+        recency: float = 1.0,
+        directed: bool = False,
     ) -> None:
         super().__init__(seed=seed)
         if neighbors < 1 or history < 1:
             raise ValueError("neighbors and history must be at least 1")
         if half_life is not None and not half_life > 0:
             raise ValueError(f"half_life must be positive or None, got {half_life}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if not (0.0 < distance_decay <= 1.0 and 0.0 < recency <= 1.0):
+            raise ValueError("distance_decay and recency must be in (0, 1]")
         self.neighbors = neighbors
         self.history = history
         self.half_life = half_life
+        self.alpha = alpha
+        self.distance_decay = distance_decay
+        self.recency = recency
+        self.directed = directed
+        # Factor of a co-occurrence d positions apart (index d), and of the d-th most recent
+        # history item when scoring (index d - 1).
+        self._apart = [distance_decay**d for d in range(history + 2)]
+        self._recent = np.array([recency**d for d in range(history + 1)])
         self._growth = 1.0 if half_life is None else 2.0 ** (1.0 / half_life)
         self._scale = 1.0
         self._index: dict[Hashable, int] = {}
@@ -148,12 +163,15 @@ class ItemKNN(Recommender):
         if new > old:
             delta = (new - old) * scale
             self._norms[j] += (new * new - old * old) * scale
-            co, pending = self._co, self._pending
+            co, pending, apart, directed = self._co, self._pending, self._apart, self.directed
             row_j = co[j]
             cap = 4 * self.neighbors
+            d = len(hist)  # positions between the oldest remembered item and this one
             for i, w_i in hist.items():
-                add = delta * w_i
-                row_j[i] = row_j.get(i, 0.0) + add
+                add = delta * w_i * apart[d]
+                d -= 1
+                if not directed:
+                    row_j[i] = row_j.get(i, 0.0) + add
                 row_i = co[i]
                 row_i[j] = row_i.get(j, 0.0) + add
                 pending[i] += 1
@@ -162,11 +180,12 @@ class ItemKNN(Recommender):
                     row_i = co[i]
                 if pending[i] >= _STALE_FRACTION * len(row_i):
                     self._refresh(i)
-            pending[j] += len(hist)
-            if len(row_j) > cap:
-                self._prune(j)
-            if pending[j] and pending[j] >= _STALE_FRACTION * len(row_j):
-                self._refresh(j)
+            if not directed:
+                pending[j] += len(hist)
+                if len(row_j) > cap:
+                    self._prune(j)
+                if pending[j] and pending[j] >= _STALE_FRACTION * len(row_j):
+                    self._refresh(j)
         hist[j] = new
         if len(hist) > self.history:
             del hist[next(iter(hist))]
@@ -204,9 +223,9 @@ class ItemKNN(Recommender):
             return
         cols = np.fromiter(row.keys(), dtype=np.intp, count=len(row))
         vals = np.fromiter(row.values(), dtype=np.float64, count=len(row))
-        # sqrt(N_i) is left out: it scales the whole row alike, so it is applied at query
+        # N_i ** alpha is left out: it scales the whole row alike, so it is applied at query
         # time with the current norm.
-        sims = vals / np.sqrt(self._norms[cols])
+        sims = vals / self._norms[cols] ** (1.0 - self.alpha)
         if cols.shape[0] > self.neighbors:
             top = np.argpartition(-sims, self.neighbors - 1)[: self.neighbors]
             cols, sims = cols[top], sims[top]
@@ -221,8 +240,8 @@ class ItemKNN(Recommender):
         for row in self._co:
             for j in row:
                 row[j] /= scale
-        # Neighbour lists hold C / sqrt(N): they move by sqrt(scale) (and stay fresh).
-        self._nbr_sims[: len(self._items)] /= math.sqrt(scale)
+        # Neighbour lists hold C / N ** (1 - alpha): they move by scale ** alpha (and stay fresh).
+        self._nbr_sims[: len(self._items)] /= scale**self.alpha
         self._scale = 1.0
 
     # --- scoring ------------------------------------------------------------------------
@@ -243,7 +262,9 @@ class ItemKNN(Recommender):
         if not self._nbr_len[rows].any():
             return None
         weights = np.fromiter(hist.values(), dtype=np.float64, count=len(hist))
-        weights /= np.sqrt(self._norms[rows])
+        weights /= self._norms[rows] ** self.alpha
+        if self.recency != 1.0:
+            weights *= self._recent[len(hist) - 1 :: -1]
         # (history x neighbors): row h holds history item h's neighbours / contributions.
         idx = self._nbr_rows[rows]
         contrib = self._nbr_sims[rows] * weights[:, None]

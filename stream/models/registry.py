@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from stream.models.base import Recommender
 from stream.models.blend import Blend
+from stream.models.bpr import BPR
 from stream.models.knn import ItemKNN
 from stream.models.mf import MatrixFactorization, MFKind
 from stream.models.popularity import Popularity
@@ -26,6 +28,34 @@ def _knn(settings: StreamSettings) -> Recommender:
         neighbors=settings.knn_neighbors,
         history=settings.knn_history,
         half_life=settings.knn_half_life,
+        seed=settings.seed,
+        alpha=settings.knn_alpha,
+        distance_decay=settings.knn_distance_decay,
+        recency=settings.knn_recency,
+    )
+
+
+def _sequence(settings: StreamSettings) -> Recommender:
+    """Item-to-item transitions: a directed KNN over the last few items of each user."""
+    return ItemKNN(
+        neighbors=settings.knn_neighbors,
+        history=settings.sequence_history,
+        half_life=settings.knn_half_life,
+        seed=settings.seed,
+        alpha=settings.knn_alpha,
+        distance_decay=settings.sequence_decay,
+        recency=settings.sequence_decay,
+        directed=True,
+    )
+
+
+def _bpr(settings: StreamSettings) -> Recommender:
+    return BPR(
+        n_factors=settings.bpr_factors,
+        learning_rate=settings.bpr_learning_rate,
+        l2=settings.bpr_l2,
+        negative_samples=max(settings.negative_samples, 1),
+        init_std=settings.mf_init_std,
         seed=settings.seed,
     )
 
@@ -54,12 +84,23 @@ def _blend(settings: StreamSettings) -> Recommender:
         {n: MODEL_REGISTRY[n](settings) for n in names},
         {n: settings.blend[n] for n in names},
         learns_components=True,
+        **_blend_options(settings),
     )
+
+
+def _blend_options(settings: StreamSettings) -> dict[str, Any]:
+    return {
+        "learning_rate": settings.blend_learning_rate,
+        "half_life": settings.blend_half_life,
+        "k": settings.top_k,
+    }
 
 
 MODEL_REGISTRY: dict[str, Callable[[StreamSettings], Recommender]] = {
     "popularity": _popularity,
     "knn": _knn,
+    "sequence": _sequence,
+    "bpr": _bpr,
     "biased_mf": _mf("biased"),
     "funk_mf": _mf("funk"),
     "blend": _blend,
@@ -101,6 +142,7 @@ def build_models(settings: StreamSettings) -> dict[str, Recommender]:
             {n: built[n] for n in settings.blend},
             dict(settings.blend),
             learns_components=False,
+            **_blend_options(settings),
         )
     logger.debug("built models %s", list(models))
     return models

@@ -1,35 +1,33 @@
-"""Recommendation quality and drift handling, offline, with the worker's own core (issue #3).
+"""The quality suite (issue #10): every model, the default and two yardsticks on seven streams.
 
-Everything runs through :func:`stream.evaluate.evaluate` (test-then-learn, the same
-:class:`~stream.core.Pipeline` the worker runs), with ``StreamSettings`` defaults unless
-``--set NAME=VALUE`` overrides them. Sections:
+For each stream of :data:`streams.STREAMS` (structurally different seeded generators plus
+MovieLens-100K; the ones held out from tuning are marked) one pass of
+:func:`stream.evaluate.evaluate` (test-then-learn, the worker's own
+:class:`~stream.core.Pipeline`) scores, on the same events:
 
-1. **Synthetic accuracy** (``producers.synthetic``, seeded, demo parameters: 500 users, 1,000
-   items, 10% ratings): HR@10 / NDCG@10 / MAE / RMSE of every model and of a few blend
-   weightings, and the default model's HR@10 against popularity's.
-2. **Synthetic drift**: the same stream with an abrupt drift at the midpoint. Per model: delay of
-   the first drift record after the drift, windowed HR@10 before it, at its trough, at the end,
-   and the events until the windowed HR@10 is back to >= 95% of its pre-drift value.
-3. **False alarms**: the stream without drift for several seeds: drift records per 10k events.
-4. **ML-100K** (``.data/ml-100k/u.data``, fetched by ``benchmarks/ml100k.py``): the same models
-   and blends, plus MAE/RMSE of the rating models against River's tutorial (BiasedMF, 10
-   factors, progressive validation: MAE 0.7486 / RMSE 0.9479), River's own BiasedMF with the
-   tutorial's parameters on our event order, and a greedy search over the MF settings.
-5. Which model or blend is best on HR@10 on each dataset, and a suggested default.
+- every model of ``stream.models.MODEL_REGISTRY`` (blends last), built by ``build_models``
+  from ``StreamSettings`` defaults plus ``--set NAME=VALUE`` overrides; the default
+  recommender is whatever ``StreamSettings`` says (``*`` in the tables);
+- ``reference``: the issue's plain item-KNN reference, and ``reference_recency``: its
+  recency-weighted variant (:mod:`reference`; yardsticks, not product models).
 
-Blend variants are extra :class:`~stream.models.blend.Blend` objects over the pipeline's own
-model instances (as ``build_models`` builds ``blend``), so one pass scores them all.
+Per stream a table (HR@10, NDCG@10, MRR@10, RMSE, events/s), then a summary against the
+issue's targets: the default's HR@10 >= 1.10 x the reference's and >= 1.05 x the best single
+model of ours (neither the default, nor a blend, nor a yardstick), never below popularity; on
+ML-100K also HR@10 >= 0.21 and the rating model's RMSE <= 0.9479 (at ``--scale`` 1 only).
 
-    python benchmarks/quality.py [--synthetic-events 50000] [--seeds 3] [--skip-ml100k]
-                                 [--skip-search] [--set NAME=VALUE ...] [--json PATH|-]
+    python benchmarks/quality.py [--streams a,b] [--scale F] [--seed N] [--set NAME=VALUE ...]
+                                 [--json PATH|-] [--markdown]
+                                 [--drift] [--rating] [--mf-search] [--skip-suite]
 
+``--drift`` adds the drift and false-alarm runs, ``--rating`` the ML-100K rating error
+against River (``--mf-search`` with the MF settings search); see :mod:`quality_sections`.
 Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -39,65 +37,291 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import fmt, print_table, quiet_logging, write_json
-from ml100k import DEFAULT_DIR, ensure_ml100k
+from _common import fmt, print_table, quiet_logging, settings_overrides, write_json
+from pydantic import ValidationError
+from quality_sections import (
+    mf_search,
+    print_drift,
+    print_false_alarms,
+    print_rating,
+    river_reference,
+)
+from reference import PlainItemKNN, RecencyItemKNN
+from streams import STREAMS, StreamSpec
 
-from producers.formats import read_events
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.core import Pipeline, PipelineConfig
 from stream.evaluate import EvaluationResult, evaluate
 from stream.events import Event
-from stream.models import Recommender, build_models
-from stream.models.blend import Blend
+from stream.models import MODEL_REGISTRY, Blend, Recommender, build_models
 from stream.settings import StreamSettings
 
-__all__ = ["BLEND_VARIANTS", "DriftFigures", "drift_figures", "main"]
+__all__ = ["StreamRun", "Verdict", "main", "suite_pipeline", "suite_settings", "verdict"]
 
-ALL_MODELS = ("popularity", "knn", "biased_mf", "funk_mf", "blend")
-RATING_MODELS = ("biased_mf", "funk_mf")
-BLEND_VARIANTS: dict[str, dict[str, float]] = {
-    "blend[knn+pop.1]": {"knn": 1.0, "popularity": 0.1},
-    "blend[knn+mf]": {"knn": 1.0, "biased_mf": 0.5},
-    "blend[knn+pop+mf]": {"knn": 1.0, "popularity": 0.3, "biased_mf": 0.5},
-    "blend[knn+mf1]": {"knn": 1.0, "biased_mf": 1.0},
-    "blend[knn+funk]": {"knn": 1.0, "funk_mf": 0.5},
-}
-"""Blend weightings scored next to the configured ``blend`` (settings.blend)."""
-
-RIVER_TUTORIAL = {"mae": 0.7486, "rmse": 0.9479}
-RECOVERED = 0.95
+YARDSTICKS = ("reference", "reference_recency")
+RATING_MODEL = "biased_mf"
+TARGET_VS_REFERENCE = 1.10
+TARGET_VS_BEST = 1.05
+TARGET_ML100K_HR = 0.21
+TARGET_ML100K_RMSE = 0.9479  # River's tutorial BiasedMF on ML-100K
 
 
 # --- building and running -------------------------------------------------------------------
 
 
-def _settings(overrides: dict[str, Any], **more: Any) -> StreamSettings:
-    """Defaults (env and .env ignored), then ``--set`` overrides, then this section's own."""
-    return StreamSettings(_env_file=None, **{**overrides, **more})
+def _blend_names(settings: StreamSettings) -> set[str]:
+    """Registry names whose model is a blend (built once, empty, to ask)."""
+    return {n for n, build in MODEL_REGISTRY.items() if isinstance(build(settings), Blend)}
 
 
-def _pipeline(settings: StreamSettings, variants: dict[str, dict[str, float]]) -> Pipeline:
-    """The settings' models plus one non-learning blend per variant over the same instances."""
+def suite_settings(overrides: dict[str, Any]) -> StreamSettings:
+    """Every registered model (blends last), the default recommender, then ``overrides``.
+
+    ``.env`` is ignored, so the figures are the code's defaults (plus ``--set``).
+    """
+    defaults = StreamSettings(_env_file=None, **overrides)
+    blends = _blend_names(defaults)
+    names = [n for n in MODEL_REGISTRY if n not in blends] + [
+        n for n in MODEL_REGISTRY if n in blends
+    ]
+    return StreamSettings(
+        _env_file=None,
+        **{"models": tuple(names), "recommender": defaults.recommender, **overrides},
+    )
+
+
+def suite_pipeline(settings: StreamSettings) -> Pipeline:
+    """The settings' models plus the two yardsticks, in one pipeline (one pass scores all)."""
     models: dict[str, Recommender] = build_models(settings)
-    for name, weights in variants.items():
-        if all(m in models for m in weights):
-            models[name] = Blend(
-                {m: models[m] for m in weights}, dict(weights), learns_components=False
-            )
+    models["reference"] = PlainItemKNN(seed=settings.seed)
+    models["reference_recency"] = RecencyItemKNN(seed=settings.seed)
     return Pipeline(PipelineConfig.from_settings(settings), models)
 
 
-def _run(
-    events: list[Event], settings: StreamSettings, variants: dict[str, dict[str, float]]
-) -> EvaluationResult:
+@dataclass
+class StreamRun:
+    """One stream of the suite, evaluated."""
+
+    spec: StreamSpec
+    result: EvaluationResult
+    generate_seconds: float
+    evaluate_seconds: float
+    blends: frozenset[str]
+
+
+def run_stream(spec: StreamSpec, seed: int, scale: float, settings: StreamSettings) -> StreamRun:
     started = time.perf_counter()
-    result = evaluate(events, settings, pipeline=_pipeline(settings, variants))
+    events = spec.events(seed, scale)
+    generated = time.perf_counter()
+    pipeline = suite_pipeline(settings)
+    blends = frozenset(n for n, m in pipeline.models.items() if isinstance(m, Blend))
+    result = evaluate(events, settings, pipeline=pipeline)
+    done = time.perf_counter()
     print(
-        f"  ... {result.events:,} events, {len(result.models)} models in "
-        f"{time.perf_counter() - started:.0f}s",
+        f"  ... {spec.name}: {len(events):,} events generated in {generated - started:.1f}s, "
+        f"{len(result.models)} models evaluated in {done - generated:.0f}s",
         flush=True,
     )
-    return result
+    return StreamRun(spec, result, generated - started, done - generated, blends)
+
+
+# --- verdicts -------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """The issue's targets on one stream (``None`` = could not be measured)."""
+
+    default: str
+    default_hr: float | None
+    reference_hr: float | None
+    recency_hr: float | None
+    best: str | None
+    best_hr: float | None
+    popularity_hr: float | None
+    rating_rmse: float | None = None
+
+    @staticmethod
+    def _ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    @property
+    def vs_reference(self) -> float | None:
+        return self._ratio(self.default_hr, self.reference_hr)
+
+    @property
+    def vs_best(self) -> float | None:
+        return self._ratio(self.default_hr, self.best_hr)
+
+    @property
+    def beats_popularity(self) -> bool | None:
+        if self.default_hr is None or self.popularity_hr is None:
+            return None
+        return self.default_hr >= self.popularity_hr
+
+    def checks(self, ml100k: bool) -> dict[str, bool | None]:
+        """Each target: met, missed, or ``None`` when not measured."""
+        ref, best = self.vs_reference, self.vs_best
+        out: dict[str, bool | None] = {
+            "vs_reference": None if ref is None else ref >= TARGET_VS_REFERENCE,
+            "vs_best": None if best is None else best >= TARGET_VS_BEST,
+            "vs_popularity": self.beats_popularity,
+        }
+        if ml100k:
+            hr, rmse = self.default_hr, self.rating_rmse
+            out["ml100k_hr"] = None if hr is None else hr >= TARGET_ML100K_HR
+            out["ml100k_rmse"] = None if rmse is None else rmse <= TARGET_ML100K_RMSE
+        return out
+
+
+def verdict(run: StreamRun) -> Verdict:
+    """The default against the yardsticks, the best single model of ours, and popularity.
+
+    "Ours" excludes the default itself, any blend and the yardsticks.
+    """
+    models, default = run.result.models, run.result.default_model
+
+    def hr(name: str) -> float | None:
+        m = models.get(name)
+        return None if m is None else m.hit_rate
+
+    singles = [n for n in models if n != default and n not in run.blends and n not in YARDSTICKS]
+    best = max(singles, key=lambda n: hr(n) or 0.0, default=None)
+    rating = models.get(RATING_MODEL)
+    return Verdict(
+        default=default,
+        default_hr=hr(default),
+        reference_hr=hr("reference"),
+        recency_hr=hr("reference_recency"),
+        best=best,
+        best_hr=None if best is None else hr(best),
+        popularity_hr=hr("popularity"),
+        rating_rmse=None if rating is None else rating.rmse,
+    )
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def _print_stream(run: StreamRun) -> None:
+    result = run.result
+    k = result.k
+    rows = [
+        [
+            name + (" *" if name == result.default_model else ""),
+            fmt(m.hit_rate),
+            fmt(m.ndcg),
+            fmt(m.mrr),
+            fmt(m.rmse),
+            fmt(result.events_per_second.get(name), 0),
+        ]
+        for name, m in result.models.items()
+    ]
+    held = " (held out)" if run.spec.held_out else ""
+    print_table(
+        ["model", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "RMSE", "events/s"],
+        rows,
+        title=(
+            f"{run.spec.name}{held}: {run.spec.description}; {result.events:,} events "
+            f"(* = default recommender)"
+        ),
+    )
+
+
+def _mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+
+SUMMARY_HEADER = [
+    "stream",
+    "default HR@10",
+    "reference",
+    "x ref (>=1.10)",
+    "recency ref",
+    "best of ours",
+    "x best (>=1.05)",
+    "popularity",
+    ">= pop",
+    "verdict",
+]
+
+
+def _summary_rows(runs: list[StreamRun]) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        v = verdict(run)
+        checks = v.checks(run.spec.name == "ml100k")
+        known = [c for c in checks.values() if c is not None]
+        rows.append(
+            [
+                run.spec.name + (" (held out)" if run.spec.held_out else ""),
+                fmt(v.default_hr),
+                fmt(v.reference_hr),
+                f"{fmt(v.vs_reference, 2)} {_mark(checks['vs_reference'])}",
+                fmt(v.recency_hr),
+                f"{v.best or '-'} {fmt(v.best_hr)}",
+                f"{fmt(v.vs_best, 2)} {_mark(checks['vs_best'])}",
+                fmt(v.popularity_hr),
+                _mark(checks["vs_popularity"]),
+                "PASS" if known and all(known) else "FAIL",
+            ]
+        )
+    return rows
+
+
+def _print_summary(runs: list[StreamRun], scale: float, markdown: bool) -> None:
+    default = runs[0].result.default_model
+    rows = _summary_rows(runs)
+    print_table(
+        SUMMARY_HEADER,
+        rows,
+        title=f"Summary: default recommender {default!r} against the targets of issue #10",
+    )
+    for run in runs:
+        if run.spec.name != "ml100k":
+            continue
+        v = verdict(run)
+        checks = v.checks(True)
+        note = "" if scale >= 1.0 else f" (at --scale {scale}: the targets are for the whole log)"
+        print(
+            f"  ml100k: default HR@10 {fmt(v.default_hr)} (target >= {TARGET_ML100K_HR}) "
+            f"{_mark(checks['ml100k_hr'])}; {RATING_MODEL} RMSE {fmt(v.rating_rmse)} "
+            f"(target <= {TARGET_ML100K_RMSE}) {_mark(checks['ml100k_rmse'])}{note}"
+        )
+    passed = sum(1 for r in rows if r[-1] == "PASS")
+    print(f"  targets met on {passed} of {len(rows)} streams")
+    if markdown:
+        print("\n| " + " | ".join(SUMMARY_HEADER) + " |")
+        print("|" + "---|" * len(SUMMARY_HEADER))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+
+
+def _stream_json(run: StreamRun) -> dict[str, Any]:
+    v = verdict(run)
+    return {
+        "held_out": run.spec.held_out,
+        "description": run.spec.description,
+        "generate_seconds": run.generate_seconds,
+        "evaluate_seconds": run.evaluate_seconds,
+        **run.result.to_json(),
+        "summary": {
+            "default": v.default,
+            "default_hr@10": v.default_hr,
+            "reference_hr@10": v.reference_hr,
+            "reference_recency_hr@10": v.recency_hr,
+            "best_single": v.best,
+            "best_single_hr@10": v.best_hr,
+            "popularity_hr@10": v.popularity_hr,
+            "default_vs_reference": v.vs_reference,
+            "default_vs_best": v.vs_best,
+            f"{RATING_MODEL}_rmse": v.rating_rmse,
+            "checks": v.checks(run.spec.name == "ml100k"),
+        },
+    }
+
+
+# --- optional sections ----------------------------------------------------------------------
 
 
 def _synthetic(n: int, seed: int, drift_at: int | None) -> list[Event]:
@@ -105,425 +329,116 @@ def _synthetic(n: int, seed: int, drift_at: int | None) -> list[Event]:
     return [Event.model_validate(e) for e in SyntheticStream(config).events()]
 
 
-# --- tables -----------------------------------------------------------------------------------
-
-
-def _accuracy_rows(result: EvaluationResult) -> list[list[str]]:
-    best = max((m.hit_rate or 0.0) for m in result.models.values())
-    rows = []
-    for name, m in result.models.items():
-        marker = " *" if name == result.default_model else ""
-        marker += " (best)" if m.hit_rate is not None and m.hit_rate == best else ""
-        rows.append(
-            [
-                name + marker,
-                fmt(m.hit_rate),
-                fmt(m.ndcg),
-                fmt(m.mrr),
-                fmt(m.mae),
-                fmt(m.rmse),
-                fmt(m.coverage, 3),
-                fmt(result.events_per_second.get(name), 0),
-            ]
-        )
-    return rows
-
-
-def _print_accuracy(result: EvaluationResult, title: str) -> dict[str, Any]:
-    k = result.k
-    print_table(
-        ["model", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "MAE", "RMSE", "coverage", "events/s"],
-        _accuracy_rows(result),
-        title=f"{title} ({result.events:,} events; * = default recommender)",
+def _drift_sections(ns: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    n, seed = ns.drift_events, ns.seed
+    drift_at = n // 2
+    settings = suite_settings(overrides)
+    print(f"\n[drift] synthetic, {n:,} events, seed {seed}, abrupt drift at {drift_at:,}")
+    drift_settings = suite_settings({**overrides, "metric_window": ns.window})
+    drifted = evaluate(
+        _synthetic(n, seed, drift_at), drift_settings, pipeline=suite_pipeline(drift_settings)
     )
-    default = result.models[result.default_model].hit_rate
-    popularity = result.models["popularity"].hit_rate if "popularity" in result.models else None
-    ratio = default / popularity if default is not None and popularity else None
-    best = max(result.models, key=lambda n: result.models[n].hit_rate or 0.0)
-    print(
-        f"  default ({result.default_model}) HR@{k} / popularity HR@{k} = {fmt(ratio, 2)}; "
-        f"best HR@{k}: {best} ({fmt(result.models[best].hit_rate)})"
-    )
-    return {
-        "metrics": result.to_json()["models"],
-        "default_vs_popularity": ratio,
-        "best": best,
-    }
-
-
-# --- drift ------------------------------------------------------------------------------------
-
-
-@dataclass
-class DriftFigures:
-    """How one model went through an injected drift (windowed HR@K sampled along the stream)."""
-
-    first_detection: int | None
-    metric: str | None
-    detections_before: int
-    pre: float | None
-    trough: float | None
-    trough_at: int | None
-    end: float | None
-    recovered_at: int | None
-
-    def delay(self, drift_at: int) -> int | None:
-        return None if self.first_detection is None else self.first_detection - drift_at
-
-    def to_recover(self, drift_at: int) -> int | None:
-        return None if self.recovered_at is None else self.recovered_at - drift_at
-
-
-def drift_figures(result: EvaluationResult, model: str, drift_at: int) -> DriftFigures:
-    """Detection and recovery of ``model`` around ``drift_at``.
-
-    ``pre`` is the windowed HR@K at the drift; ``trough`` the lowest windowed HR@K after it;
-    recovery is the first sample after the trough back at >= 95% of ``pre`` (0 events when the
-    windowed HR@K never fell below that).
-
-    >>> from stream.events import DriftRecord, ModelMetrics
-    >>> r = EvaluationResult(events=10, k=10, default_model="m", models={"m": ModelMetrics()},
-    ...     events_per_second={}, total_events_per_second=1.0,
-    ...     drifts=[DriftRecord(detector="adwin", model="m", metric="miss", event=7, timestamp=0)],
-    ...     series={"m": {"event": [2.0, 4.0, 6.0, 8.0, 10.0],
-    ...                   "hit_rate": [0.2, 0.2, 0.1, 0.15, 0.2], "rmse": [None] * 5}})
-    >>> f = drift_figures(r, "m", 4)
-    >>> f.delay(4), f.trough, f.to_recover(4)
-    (3, 0.1, 6)
-    """
-    series = result.series.get(model, {})
-    points = [
-        (int(e), h)
-        for e, h in zip(series.get("event", []), series.get("hit_rate", []), strict=True)
-        if e is not None and h is not None
+    report: dict[str, Any] = {"drift": print_drift(drifted, drift_at, ns.window)}
+    print(f"\n[false alarms] {ns.seeds} seeds without drift", flush=True)
+    runs = [
+        (s, evaluate(_synthetic(n, s, None), settings, pipeline=suite_pipeline(settings)))
+        for s in range(seed, seed + ns.seeds)
     ]
-    after = [d for d in result.drifts if d.model == model and d.event > drift_at]
-    before = [d for d in result.drifts if d.model == model and d.event <= drift_at]
-    first = min(after, key=lambda d: d.event) if after else None
-    pre_points = [h for e, h in points if e <= drift_at]
-    post = [(e, h) for e, h in points if e > drift_at]
-    pre = pre_points[-1] if pre_points else None
-    trough_at, trough = min(post, key=lambda p: p[1]) if post else (None, None)
-    recovered_at = None
-    if pre is not None and trough is not None and trough_at is not None:
-        if trough >= RECOVERED * pre:
-            recovered_at = drift_at
-        else:
-            recovered_at = next(
-                (e for e, h in post if e > trough_at and h >= RECOVERED * pre), None
-            )
-    return DriftFigures(
-        first_detection=None if first is None else first.event,
-        metric=None if first is None else first.metric,
-        detections_before=len(before),
-        pre=pre,
-        trough=trough,
-        trough_at=trough_at,
-        end=points[-1][1] if points else None,
-        recovered_at=recovered_at,
-    )
+    report["false_alarms"] = print_false_alarms(runs, settings.recommender)
+    return report
 
 
-def _recovery(events: int | None, pre: float | None) -> str:
-    if pre is None:
-        return "-"
-    return "never" if events is None else fmt(events)
+def _rating_section(
+    ns: argparse.Namespace, overrides: dict[str, Any], runs: list[StreamRun]
+) -> dict[str, Any]:
+    settings = suite_settings(overrides)
+    events = STREAMS["ml100k"].events(ns.seed, 1.0)
+    ml = next((r.result for r in runs if r.spec.name == "ml100k" and ns.scale >= 1.0), None)
+    if ml is None:
+        ml = evaluate(events, settings, pipeline=suite_pipeline(settings))
+    print("\n[rating] River's own BiasedMF, tutorial parameters, same time order ...", flush=True)
+    river = river_reference(events)
+    search = None
+    if ns.mf_search:
+        print("\n  biased_mf settings search (RMSE; one setting varied at a time):", flush=True)
+        search = mf_search(events, overrides)
+    print_rating(ml, river, search)
+    return {"river": river, "search": search}
 
 
-def _print_drift(result: EvaluationResult, drift_at: int, window: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    rows = []
-    for name in result.models:
-        f = drift_figures(result, name, drift_at)
-        marker = " *" if name == result.default_model else ""
-        rows.append(
-            [
-                name + marker,
-                fmt(f.delay(drift_at)),
-                f.metric or "-",
-                fmt(f.detections_before),
-                fmt(f.pre),
-                fmt(f.trough),
-                fmt(f.end),
-                _recovery(f.to_recover(drift_at), f.pre),
-            ]
-        )
-        out[name] = {
-            "delay": f.delay(drift_at),
-            "metric": f.metric,
-            "detections_before_drift": f.detections_before,
-            "hr_pre": f.pre,
-            "hr_trough": f.trough,
-            "hr_end": f.end,
-            "events_to_recover": f.to_recover(drift_at),
-        }
-    k = result.k
-    print_table(
-        [
-            "model",
-            "delay",
-            "metric",
-            "before",
-            f"HR@{k} pre",
-            "trough",
-            "end",
-            "to 95%",
-        ],
-        rows,
-        title=(
-            f"Synthetic, abrupt drift at event {drift_at:,}: detection delay (events after the "
-            f"drift), detections before it,\nwindowed HR@{k} (last {window:,} evaluated events) "
-            "just before, at its lowest, at the end, events until back to >= 95% of pre"
-        ),
-    )
-    print("  ('never' = not recovered by the end of the stream; '-' delay = not detected)")
-    return out
+# --- main -----------------------------------------------------------------------------------
 
 
-def _print_false_alarms(runs: list[tuple[int, EvaluationResult]], default: str) -> dict[str, Any]:
-    names = list(runs[0][1].models)
-    warmup = 10_000
-    rows = []
-    out: dict[str, Any] = {}
-    for name in names:
-        have = [(s, r) for s, r in runs if name in r.models]
-        per_seed = [sum(1 for d in r.drifts if d.model == name) for _, r in have]
-        late = sum(
-            sum(1 for d in r.drifts if d.model == name and d.event > warmup) for _, r in have
-        )
-        events = sum(r.events for _, r in have)
-        late_events = sum(max(0, r.events - warmup) for _, r in have)
-        rate = 10_000 * sum(per_seed) / events if events else None
-        late_rate = 10_000 * late / late_events if late_events else None
-        marker = " *" if name == default else ""
-        rows.append(
-            [name + marker, "/".join(str(c) for c in per_seed), fmt(rate, 2), fmt(late_rate, 2)]
-        )
-        out[name] = {"per_seed": per_seed, "per_10k": rate, "per_10k_after_warmup": late_rate}
-    seeds = ", ".join(str(s) for s, _ in runs)
-    print_table(
-        ["model", "detections per seed", "per 10k events", f"per 10k after {warmup // 1000}k"],
-        rows,
-        title=f"False alarms: the same stream without drift, seeds {seeds}",
-    )
-    return out
-
-
-# --- ML-100K rating search --------------------------------------------------------------------
-
-
-def _river_reference(events: list[Event]) -> dict[str, float]:
-    """River's own BiasedMF with the tutorial's parameters, progressive validation, our order."""
-    from river import metrics, optim, reco
-
-    model = reco.BiasedMF(
-        n_factors=10,
-        bias_optimizer=optim.SGD(0.025),
-        latent_optimizer=optim.SGD(0.05),
-        weight_initializer=optim.initializers.Zeros(),
-        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
-        l2_bias=0.0,
-        l2_latent=0.0,
-    )
-    mae, rmse, c_mae, c_rmse = metrics.MAE(), metrics.RMSE(), metrics.MAE(), metrics.RMSE()
-    for e in events:
-        assert e.rating is not None
-        y_pred = model.predict_one(e.user_id, e.item)
-        clipped = min(5.0, max(1.0, y_pred))
-        mae.update(e.rating, y_pred)
-        rmse.update(e.rating, y_pred)
-        c_mae.update(e.rating, clipped)
-        c_rmse.update(e.rating, clipped)
-        model.learn_one(e.user_id, e.item, e.rating)
-    return {
-        "mae": mae.get(),
-        "rmse": rmse.get(),
-        "mae_clipped": c_mae.get(),
-        "rmse_clipped": c_rmse.get(),
-    }
-
-
-MF_KEYS = ("mf_factors", "mf_learning_rate", "mf_bias_learning_rate", "mf_l2", "mf_init_std")
-MF_GRID: dict[str, tuple[float, ...]] = {
-    "mf_learning_rate": (0.005, 0.01, 0.02, 0.05),
-    "mf_bias_learning_rate": (0.005, 0.01, 0.025, 0.05),
-    "mf_l2": (0.0, 0.01, 0.03, 0.1),
-    "mf_init_std": (0.01, 0.05, 0.1),
-    "mf_factors": (10, 16, 32),
-}
-
-
-def _mf_run(events: list[Event], overrides: dict[str, Any], mf: dict[str, Any]) -> dict[str, Any]:
-    settings = _settings(overrides, models=("biased_mf",), recommender="biased_mf", **mf)
-    result = evaluate(events, settings)
-    m = result.models["biased_mf"]
-    return {**mf, "mae": m.mae, "rmse": m.rmse, "hr@10": m.hit_rate}
-
-
-def _mf_search(events: list[Event], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Greedy coordinate search on biased_mf's RMSE: from the defaults and from River's
-    tutorial parameters, vary one setting at a time, keep any improvement."""
-    defaults = _settings(overrides)
-    start_default = {k: getattr(defaults, k) for k in MF_KEYS}
-    start_river = {
-        "mf_factors": 10,
-        "mf_learning_rate": 0.05,
-        "mf_bias_learning_rate": 0.025,
-        "mf_l2": 0.0,
-        "mf_init_std": 0.1,
-    }
-    tried: list[dict[str, Any]] = []
-    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-    def score(mf: dict[str, Any], label: str) -> dict[str, Any]:
-        key = tuple(mf[k] for k in MF_KEYS)
-        if key not in seen:
-            row = _mf_run(events, overrides, mf)
-            row["label"] = label
-            seen[key] = row
-            tried.append(row)
-            print(
-                f"  {label:<28} "
-                + " ".join(f"{k.removeprefix('mf_')}={mf[k]}" for k in MF_KEYS)
-                + f"  MAE {fmt(row['mae'])} RMSE {fmt(row['rmse'])} HR@10 {fmt(row['hr@10'])}",
-                flush=True,
-            )
-        return seen[key]
-
-    best = score(start_default, "current defaults")
-    river = score(start_river, "River tutorial parameters")
-    if (river["rmse"] or 9.0) < (best["rmse"] or 9.0):
-        best = river
-    for key, values in MF_GRID.items():
-        current = {k: best[k] for k in MF_KEYS}
-        for value in values:
-            row = score({**current, key: value}, f"vary {key.removeprefix('mf_')}")
-            if (row["rmse"] or 9.0) < (best["rmse"] or 9.0):
-                best = row
-    return {
-        "tried": tried,
-        "best": best,
-        "defaults": seen[tuple(start_default[k] for k in MF_KEYS)],
-    }
-
-
-# --- main -------------------------------------------------------------------------------------
-
-
-def _suggest(best_by_dataset: dict[str, dict[str, float | None]]) -> str | None:
-    """The model whose HR@K, relative to each dataset's best, is highest on average."""
-    names = set.intersection(*(set(hrs) for hrs in best_by_dataset.values()))
-    scores: dict[str, float] = {}
-    for name in names:
-        rel = []
-        for hrs in best_by_dataset.values():
-            top = max((v or 0.0) for v in hrs.values()) or 1.0
-            rel.append((hrs[name] or 0.0) / top)
-        scores[name] = sum(rel) / len(rel)
-    if not scores:
-        return None
-    print_table(
-        ["model", "mean HR@10 / best HR@10"],
-        [[n, f"{s:.3f}"] for n, s in sorted(scores.items(), key=lambda kv: -kv[1])],
-        title="HR@10 relative to the best model of each dataset, averaged over the datasets",
-    )
-    return max(scores, key=lambda n: scores[n])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--streams", default=",".join(STREAMS), metavar="A,B",
+        help=f"streams to run (default: all of {', '.join(STREAMS)})",
+    )  # fmt: skip
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stream's size")
+    parser.add_argument("--seed", type=int, default=7, help="seed of every generator")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a StreamSettings override for every run, e.g. --set knn_history=30 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write JSON (- = stdout)")
+    parser.add_argument("--markdown", action="store_true", help="the summary as Markdown too")
+    parser.add_argument("--skip-suite", action="store_true", help="only the sections asked for")
+    parser.add_argument("--drift", action="store_true", help="drift and false-alarm runs")
+    parser.add_argument("--drift-events", type=int, default=50_000, help="events of drift runs")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for the false-alarm runs")
+    parser.add_argument("--window", type=int, default=2_000, help="metric_window of drift runs")
+    parser.add_argument("--rating", action="store_true", help="ML-100K rating error vs River")
+    parser.add_argument("--mf-search", action="store_true", help="with --rating: MF search")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--synthetic-events", type=int, default=50_000)
-    parser.add_argument("--seed", type=int, default=7, help="first synthetic seed")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds for the false-alarm runs")
-    parser.add_argument("--window", type=int, default=2_000, help="metric_window of drift runs")
-    parser.add_argument("--skip-ml100k", action="store_true")
-    parser.add_argument("--skip-search", action="store_true", help="no MF settings search")
-    parser.add_argument("--ml100k", type=Path, default=None, help="path of u.data")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="a StreamSettings override for every run, e.g. --set mf_factors=10 (repeatable)",
-    )  # fmt: skip
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write JSON (- = stdout)")
-    ns = parser.parse_args(argv)
+    ns = _parser().parse_args(argv)
+    names = [n.strip() for n in ns.streams.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STREAMS]
+    if unknown or not names:
+        print(f"error: --streams: unknown {unknown}; known: {', '.join(STREAMS)}", file=sys.stderr)
+        return 2
+    if not ns.scale > 0:
+        print(f"error: --scale must be positive, got {ns.scale}", file=sys.stderr)
+        return 2
+    try:
+        overrides = settings_overrides(ns.set)
+        settings = suite_settings(overrides)
+    except (ValueError, ValidationError) as exc:
+        print(f"error: --set: {exc}", file=sys.stderr)
+        return 2
     quiet_logging()
-    overrides: dict[str, Any] = dict(s.split("=", 1) for s in ns.set)
-    report: dict[str, Any] = {"overrides": overrides}
-    hr_by_dataset: dict[str, dict[str, float | None]] = {}
-
-    n, seed = ns.synthetic_events, ns.seed
-    drift_at = n // 2
-    base = _settings(overrides, models=ALL_MODELS)
-    default = _settings(overrides)
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "seed": ns.seed,
+        "scale": ns.scale,
+        "overrides": overrides,
+        "models": list(settings.models),
+        "recommender": settings.recommender,
+        "yardsticks": list(YARDSTICKS),
+        "streams": {},
+    }
     print(
-        f"default recommender: {default.recommender}; default models: {', '.join(default.models)};"
-        f" blend weights {default.blend}"
+        f"default recommender: {settings.recommender}; models: {', '.join(settings.models)}, "
+        f"yardsticks: {', '.join(YARDSTICKS)}; seed {ns.seed}, scale {ns.scale}",
+        flush=True,
     )
-
-    print(f"\n[1/4] synthetic, {n:,} events, seed {seed}, no drift", flush=True)
-    no_drift = _run(_synthetic(n, seed, None), base, BLEND_VARIANTS)
-    report["synthetic"] = _print_accuracy(no_drift, "Synthetic, no drift")
-    hr_by_dataset["synthetic"] = {k: m.hit_rate for k, m in no_drift.models.items()}
-
-    print(f"\n[2/4] synthetic, {n:,} events, seed {seed}, abrupt drift at {drift_at:,}", flush=True)
-    drift_settings = _settings(overrides, models=ALL_MODELS, metric_window=ns.window)
-    drifted = _run(_synthetic(n, seed, drift_at), drift_settings, BLEND_VARIANTS)
-    _print_accuracy(drifted, "Synthetic with drift (cumulative)")
-    report["synthetic_drift"] = _print_drift(drifted, drift_at, ns.window)
-
-    print(f"\n[3/4] false alarms: {ns.seeds} seeds without drift", flush=True)
-    runs = [(seed, no_drift)]
-    for s in range(seed + 1, seed + ns.seeds):
-        runs.append((s, _run(_synthetic(n, s, None), base, BLEND_VARIANTS)))
-    report["false_alarms"] = _print_false_alarms(runs, base.recommender)
-
-    if not ns.skip_ml100k:
-        path = ns.ml100k or ensure_ml100k(DEFAULT_DIR)
-        events = list(read_events(path, "movielens-100k"))
-        print(f"\n[4/4] ML-100K: {len(events):,} ratings from {path}", flush=True)
-        ml = _run(events, base, BLEND_VARIANTS)
-        report["ml100k"] = _print_accuracy(ml, "ML-100K (every rating is an interaction)")
-        hr_by_dataset["ml100k"] = {k: m.hit_rate for k, m in ml.models.items()}
-        print("\n  River's own BiasedMF, tutorial parameters, on the same (time-sorted) order ...")
-        river = _river_reference(events)
-        rows = [
-            ["River tutorial (published)", fmt(RIVER_TUTORIAL["mae"]), fmt(RIVER_TUTORIAL["rmse"])],
-            ["River BiasedMF, our order", fmt(river["mae"]), fmt(river["rmse"])],
-            ["  same, clipped to [1, 5]", fmt(river["mae_clipped"]), fmt(river["rmse_clipped"])],
-        ]
-        rows += [
-            [f"ours: {name} (defaults)", fmt(ml.models[name].mae), fmt(ml.models[name].rmse)]
-            for name in RATING_MODELS
-            if name in ml.models
-        ]
-        search: dict[str, Any] | None = None
-        if not ns.skip_search:
-            print("\n  biased_mf settings search (RMSE; one setting varied at a time):", flush=True)
-            search = _mf_search(events, overrides)
-            b = search["best"]
-            rows.append(["ours: biased_mf (best found)", fmt(b["mae"]), fmt(b["rmse"])])
-        print_table(["ML-100K rating error", "MAE", "RMSE"], rows, title="ML-100K MAE / RMSE")
-        if search is not None:
-            b = search["best"]
-            print(
-                "  best biased_mf settings found: "
-                + ", ".join(f"STREAM_{k.upper()}={b[k]}" for k in MF_KEYS)
-                + f" (HR@10 {fmt(b['hr@10'])} vs {fmt(search['defaults']['hr@10'])} at defaults)"
-            )
-        report["ml100k_rating"] = {"river": river, "published": RIVER_TUTORIAL, "search": search}
-
-    print("\n== best on HR@10 ==")
-    for dataset, hrs in hr_by_dataset.items():
-        top = max(hrs, key=lambda m: hrs[m] or 0.0)
-        print(f"  {dataset:<10} {top} ({fmt(hrs[top])}); default {base.recommender} "
-              f"({fmt(hrs.get(base.recommender))})")  # fmt: skip
-    suggestion = _suggest(hr_by_dataset)
-    report["suggested_default"] = suggestion
-    if suggestion:
-        weights = BLEND_VARIANTS.get(suggestion)
-        how = (
-            f" (STREAM_BLEND='{json.dumps(weights)}', STREAM_RECOMMENDER=blend)" if weights else ""
-        )
-        print(f"\n  suggested default recommender: {suggestion}{how}")
+    runs: list[StreamRun] = []
+    if not ns.skip_suite:
+        for name in names:
+            run = run_stream(STREAMS[name], ns.seed, ns.scale, settings)
+            _print_stream(run)
+            runs.append(run)
+            report["streams"][name] = _stream_json(run)
+        _print_summary(runs, ns.scale, ns.markdown)
+    if ns.drift:
+        report.update(_drift_sections(ns, overrides))
+    if ns.rating or ns.mf_search:
+        report["ml100k_rating"] = _rating_section(ns, overrides, runs)
+    report["seconds"] = time.perf_counter() - started
+    print(f"\nsuite time: {report['seconds']:.0f}s")
     if ns.json:
         write_json(ns.json, report)
     return 0

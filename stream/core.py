@@ -236,6 +236,7 @@ class Pipeline:
         if evaluated:
             self.evaluated_count += 1
         clock = time.perf_counter
+        lo, hi = self.config.rating_min, self.config.rating_max
         ranked: dict[str, list[Scored]] = {}
         for name, model in self.models.items():
             evaluator = self.evaluators[name]
@@ -250,7 +251,8 @@ class Pipeline:
                     name, "miss", 1.0 - outcome.hit, self.run_count, source, event.timestamp
                 )
             if event.event_type == "rating" and model.predicts_ratings:
-                y_pred = float(model.predict_one(user, item))
+                # A rating outside the valid scale is never the better guess: clip to it.
+                y_pred = min(max(float(model.predict_one(user, item)), lo), hi)
                 evaluator.update_rating(y, y_pred)
                 drifts += self.drift.update_one(
                     name, "abs_error", abs(y - y_pred), self.run_count, source, event.timestamp

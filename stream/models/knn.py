@@ -87,6 +87,7 @@ class ItemKNN(Recommender):
         distance_decay: float = 1.0,
         recency: float = 1.0,
         directed: bool = False,
+        binary: bool = False,
     ) -> None:
         super().__init__(seed=seed)
         if neighbors < 1 or history < 1:
@@ -104,6 +105,7 @@ class ItemKNN(Recommender):
         self.distance_decay = distance_decay
         self.recency = recency
         self.directed = directed
+        self.binary = binary
         # Factor of a co-occurrence d positions apart (index d), and of the d-th most recent
         # history item when scoring (index d - 1).
         self._apart = [distance_decay**d for d in range(history + 2)]
@@ -150,6 +152,8 @@ class ItemKNN(Recommender):
         j = self._row(item)
         if weight <= 0.0:
             return
+        if self.binary:
+            weight = 1.0
         if self._growth != 1.0:
             self._scale *= self._growth
             if self._scale > _RENORMALISE_AT:

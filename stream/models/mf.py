@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import typing
 from collections.abc import Hashable, Iterable
 from itertools import repeat
@@ -129,7 +128,6 @@ class MatrixFactorization(Recommender):
         self._items: list[Hashable] = []
         self._vectors: FloatArray = np.zeros((0, n_factors))
         self._biases: FloatArray = np.zeros(0)
-        self._y_min, self._y_max = math.inf, -math.inf
 
     # River's tables, exposed read-only for summaries (``stream checkpoint export``).
     @property
@@ -172,11 +170,7 @@ class MatrixFactorization(Recommender):
         mf = self.river_model
         mf.learn_one(user, item, y)
         self._mirror(item)
-        if x is None or not x.get("implicit", False):
-            # The range of the ratings seen: predictions are clipped to it.
-            self._y_min, self._y_max = min(self._y_min, y), max(self._y_max, y)
-            return
-        if not self.negative_samples:
+        if x is None or not x.get("implicit", False) or not self.negative_samples:
             return
         items, draw = self._items, self._rng.randrange
         n = len(items)
@@ -211,16 +205,11 @@ class MatrixFactorization(Recommender):
         u_vec = mf.u_latents.get(user)
         i_vec = mf.i_latents.get(item)
         if u_vec is not None and i_vec is not None:
-            y = float(mf.predict_one(user, item))
-        elif not self._biased:
+            return float(mf.predict_one(user, item))
+        if not self._biased:
             return 0.0
-        else:
-            # The expected value over the random initialisation of the missing vector.
-            y = float(
-                mf.global_mean.get() + mf.u_biases.get(user, 0.0) + mf.i_biases.get(item, 0.0)
-            )
-        # No rating is outside the range of the ratings seen (none seen: no clipping).
-        return min(max(y, self._y_min), self._y_max) if self._y_min <= self._y_max else y
+        # The expected value over the random initialisation of the missing vector: no product.
+        return float(mf.global_mean.get() + mf.u_biases.get(user, 0.0) + mf.i_biases.get(item, 0.0))
 
     def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
         n = len(self._items)

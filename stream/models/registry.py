@@ -32,6 +32,7 @@ def _knn(settings: StreamSettings) -> Recommender:
         alpha=settings.knn_alpha,
         distance_decay=settings.knn_distance_decay,
         recency=settings.knn_recency,
+        binary=not settings.knn_weighted,
     )
 
 
@@ -46,6 +47,7 @@ def _sequence(settings: StreamSettings) -> Recommender:
         distance_decay=settings.sequence_decay,
         recency=settings.sequence_decay,
         directed=True,
+        binary=not settings.knn_weighted,
     )
 
 
@@ -79,10 +81,10 @@ def _mf(kind: MFKind) -> Callable[[StreamSettings], Recommender]:
 
 def _blend(settings: StreamSettings) -> Recommender:
     """A stand-alone blend owning (and learning) its own components."""
-    names = [n for n in settings.blend if n != "blend"]
+    weights = {n: w for n, w in settings.blend_weights().items() if n != "blend"}
     return Blend(
-        {n: MODEL_REGISTRY[n](settings) for n in names},
-        {n: settings.blend[n] for n in names},
+        {n: MODEL_REGISTRY[n](settings) for n in weights},
+        weights,
         learns_components=True,
         **_blend_options(settings),
     )
@@ -135,12 +137,13 @@ def build_models(settings: StreamSettings) -> dict[str, Recommender]:
         if name != "blend":
             models[name] = built[name]
             continue
-        missing = [n for n in settings.blend if n not in built]
+        weights = settings.blend_weights()
+        missing = [n for n in weights if n not in built]
         if missing:
             raise ValueError(f"blend names models that are not configured: {missing}")
         models[name] = Blend(
-            {n: built[n] for n in settings.blend},
-            dict(settings.blend),
+            {n: built[n] for n in weights},
+            weights,
             learns_components=False,
             **_blend_options(settings),
         )

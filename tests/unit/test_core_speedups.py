@@ -111,8 +111,9 @@ def test_fuse_equals_top_k() -> None:
 def test_a_fused_blend_scores_as_a_blend_that_ranks_its_own_components() -> None:
     # Pipeline A: the default wiring, the blend fusing the rankings made for evaluation.
     # Pipeline B: a stand-alone blend over its own (identical, deterministic) components,
-    # ranked by Blend.top_k: nothing is shared, so nothing is reused.
-    s = settings()
+    # ranked by Blend.top_k: nothing is shared, so nothing is reused. Fixed weights: online
+    # ones learn from different rankings in a stand-alone blend (it knows no user history).
+    s = settings(blend_learning_rate=0.0)
     shared = Pipeline.from_settings(s)
     own = build_models(s)
     own["blend"] = MODEL_REGISTRY["blend"](s)

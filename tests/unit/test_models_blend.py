@@ -123,3 +123,83 @@ def test_clone_builds_fresh_components() -> None:
         5.0,
     )
     assert blend.clone({"rank_constant": 9.0}).rank_constant == 9.0
+
+
+def test_online_weights_move_to_the_component_that_keeps_being_right() -> None:
+    # "right" ranks the chosen item first every time; "wrong" never ranks it.
+    right, wrong = Listed(("a", "b", "c")), Listed(("x", "y", "z"))
+    blend = Blend(
+        {"right": right, "wrong": wrong}, {"right": 1.0, "wrong": 1.0}, learning_rate=0.1, k=3
+    )
+    assert blend.current_weights == {"right": 1.0, "wrong": 1.0}
+    for _ in range(200):
+        blend.learn_one("u", "a", 1.0, IMPLICIT)
+    weights = blend.current_weights
+    assert weights["right"] == 1.0 and weights["wrong"] < 1e-3
+    assert blend.updates == 200
+    # Fused, the dominant component's order wins over the other's head.
+    assert [s.item for s in blend.top_k("u", 3)] == ["a", "b", "c"]
+    fixed = Blend({"right": right, "wrong": wrong}, {"right": 1.0, "wrong": 1.0}, k=3)
+    assert [s.item for s in fixed.top_k("u", 3)] == ["a", "x", "b"]
+
+
+def test_online_weights_recover_after_the_better_component_changes() -> None:
+    first, second = Listed(("a",)), Listed(("b",))
+    blend = Blend(
+        {"first": first, "second": second},
+        {"first": 1.0, "second": 1.0},
+        learning_rate=0.5,
+        half_life=20.0,
+        k=1,
+    )
+    for _ in range(100):
+        blend.observe_one({"first": first.top_k("u", 3), "second": second.top_k("u", 3)}, "a")
+    assert blend.current_weights["second"] < 0.01
+    for _ in range(200):  # tastes changed: now "b" is chosen
+        blend.observe_one({"first": first.top_k("u", 3), "second": second.top_k("u", 3)}, "b")
+    assert blend.current_weights["first"] < 0.01 and blend.current_weights["second"] == 1.0
+
+
+def test_online_weights_keep_the_prior_ratio_between_equal_components() -> None:
+    one, two = Listed(("a", "b")), Listed(("a", "b"))
+    blend = Blend({"one": one, "two": two}, {"one": 1.0, "two": 0.5}, learning_rate=1.0, k=2)
+    for item in ["a", "b", "q"] * 30:
+        blend.observe_one({"one": one.top_k("u", 6), "two": two.top_k("u", 6)}, item)
+    assert blend.current_weights == pytest.approx({"one": 1.0, "two": 0.5})
+
+
+def test_in_a_pipeline_the_online_blend_follows_the_dominant_model() -> None:
+    # A stream where item-to-item transitions decide the next item: the sequence model
+    # dominates, and the blend's weights must say so without being told.
+    import random
+
+    from stream.core import Pipeline
+    from stream.events import Event
+    from stream.settings import StreamSettings
+
+    s = StreamSettings(
+        _env_file=None,
+        models=("popularity", "sequence", "blend"),
+        recommender="blend",
+        drift_min_events=0,
+    )
+    pipe = Pipeline.from_settings(s)
+    rng = random.Random(3)
+    chain = {i: rng.randrange(300) for i in range(300)}  # each item has one successor
+    events, t = [], 0.0
+    for user in range(300):
+        item = rng.randrange(300)
+        for _ in range(12):
+            t += 1.0
+            events.append(Event(user_id=f"u{user}", item_id=str(item), event_type="view",
+                                timestamp=t))  # fmt: skip
+            item = chain[item] if rng.random() < 0.9 else rng.randrange(300)
+    events.sort(key=lambda e: (e.timestamp % 97, e.timestamp))  # interleave the users
+    for _ in pipe.run(events):
+        pass
+    blend = pipe.models["blend"]
+    assert isinstance(blend, Blend)
+    weights = blend.current_weights
+    assert weights["sequence"] == 1.0 and weights["popularity"] < 0.05
+    hits = {n: pipe.evaluators[n].cumulative().hit_rate or 0.0 for n in pipe.models}
+    assert hits["blend"] >= 0.95 * hits["sequence"] > 2 * hits["popularity"]

@@ -180,3 +180,37 @@ def test_decayed_similarity_is_exact_across_renormalisations() -> None:
     n_y = 2.0 ** (-(403 - 2) / half_life)
     expected = c_xy / math.sqrt(n_x * n_y)
     assert model.predict_one("c", "y") == pytest.approx(expected, rel=1e-9)
+
+
+def test_directed_counts_only_what_came_after() -> None:
+    model = ItemKNN(neighbors=5, history=3, half_life=None, directed=True, alpha=1.0)
+    for n in range(10):
+        learn(model, f"u{n}", "a")
+        learn(model, f"u{n}", "b")
+    learn(model, "me", "a")
+    assert [s.item for s in model.top_k("me", 3, exclude={"a"})] == ["b"]
+    learn(model, "you", "b")
+    assert model.top_k("you", 3, exclude={"b"}) == []  # nothing ever followed b
+
+
+def test_distance_recency_and_asymmetry_weights() -> None:
+    model = ItemKNN(
+        neighbors=5, history=5, half_life=None, alpha=0.7, distance_decay=0.5, recency=0.5
+    )
+    for item in ("x", "y", "z"):  # y is 1 step after x, z 2 steps after x and 1 after y
+        learn(model, "a", item)
+    learn(model, "c", "x")
+    # C_xy = 0.5, C_xz = 0.25; every norm is the one user's count: N_x = 2, N_y = N_z = 1
+    assert model.predict_one("c", "y") == pytest.approx(0.5 / (2**0.7 * 1**0.3))
+    assert model.predict_one("c", "z") == pytest.approx(0.25 / (2**0.7 * 1**0.3))
+    learn(model, "c", "q")  # now x is second most recent: it counts 0.5
+    assert model.predict_one("c", "y") == pytest.approx(0.5 * 0.5 / 2**0.7)
+
+
+def test_binary_counts_every_interaction_once() -> None:
+    model = ItemKNN(neighbors=5, history=5, half_life=None, binary=True)
+    learn(model, "a", "x", "view")
+    learn(model, "a", "y", "purchase")
+    learn(model, "a", "x", "purchase")  # a stronger event on a known item adds nothing
+    learn(model, "b", "x", "view")
+    assert model.predict_one("b", "y") == pytest.approx(1 / math.sqrt(2 * 1))

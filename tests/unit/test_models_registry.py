@@ -21,7 +21,15 @@ def settings(**overrides: object) -> StreamSettings:
 
 
 def test_every_configurable_name_is_registered() -> None:
-    assert set(MODEL_REGISTRY) == {"popularity", "knn", "biased_mf", "funk_mf", "blend"}
+    assert set(MODEL_REGISTRY) == {
+        "popularity",
+        "knn",
+        "sequence",
+        "bpr",
+        "biased_mf",
+        "funk_mf",
+        "blend",
+    }
 
 
 def test_builds_the_configured_models_in_order_from_the_settings() -> None:

@@ -271,3 +271,15 @@ def test_evaluate_shows_progress_on_a_terminal_and_is_quiet_otherwise(tmp_path: 
     assert "ev/s" in on_terminal
     off_terminal = _evaluate_on(False, log, tmp_path)
     assert "evaluating" not in off_terminal and "ev/s" not in off_terminal
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["stream.cli_help", "stream.drift", "stream.evaluate", "stream.log_sampler", "stream.worker"],
+)
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted and not result.failed

@@ -216,7 +216,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _configure_logging(level)
     from stream.broker import BrokerError
     from stream.checkpoint import CheckpointError
-    from stream.kafka import BrokerUnavailableError
+    from stream.kafka import BrokerUnavailableError, UnreadableRecordsError
     from stream.settings import SettingsError
 
     try:
@@ -245,7 +245,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, BrokerUnavailableError, BrokerError) as exc:
+    except (CheckpointError, BrokerUnavailableError, BrokerError, UnreadableRecordsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

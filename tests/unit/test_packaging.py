@@ -28,3 +28,20 @@ def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -> None:
     config = _pyproject()
     assert config["project"]["license"] == "Apache-2.0"
     assert _floor(config["build-system"]["requires"], "setuptools") >= (77,)
+
+
+def test_every_kafka_codec_is_a_dependency_and_installed() -> None:
+    import kafka.codec
+
+    deps = _pyproject()["project"]["dependencies"]
+    for library in ("python-snappy", "lz4", "zstandard"):
+        _floor(deps, library)
+    assert kafka.codec.has_gzip() and kafka.codec.has_snappy()
+    assert kafka.codec.has_lz4() and kafka.codec.has_zstd()
+    payload = b"stream-reco " * 200
+    for encode, decode in (
+        (kafka.codec.snappy_encode, kafka.codec.snappy_decode),
+        (kafka.codec.lz4_encode, kafka.codec.lz4_decode),
+        (kafka.codec.zstd_encode, kafka.codec.zstd_decode),
+    ):
+        assert decode(encode(payload)) == payload

@@ -101,6 +101,8 @@ class Worker:
     # counters and the dead-letter topic stay exact).
     LOG_FIRST_PER_REASON = 5
     LOG_SUMMARY_EVERY_S = 60.0
+    # A long run says how it is doing this often (one INFO line).
+    PROGRESS_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -134,6 +136,8 @@ class Worker:
         self._last_checkpoint_at = time.monotonic()
         self._last_flush_at = time.monotonic()
         self.summary = RunSummary()
+        self._progress_at = time.monotonic()
+        self._progress_consumed = 0
         self._dead_letter_log = LogSampler(
             logger,
             "dead letters",
@@ -503,12 +507,35 @@ class Worker:
             return
         self._dead_letter_log.maybe_summarise()
         self._error_log.maybe_summarise()
+        self._maybe_log_progress(now)
         self._last_gauges_at = now
         self.metrics.observe_lag(self._source.lag())
         if self.shards:
             self.metrics.observe_accuracy(
                 merge_metrics([p.metrics_record() for p in self.shards.values()])
             )
+
+    def _maybe_log_progress(self, now: float) -> None:
+        elapsed = now - self._progress_at
+        if elapsed < self.PROGRESS_EVERY_S:
+            return
+        s = self.summary
+        rate = (s.consumed - self._progress_consumed) / elapsed
+        self._progress_at, self._progress_consumed = now, s.consumed
+        if not s.consumed:
+            return
+        lag = sum(self._source.lag().values()) if self._source is not None else 0
+        logger.info(
+            "progress: consumed %s (%s/s over the last %.0fs), processed %s, dead-lettered %s, "
+            "lag %s; %s",
+            f"{s.consumed:,}",
+            f"{rate:,.0f}",
+            elapsed,
+            f"{s.processed:,}",
+            f"{s.dead_lettered:,}",
+            f"{lag:,}",
+            s.accuracy_line(self.settings.recommender),
+        )
 
     def _update_readiness(self) -> None:
         assert self._source is not None

@@ -24,9 +24,15 @@ logger = logging.getLogger("stream")
 
 
 def _setting_flag(parser: argparse.ArgumentParser, flag: str, type_: Any, help_: str) -> None:
+    from stream.settings import StreamSettings
+
     dest = flag.lstrip("-").replace("-", "_")
     env = f"STREAM_{dest.upper()}"
-    parser.add_argument(flag, dest=dest, type=type_, default=None, help=f"{help_} [env {env}]")
+    default = StreamSettings.model_fields[dest].default
+    shown = "unset" if default is None else str(default)
+    parser.add_argument(
+        flag, dest=dest, type=type_, default=None, help=f"{help_} [env {env}, default {shown}]"
+    )
 
 
 def _kafka_flags(parser: argparse.ArgumentParser) -> None:

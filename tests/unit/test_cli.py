@@ -80,6 +80,10 @@ def test_the_options_the_issue_named_show_their_defaults() -> None:
     flat = " ".join(synthetic.format_help().split())
     assert "share of events that are explicit ratings (default: 0.0)" in flat
     assert "--seed SEED seed: same seed, same events (default: 0)" in flat
+    worker = next(p for p, _ in subparsers(stream_parser()) if p.prog.endswith(" worker"))
+    flat = " ".join(worker.format_help().split())
+    assert "[env STREAM_BOOTSTRAP_SERVERS, default localhost:9092]" in flat
+    assert "[env STREAM_CHECKPOINT_DIR, default unset]" in flat
 
 
 # --- log level ----------------------------------------------------------------------------------

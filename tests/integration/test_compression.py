@@ -11,6 +11,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka_helpers import consume, produce
 
+from producers.sinks import KafkaSink
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.events import Recommendation
 from stream.kafka import UnreadableRecordsError
@@ -72,6 +73,12 @@ def test_the_output_compression_setting_reaches_the_producer_and_is_validated(
             assert sink._producer.config["compression_type"] == (None if codec == "none" else codec)
         finally:
             sink.close()
+    # python -m producers writes with the same setting.
+    events_sink = KafkaSink(kafka_settings(compression_type="lz4"), "any-topic")
+    try:
+        assert events_sink._producer.config["compression_type"] == "lz4"
+    finally:
+        events_sink.close()
     monkeypatch.setenv("STREAM_COMPRESSION_TYPE", " LZ4")
     assert load_settings().compression_type == "lz4"
     monkeypatch.setenv("STREAM_COMPRESSION_TYPE", "brotli")

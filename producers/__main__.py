@@ -31,6 +31,7 @@ from producers.pacing import Pacer
 from producers.records import Record, RejectedLine, parse_time
 from producers.sinks import JsonlSink, KafkaSink, NullSink, Sink, SinkError
 from producers.synthetic import SyntheticConfig, SyntheticStream
+from stream.cli_help import finish_parser, stdout_may_close
 from stream.settings import EVENT_TYPES, SettingsError, StreamSettings, load_settings
 
 __all__ = ["build_parser", "guess_format", "main"]
@@ -39,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 _ENV_EPILOG = (
     "Unset flags default from the environment (or .env): STREAM_BOOTSTRAP_SERVERS, "
-    "STREAM_EVENTS_TOPIC, STREAM_PRODUCER_LINGER_MS, and for secured clusters "
+    "STREAM_EVENTS_TOPIC, STREAM_PRODUCER_LINGER_MS, STREAM_COMPRESSION_TYPE, and for secured "
+    "clusters "
     "STREAM_SECURITY_PROTOCOL, STREAM_SASL_MECHANISM, STREAM_SASL_PLAIN_USERNAME, "
     "STREAM_SASL_PLAIN_PASSWORD, STREAM_SSL_CAFILE, STREAM_SSL_CERTFILE, STREAM_SSL_KEYFILE. "
     "Validation follows STREAM_MAX_EVENT_BYTES, STREAM_RATING_MIN and STREAM_RATING_MAX."
@@ -185,10 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = SyntheticConfig()
     s.add_argument("--events", type=_non_negative_int, default=d.n_events, help="events to send")
-    s.add_argument("--users", type=_positive_int, default=d.n_users)
-    s.add_argument("--items", type=_positive_int, default=d.n_items)
+    s.add_argument("--users", type=_positive_int, default=d.n_users, help="distinct users")
+    s.add_argument("--items", type=_positive_int, default=d.n_items, help="distinct items")
     s.add_argument("--clusters", type=_positive_int, help="item clusters (default: items/75)")
-    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--seed", type=int, default=d.seed, help="seed: same seed, same events")
     s.add_argument(
         "--start-time", type=_time, default=d.start_time, help="first event time (epoch or ISO)"
     )
@@ -199,12 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="event-time spacing of the generated events",
     )
     s.add_argument("--drift-at", type=_non_negative_int, metavar="N", help="drift at event N")
-    s.add_argument("--drift-kind", choices=("abrupt", "gradual"), default=d.drift_kind)
+    s.add_argument(
+        "--drift-kind",
+        choices=("abrupt", "gradual"),
+        default=d.drift_kind,
+        help="abrupt: preferences change at once; gradual: over --drift-width events",
+    )
     s.add_argument(
         "--drift-width", type=_positive_int, help="gradual drift: events of the transition"
     )
-    s.add_argument("--ratings-fraction", type=float, default=d.ratings_fraction)
-    s.add_argument("--new-items-fraction", type=float, default=d.new_items_fraction)
+    s.add_argument(
+        "--ratings-fraction",
+        type=float,
+        default=d.ratings_fraction,
+        help="share of events that are explicit ratings",
+    )
+    s.add_argument(
+        "--new-items-fraction",
+        type=float,
+        default=d.new_items_fraction,
+        help="share of the catalogue that appears only as the stream goes on",
+    )
     s.add_argument(
         "--in-cluster-prob",
         type=float,
@@ -212,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability a user's next item is from their preferred clusters",
     )
     _add_destination_flags(s)
+    finish_parser(parser)
     return parser
 
 
@@ -465,6 +483,10 @@ def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (no traceback for expected failures)."""
+    return stdout_may_close(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from producers.pacing import Pacer
 from producers.records import Record
@@ -19,6 +20,8 @@ from producers.sinks import Sink
 __all__ = ["EmitResult", "emit", "format_summary", "with_progress"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,14 @@ def emit(
 
 
 def with_progress(
-    records: Iterable[Record],
+    records: Iterable[_T],
     *,
     enabled: bool,
     total: Callable[[], int | None] = lambda: None,
     desc: str = "sending",
-) -> Iterator[Record]:
-    """Yield ``records`` while showing a tqdm bar (rate, and ETA when ``total()`` is known).
+) -> Iterator[_T]:
+    """Yield ``records`` (or any items) while showing a tqdm bar on stderr (rate, and ETA when
+    ``total()`` is known).
 
     ``total`` is asked once the first record is available (after a sort, the count is known).
     """

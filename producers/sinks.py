@@ -184,6 +184,7 @@ class KafkaSink:
             **settings.kafka_common(),
             "acks": "all",
             "linger_ms": settings.producer_linger_ms,
+            "compression_type": settings.kafka_compression(),
             "bootstrap_timeout_ms": connect_ms,
             # Bounds metadata waits (unknown topic) and blocking on a full buffer (broker gone).
             "max_block_ms": max(connect_ms, 30_000),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.checkpoint_cli import add_arguments as checkpoint_arguments
+from stream.cli_help import LOG_LEVELS, finish_parser, parse_log_level, stdout_may_close
 
 __all__ = ["main"]
 
@@ -23,9 +24,15 @@ logger = logging.getLogger("stream")
 
 
 def _setting_flag(parser: argparse.ArgumentParser, flag: str, type_: Any, help_: str) -> None:
+    from stream.settings import StreamSettings
+
     dest = flag.lstrip("-").replace("-", "_")
     env = f"STREAM_{dest.upper()}"
-    parser.add_argument(flag, dest=dest, type=type_, default=None, help=f"{help_} [env {env}]")
+    default = StreamSettings.model_fields[dest].default
+    shown = "unset" if default is None else str(default)
+    parser.add_argument(
+        flag, dest=dest, type=type_, default=None, help=f"{help_} [env {env}, default {shown}]"
+    )
 
 
 def _kafka_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +51,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("STREAM_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING, ERROR [env STREAM_LOG_LEVEL]",
+        default=None,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)}; also accepted after the command "
+        "[env STREAM_LOG_LEVEL, else INFO]",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -68,9 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--drift-at", type=int, default=None, help="inject drift at this event (default: halfway)"
     )
     d.add_argument("--no-drift", action="store_true", help="a stream without drift")
-    d.add_argument("--users", type=int, default=500)
-    d.add_argument("--items", type=int, default=1_000)
-    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--users", type=int, default=500, help="synthetic users")
+    d.add_argument("--items", type=int, default=1_000, help="synthetic items")
+    d.add_argument("--seed", type=int, default=7, help="seed of the synthetic stream")
     d.add_argument(
         "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
     )
@@ -84,6 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, help="jsonl, csv, movielens-100k, movielens-1m, ...")
     e.add_argument("--report", type=Path, default=None, help="write metrics.json, plots, HTML here")
     e.add_argument("--limit", type=int, default=None, help="evaluate the first N events only")
+    e.add_argument(
+        "--columns",
+        metavar="FIELD=COLUMN,...",
+        help="csv: map event fields to header columns, e.g. "
+        "user_id=uid,item_id=sku,timestamp=ts,rating=stars,event_type=kind",
+    )
+    e.add_argument("--event-type", help="csv: event type when there is no event_type column")
+    e.add_argument("--delimiter", default=",", help="csv: field delimiter ('tab' ok)")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     c = sub.add_parser("checkpoint", help="list, inspect, export or prune stored checkpoints")
     checkpoint_arguments(c)
@@ -95,17 +113,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schemas of every record")
     s.add_argument("--output", type=Path, default=None, help="write one file per record here")
+    finish_parser(parser, log_level_flag=True)
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _configure_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python logs every reconnect attempt with a traceback; our edges log one line.
     logging.getLogger("kafka").setLevel(
-        logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
+        logging.CRITICAL if level != logging.DEBUG else logging.DEBUG
     )
 
 
@@ -143,6 +159,7 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
         summary.dead_lettered,
         len(summary.drifts),
     )
+    logger.info("%s", summary.accuracy_line(settings.recommender))
     return 0
 
 
@@ -192,11 +209,20 @@ def _cmd_schema(ns: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    return stdout_may_close(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     ns = _build_parser().parse_args(argv)
-    _configure_logging(ns.log_level)
+    try:
+        level = parse_log_level(ns.log_level, os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(level)
     from stream.broker import BrokerError
     from stream.checkpoint import CheckpointError
-    from stream.kafka import BrokerUnavailableError
+    from stream.kafka import BrokerUnavailableError, UnreadableRecordsError
     from stream.settings import SettingsError
 
     try:
@@ -225,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, BrokerUnavailableError, BrokerError) as exc:
+    except (CheckpointError, BrokerUnavailableError, BrokerError, UnreadableRecordsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

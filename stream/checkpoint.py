@@ -26,7 +26,7 @@ an allow-list are resolved), so a checkpoint directory writable by others cannot
 Privacy: a ``forget`` event removes the user from the live Pipeline, so every checkpoint
 written *after* it no longer holds them; older checkpoints do until they rotate out. To erase
 them at once, wait for the next checkpoint (the committed offset of the partition passes the
-``forget`` event) and run ``python -m stream checkpoint prune --keep-latest``.
+``forget`` event) and run ``python -m stream checkpoint prune --keep-latest 1``.
 """
 
 from __future__ import annotations
@@ -677,17 +677,32 @@ class CheckpointStore:
         found = self._newest(tp, restore=False)
         return None if found is None else found[1]
 
-    def prune(self, tp: TopicPartition, dry_run: bool = False) -> tuple[CheckpointInfo, list[Path]]:
-        """Delete every file of ``tp`` but the newest one that verifies (privacy requests).
+    def prune(
+        self, tp: TopicPartition, dry_run: bool = False, keep: int = 1
+    ) -> tuple[CheckpointInfo, list[Path]]:
+        """Delete every file of ``tp`` but the newest ``keep`` that verify (privacy requests).
 
-        Newer files that fail verification are deleted too (they may hold personal data and
-        would never be loaded). Returns the kept file's header and the deleted paths.
+        Files that fail verification are deleted too (they may hold personal data and would
+        never be loaded). Returns the newest kept file's header and the deleted paths.
         """
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
         self._secret("pruning")
         kept = self.newest_info(tp)
         if kept is None:
             raise CheckpointUnavailableError(f"{tp[0]}[{tp[1]}]: no checkpoint to keep")
-        doomed = [p for p in self.files(tp) if p != kept.path]
+        files = self.files(tp)
+        keeping = [kept.path]
+        for path in files[files.index(kept.path) + 1 :]:
+            if len(keeping) >= keep:
+                break
+            try:
+                info = self.info(path)
+            except CheckpointError:
+                continue
+            if (info.topic, info.partition) == tp:
+                keeping.append(path)
+        doomed = [p for p in files if p not in keeping]
         if not dry_run:
             for path in doomed:
                 path.unlink(missing_ok=True)

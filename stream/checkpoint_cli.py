@@ -50,6 +50,16 @@ class _UsageError(Exception):
     """Bad usage or settings: exit code 2."""
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``checkpoint`` sub-commands and flags to ``parser``."""
     common = argparse.ArgumentParser(add_help=False)
@@ -83,13 +93,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prune = sub.add_parser(
         "prune",
         parents=[common],
-        help="delete all but the newest good checkpoint per partition (privacy requests)",
+        help="delete all but the newest N good checkpoints per partition (privacy requests)",
+        description="Delete all but the newest N checkpoints that verify, per partition.",
     )
     prune.add_argument(
         "--keep-latest",
-        action="store_true",
+        type=_at_least_one,
+        nargs="?",
+        const=1,
         required=True,
-        help="keep only the newest checkpoint that verifies, delete the rest",
+        metavar="N",
+        help="keep the newest N checkpoints that verify (N defaults to 1), delete the rest",
     )
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted")
 
@@ -430,16 +444,19 @@ def _cmd_prune(ns: argparse.Namespace) -> int:
     store = _open_store(ns, need_key=True)
     failed = False
     for tp in _selected(ns, store):
+        before = len(store.files(tp))
         try:
-            kept, deleted = store.prune(tp, dry_run=ns.dry_run)
+            kept, deleted = store.prune(tp, dry_run=ns.dry_run, keep=ns.keep_latest)
         except CheckpointError as exc:
             print(f"error: {exc}; nothing deleted there", file=sys.stderr)
             failed = True
             continue
         verb = "would delete" if ns.dry_run else "deleted"
+        others = before - 1 - len(deleted)
+        also = f" and {others} older" if others > 0 else ""
         print(
             f"{tp[0]}[{tp[1]}]: kept {kept.path.name} (next_offset {kept.next_offset}, "
-            f"created {kept.created_at}); {verb} {len(deleted)} file(s)"
+            f"created {kept.created_at}){also}; {verb} {len(deleted)} file(s)"
         )
         for path in deleted:
             print(f"  {verb} {path.name}")

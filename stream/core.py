@@ -278,8 +278,10 @@ class Pipeline:
             self.learned[name] += 1
         self._remember(user, item)
 
+        # One line per detection only at DEBUG: a long log has hundreds of them. The worker
+        # logs them summarised with each metrics record; `evaluate` summarises them at the end.
         for d in drifts:
-            logger.warning(
+            logger.debug(
                 "drift detected by %s on %s/%s at event %d (%s)",
                 d.detector,
                 d.model,

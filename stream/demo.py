@@ -28,7 +28,7 @@ from stream.kafka.admin import ensure_topics
 from stream.settings import StreamSettings, load_settings
 from stream.worker import RunSummary, Worker
 
-__all__ = ["MALFORMED", "run_demo"]
+__all__ = ["MALFORMED", "NEXT_STEPS", "next_steps", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +135,30 @@ def _summary(worker: Worker, summary: RunSummary, elapsed: float, produced: int)
             drifts=summary.drifts,
         )
     )
-    print(
-        f"topics: {s.recommendations_topic}, {s.metrics_topic}, {s.dead_letter_topic} "
-        f"on {s.bootstrap_servers}"
+    print(summary.accuracy_line(s.recommender))
+
+
+NEXT_STEPS = """\
+next steps (the demo's broker is stopped now; its topics went with it):
+  your own log, offline:
+    python -m stream evaluate FILE --format jsonl|csv|movielens-100k [--report report/]
+  the live flow, one terminal each:
+    python -m stream broker                        # prints its bootstrap address
+    export STREAM_BOOTSTRAP_SERVERS=127.0.0.1:9092
+    python -m producers replay FILE --format F     # or: python -m producers synthetic
+    python -m stream worker --idle-timeout 30
+  read what the worker publishes:
+    python -m stream tail {recommendations}   (also {metrics}, {dead_letters})
+"""
+"""What the demo prints last (README "Quick start" says the same)."""
+
+
+def next_steps(settings: StreamSettings) -> str:
+    """The closing hint, with the topic names of ``settings``."""
+    return NEXT_STEPS.format(
+        recommendations=settings.recommendations_topic,
+        metrics=settings.metrics_topic,
+        dead_letters=settings.dead_letter_topic,
     )
 
 
@@ -189,6 +210,8 @@ def run_demo(ns: argparse.Namespace) -> int:
             print(f"(/metrics was served on port {worker.server_port} during the run)")
         sent = produced[0].delivered if produced else 0
         _summary(worker, summary, time.monotonic() - started, sent)
+    print()
+    print(next_steps(settings), end="")
     if not produced or produced[0].failed:
         print("error: the producer could not deliver every event", file=sys.stderr)
         return 1

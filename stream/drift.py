@@ -7,14 +7,15 @@ and ``abs_error`` (|rating - prediction|) for rating models. A detection is repo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from river import drift
 
 from stream.events import DriftRecord, Source
 
-__all__ = ["DETECTORS", "DriftMonitor", "make_detector"]
+__all__ = ["DETECTORS", "DriftMonitor", "drift_counts", "make_detector"]
 
 DETECTORS: dict[str, Callable[[float, int], Any]] = {
     "adwin": lambda delta, seed: drift.ADWIN(delta=delta),
@@ -31,6 +32,17 @@ def make_detector(name: str, delta: float, seed: int = 0) -> Any:
         raise ValueError(
             f"unknown drift detector {name!r}; choose from {sorted(DETECTORS)}"
         ) from None
+
+
+def drift_counts(drifts: Iterable[DriftRecord]) -> str:
+    """Detections per model and metric, most first, for one log line.
+
+    >>> d = DriftRecord(detector="adwin", model="knn", metric="miss", event=9, timestamp=0.0)
+    >>> drift_counts([d, d])
+    'knn/miss 2'
+    """
+    counts = Counter(f"{d.model}/{d.metric}" for d in drifts)
+    return ", ".join(f"{name} {n}" for name, n in counts.most_common())
 
 
 class DriftMonitor:

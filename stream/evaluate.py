@@ -8,6 +8,7 @@ settings), so a model can be judged on a user's own log before it is deployed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,7 +22,7 @@ from stream.core import Pipeline
 from stream.events import DriftRecord, Event, ModelMetrics
 from stream.settings import StreamSettings, load_settings
 
-__all__ = ["EvaluationResult", "evaluate", "print_table", "run_evaluate"]
+__all__ = ["EvaluationResult", "drift_summary", "evaluate", "print_table", "run_evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def print_table(result: EvaluationResult, out: TextIO = sys.stdout) -> None:
-    """Models side by side, then the drift points."""
+def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
+    """Models side by side, then the drift points (to ``out``, default stdout)."""
+    out = sys.stdout if out is None else out
     k = result.k
     header = ["model", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "MAE", "RMSE", "coverage", "events/s"]
     rows = []
@@ -157,17 +159,38 @@ def print_table(result: EvaluationResult, out: TextIO = sys.stdout) -> None:
             ),
             file=out,
         )
-    if result.drifts:
-        print("drift detected:", file=out)
-        for d in result.drifts:
-            print(f"  event {d.event:>8,}  {d.model:<12} {d.metric:<10} ({d.detector})", file=out)
-    else:
-        print("no drift detected", file=out)
+    print(drift_summary(result.drifts), file=out)
+
+
+def drift_summary(drifts: list[DriftRecord], shown: int = 5) -> str:
+    """Drift detections per model and metric: how many, and at which events (the first
+    ``shown``), one line each; the full list is in ``metrics.json``.
+
+    >>> from stream.events import DriftRecord
+    >>> ds = [DriftRecord(detector="adwin", model="knn", metric="miss", event=e, timestamp=0.0)
+    ...       for e in (1200, 5100, 9000)]
+    >>> print(drift_summary(ds, shown=2))
+    drift detected 3 times (adwin):
+      knn          miss       3 at events 1,200, 5,100, ...
+    """
+    if not drifts:
+        return "no drift detected"
+    by_series: dict[tuple[str, str], list[int]] = {}
+    for d in drifts:
+        by_series.setdefault((d.model, d.metric), []).append(d.event)
+    detectors = ", ".join(sorted({d.detector for d in drifts}))
+    lines = [f"drift detected {len(drifts)} time{'s' if len(drifts) != 1 else ''} ({detectors}):"]
+    for (model, metric), events in by_series.items():
+        at = ", ".join(f"{e:,}" for e in events[:shown]) + (", ..." if len(events) > shown else "")
+        plural = "s" if len(events) != 1 else ""
+        lines.append(f"  {model:<12} {metric:<10} {len(events)} at event{plural} {at}")
+    return "\n".join(lines)
 
 
 def run_evaluate(ns: argparse.Namespace) -> int:
     """``python -m stream evaluate``: read, evaluate, print, optionally write the report."""
-    from producers.formats import FormatError, read_events
+    from producers.emitter import with_progress
+    from producers.formats import FormatError, parse_column_map, read_events
 
     settings = load_settings()
     path: Path = ns.path
@@ -175,15 +198,29 @@ def run_evaluate(ns: argparse.Namespace) -> int:
         what = "not a file" if path.exists() else "no such file"
         print(f"error: {what}: {path}", file=sys.stderr)
         return 2
+    delimiter = "\t" if ns.delimiter.lower() in ("tab", "\\t") else ns.delimiter
+    progress = not ns.quiet and sys.stderr.isatty()
+    redirect: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if progress:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        redirect = logging_redirect_tqdm()
     try:
         reader = read_events(
             path,
             ns.format,
             limit=ns.limit,
+            columns=parse_column_map(ns.columns),
+            event_type=ns.event_type,
+            delimiter=delimiter,
             rating_range=(settings.rating_min, settings.rating_max),
             max_event_bytes=settings.max_event_bytes,
         )
-        result = evaluate(reader, settings)
+        events = with_progress(
+            reader, enabled=progress, total=lambda: reader.expected, desc="evaluating"
+        )
+        with redirect:
+            result = evaluate(events, settings)
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,6 +83,11 @@ class StreamSettings(BaseSettings):
     """Producer batching delay for outputs."""
     producer_acks: Literal["0", "1", "all"] = "all"
     """Acknowledgements for outputs (all = durable; idempotent producer)."""
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none",
+        description="Compression of the records the worker and the producers write: none, gzip, "
+        "snappy, lz4 or zstd (records compressed with any of them are read whatever it says).",
+    )
     max_event_bytes: int = Field(
         65_536, ge=64, le=10_000_000, description="Larger event payloads are dead-lettered."
     )
@@ -265,6 +270,16 @@ class StreamSettings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f'not a JSON object like {{"knn": 1.0}}: {exc}') from None
         return value
+
+    @field_validator("compression_type", mode="before")
+    @classmethod
+    def _codec_name(cls, value: Any) -> Any:
+        # Kafka's own spelling is lower case; LZ4 or " zstd" mean the same.
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def kafka_compression(self) -> str | None:
+        """``compression_type`` as kafka-python's producers take it (``None``: uncompressed)."""
+        return None if self.compression_type == "none" else self.compression_type
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -24,11 +24,13 @@ from prometheus_client import CollectorRegistry
 
 from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline, merge_metrics
+from stream.drift import drift_counts
 from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
 from stream.kafka.admin import ensure_topics
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
+from stream.log_sampler import LogSampler
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.settings import StreamSettings
 
@@ -53,6 +55,34 @@ class RunSummary:
     stopped_by: str = ""
     last_metrics: MetricsRecord | None = None
 
+    def accuracy_line(self, model: str) -> str:
+        """The served model's HR@K, windowed and cumulative, from the last metrics record.
+
+        >>> from stream.events import ModelMetrics
+        >>> s = RunSummary(last_metrics=MetricsRecord(
+        ...     k=10, events=5000, evaluated=4000, window=1000,
+        ...     window_metrics={"blend": ModelMetrics(hit_rate=0.09, evaluated=4000)},
+        ...     cumulative_metrics={"blend": ModelMetrics(hit_rate=0.08, evaluated=4000)}))
+        >>> s.accuracy_line("blend")
+        'served model blend: HR@10 0.0900 over the last 1,000 evaluated events, 0.0800 cumulative (4,000 evaluated)'
+        """  # noqa: E501
+        record = self.last_metrics
+        cumulative = None if record is None else record.cumulative_metrics.get(model)
+        if record is None or cumulative is None or not cumulative.evaluated:
+            return f"served model {model}: no accuracy yet (no event was evaluated)"
+        window = record.window_metrics.get(model)
+
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        in_window = min(record.window, cumulative.evaluated)  # the window slides over evaluations
+        return (
+            f"served model {model}: HR@{record.k} "
+            f"{fmt(None if window is None else window.hit_rate)} over the last {in_window:,} "
+            f"evaluated events, {fmt(cumulative.hit_rate)} cumulative "
+            f"({cumulative.evaluated:,} evaluated)"
+        )
+
 
 class Worker:
     """Consume events, run the core per partition, publish recommendations and metrics.
@@ -66,6 +96,13 @@ class Worker:
     pipeline_factory
         Builds the empty state of a new shard (defaults to ``Pipeline.from_settings``).
     """
+
+    # A flood of bad records logs the first few per reason, then a summary this often (the
+    # counters and the dead-letter topic stay exact).
+    LOG_FIRST_PER_REASON = 5
+    LOG_SUMMARY_EVERY_S = 60.0
+    # A long run says how it is doing this often (one INFO line).
+    PROGRESS_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -99,6 +136,21 @@ class Worker:
         self._last_checkpoint_at = time.monotonic()
         self._last_flush_at = time.monotonic()
         self.summary = RunSummary()
+        self._progress_at = time.monotonic()
+        self._progress_consumed = 0
+        self._dead_letter_log = LogSampler(
+            logger,
+            "dead letters",
+            first=self.LOG_FIRST_PER_REASON,
+            interval_s=self.LOG_SUMMARY_EVERY_S,
+        )
+        self._error_log = LogSampler(
+            logger,
+            "processing errors",
+            first=self.LOG_FIRST_PER_REASON,
+            interval_s=self.LOG_SUMMARY_EVERY_S,
+            level=logging.ERROR,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -138,6 +190,7 @@ class Worker:
                     s.dead_letter_topic: 1,
                 },
                 timeout_s=s.broker_wait_seconds,
+                wait_setting="STREAM_BROKER_WAIT_SECONDS",
             )
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
             self._source = EventSource(
@@ -194,6 +247,8 @@ class Worker:
         except Exception:
             logger.exception("final flush/commit failed; uncommitted events will be re-consumed")
         finally:
+            self._dead_letter_log.flush()
+            self._error_log.flush()
             if self._source is not None:
                 self._source.close()
             if self._sink is not None:
@@ -223,7 +278,9 @@ class Worker:
             try:
                 result = shard.process_one(decoded, source)
             except Exception as exc:  # a model bug must not take the stream down
-                logger.exception("processing failed at %s", source)
+                self._error_log.log_one(
+                    type(exc).__name__, "processing failed at %s", source, exc_info=True
+                )
                 self._dead_letter(
                     Rejected("processing_error", repr(exc)[:300], record.key, record.value),
                     source,
@@ -270,7 +327,9 @@ class Worker:
 
     def _dead_letter(self, rejected: Rejected, source: Source, event_type: str = "unknown") -> None:
         assert self._sink is not None
-        logger.warning("dead letter %s at %s: %s", rejected.reason, source, rejected.detail)
+        self._dead_letter_log.log_one(
+            rejected.reason, "dead letter %s at %s: %s", rejected.reason, source, rejected.detail
+        )
         letter = DeadLetter.of(rejected, source)
         try:
             self._sink.send(
@@ -431,6 +490,12 @@ class Worker:
         record = merge_metrics([p.metrics_record() for p in self.shards.values()])
         record.drifts = self._pending_drifts
         self._pending_drifts = []
+        if record.drifts:  # one line per metrics record, not one per detection
+            logger.info(
+                "drift detected %d time(s) since the last metrics record: %s",
+                len(record.drifts),
+                drift_counts(record.drifts),
+            )
         self._sink.send(self.settings.metrics_topic, None, record.model_dump_json().encode())
         self.metrics.observe_accuracy(record)
         self.summary.metrics_records += 1
@@ -440,12 +505,37 @@ class Worker:
         now = time.monotonic()
         if now - self._last_gauges_at < 1.0 or self._source is None:
             return
+        self._dead_letter_log.maybe_summarise()
+        self._error_log.maybe_summarise()
+        self._maybe_log_progress(now)
         self._last_gauges_at = now
         self.metrics.observe_lag(self._source.lag())
         if self.shards:
             self.metrics.observe_accuracy(
                 merge_metrics([p.metrics_record() for p in self.shards.values()])
             )
+
+    def _maybe_log_progress(self, now: float) -> None:
+        elapsed = now - self._progress_at
+        if elapsed < self.PROGRESS_EVERY_S:
+            return
+        s = self.summary
+        rate = (s.consumed - self._progress_consumed) / elapsed
+        self._progress_at, self._progress_consumed = now, s.consumed
+        if not s.consumed:
+            return
+        lag = sum(self._source.lag().values()) if self._source is not None else 0
+        logger.info(
+            "progress: consumed %s (%s/s over the last %.0fs), processed %s, dead-lettered %s, "
+            "lag %s; %s",
+            f"{s.consumed:,}",
+            f"{rate:,.0f}",
+            elapsed,
+            f"{s.processed:,}",
+            f"{s.dead_lettered:,}",
+            f"{lag:,}",
+            s.accuracy_line(self.settings.recommender),
+        )
 
     def _update_readiness(self) -> None:
         assert self._source is not None

@@ -17,6 +17,7 @@ __all__ = [
     "BrokerUnavailableError",
     "RawRecord",
     "TopicPartition",
+    "UnreadableRecordsError",
     "build_client",
     "close_producer",
 ]
@@ -29,6 +30,11 @@ TopicPartition = tuple[str, int]
 
 class BrokerUnavailableError(ConnectionError):
     """The broker stayed unreachable past the caller's deadline."""
+
+
+class UnreadableRecordsError(RuntimeError):
+    """Records of a partition cannot be read at all (e.g. compressed with a codec whose library
+    is missing); the message names the partition. Nothing past them can be consumed."""
 
 
 _Client = TypeVar("_Client")

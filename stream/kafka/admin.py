@@ -27,9 +27,15 @@ class TopicError(RuntimeError):
     """The broker refused to create a topic, or it never showed up in metadata."""
 
 
-def _connect(settings: StreamSettings, backoff: Backoff) -> KafkaAdminClient:
-    """An admin client, retrying with backoff while the broker is unreachable."""
+def _connect(
+    settings: StreamSettings, backoff: Backoff, wait_setting: str | None = None
+) -> KafkaAdminClient:
+    """An admin client, retrying with backoff while the broker is unreachable.
+
+    ``wait_setting`` names the setting the deadline comes from, for the log line and error.
+    """
     warned = False
+    limit = f" ({wait_setting})" if wait_setting else ""
     while True:
         try:
             admin = build_client(
@@ -42,15 +48,18 @@ def _connect(settings: StreamSettings, backoff: Backoff) -> KafkaAdminClient:
             if backoff.expired():
                 raise BrokerUnavailableError(
                     f"no Kafka broker reachable at {settings.bootstrap_servers} after "
-                    f"{backoff.elapsed():.0f}s ({exc}); is it running? "
+                    f"{backoff.elapsed():.0f}s{limit} ({exc}); is it running? "
                     "(STREAM_BOOTSTRAP_SERVERS, or `python -m stream broker`)"
                 ) from None
             if not warned:
                 deadline = (
-                    "forever" if backoff.deadline_s is None else f"for {backoff.deadline_s:g}s"
+                    "forever"
+                    if backoff.deadline_s is None
+                    else f"for up to {backoff.deadline_s:g}s{limit} before giving up"
                 )
                 logger.warning(
-                    "Kafka broker at %s unreachable; retrying %s",
+                    "Kafka broker at %s unreachable; retrying %s "
+                    "(is STREAM_BOOTSTRAP_SERVERS right?)",
                     settings.bootstrap_servers,
                     deadline,
                 )
@@ -79,13 +88,19 @@ def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
 
 
 def ensure_topics(
-    settings: StreamSettings, topics: dict[str, int], timeout_s: float | None = 60.0
+    settings: StreamSettings,
+    topics: dict[str, int],
+    timeout_s: float | None = 60.0,
+    *,
+    wait_setting: str | None = None,
 ) -> dict[str, int]:
     """Create the missing ``topics`` (name → partitions) and wait until metadata shows them.
 
     An existing topic is kept as it is (a warning names a partition count other than the one
     asked for). Retries with backoff while the broker is unreachable, for up to ``timeout_s``
-    (``None``: forever), then raises :class:`~stream.kafka.BrokerUnavailableError`.
+    (``None``: forever), then raises :class:`~stream.kafka.BrokerUnavailableError`; the first
+    "unreachable" warning and that error name ``wait_setting`` (where ``timeout_s`` came
+    from, e.g. ``STREAM_BROKER_WAIT_SECONDS``) when given.
 
     Returns
     -------
@@ -96,7 +111,7 @@ def ensure_topics(
         return {}
     backoff = Backoff(max_s=min(5.0, settings.reconnect_backoff_max_s), deadline_s=timeout_s)
     started = time.monotonic()
-    admin = _connect(settings, backoff)
+    admin = _connect(settings, backoff, wait_setting)
     try:
         names = sorted(topics)
         existing = topic_partitions(admin, names)

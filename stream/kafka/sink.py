@@ -130,6 +130,7 @@ class RecordSink:
             # Idempotence needs acks=all; asking for it otherwise makes kafka-python warn.
             "enable_idempotence": acks == "all",
             "linger_ms": s.producer_linger_ms,
+            "compression_type": s.kafka_compression(),
             "max_request_size": self.max_request_size,
             "delivery_timeout_ms": self.delivery_timeout_ms,
             "request_timeout_ms": min(30_000, self.delivery_timeout_ms - s.producer_linger_ms),

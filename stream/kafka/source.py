@@ -26,11 +26,18 @@ from stream.kafka import (
     BrokerUnavailableError,
     RawRecord,
     TopicPartition,
+    UnreadableRecordsError,
     build_client,
 )
 from stream.settings import StreamSettings
 
-__all__ = ["AssignedCallback", "EventSource", "OffsetRegressionError", "RevokedCallback"]
+__all__ = [
+    "AssignedCallback",
+    "EventSource",
+    "OffsetRegressionError",
+    "RevokedCallback",
+    "failing_fetch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +280,12 @@ class EventSource:
         timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
         try:
             batches = self._consumer.poll(timeout_ms=timeout)
+        except kafka_errors.UnsupportedCodecError as exc:
+            raise UnreadableRecordsError(
+                f"cannot read the records of {failing_fetch(self._consumer)}: {exc}. Every Kafka "
+                "codec (gzip, snappy, lz4, zstd) is readable once python-snappy, lz4 and "
+                "zstandard are installed (dependencies of stream-reco: reinstall it)"
+            ) from None
         except kafka_errors.KafkaError:
             error, self._callback_error = self._callback_error, None
             if error is not None:
@@ -425,6 +438,23 @@ class EventSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def failing_fetch(consumer: KafkaConsumer) -> str:
+    """``topic[partition]@offset`` of the fetched records a ``poll`` just failed to read.
+
+    kafka-python's exception does not say which partition it came from; its fetcher keeps
+    the records it was reading in ``_next_partition_records`` (kafka-python 3.0). When that
+    moves, the answer degrades to the assigned partitions (tests/integration/test_compression.py
+    fails then).
+    """
+    records = getattr(getattr(consumer, "_fetcher", None), "_next_partition_records", None)
+    tp = getattr(records, "topic_partition", None)
+    if tp is not None:
+        offset = getattr(records, "next_fetch_offset", None)
+        return f"{tp.topic}[{tp.partition}]" + ("" if offset is None else f"@{offset}")
+    assigned = ", ".join(f"{t}[{p}]" for t, p in _plain(consumer.assignment()))
+    return f"one of {assigned or 'the assigned partitions'}"
 
 
 def _describe(offsets: Mapping[TopicPartition, int]) -> str:

@@ -107,8 +107,11 @@ def settings_env_names() -> set[str]:
 
 def cli_env_names() -> set[str]:
     """``STREAM_*`` variables read by the command line itself (not settings fields)."""
-    source = (REPO / "stream" / "__main__.py").read_text(encoding="utf-8")
-    return set(re.findall(r"environ\.get\(\s*\"(STREAM_[A-Z_]+)\"", source))
+    source = "".join(
+        (REPO / "stream" / name).read_text(encoding="utf-8")
+        for name in ("__main__.py", "cli_help.py")
+    )
+    return set(re.findall(r"env(?:iron)?\.get\(\s*\"(STREAM_[A-Z_]+)\"", source))
 
 
 @functools.cache

@@ -3,7 +3,9 @@
 ``kafka_bootstrap`` resolves, in order:
 
 1. ``STREAM_TEST_BOOTSTRAP_SERVERS`` (an external Kafka, Redpanda, ...), if set;
-2. a testcontainers ``KafkaContainer``, when a Docker engine answers;
+2. Apache Kafka in Docker when a Docker engine answers: the official ``apache/kafka`` image in
+   KRaft mode, as in ``deploy/docker-compose.yml`` (``kafka_container.ApacheKafkaContainer``,
+   on testcontainers);
 3. the embedded Tansu broker (``stream.broker.EmbeddedBroker``), stopped with SIGKILL at the end.
 
 Without any broker the tests are skipped, except in CI (``CI=true``) where they fail.
@@ -84,9 +86,10 @@ def kafka_bootstrap() -> Iterator[str]:
     if _docker_answers():
         container: Any = None
         try:
-            from testcontainers.community.kafka import KafkaContainer
+            from kafka_container import ApacheKafkaContainer
 
-            container = KafkaContainer().start()
+            container = ApacheKafkaContainer()
+            container.start()
             bootstrap = str(container.get_bootstrap_server())
             wait_for_kafka(bootstrap, timeout_s=60)
         except Exception as exc:
@@ -94,7 +97,7 @@ def kafka_bootstrap() -> Iterator[str]:
             if container is not None:
                 container.stop()
         else:
-            _announce(f"Apache Kafka in Docker (testcontainers) at {bootstrap}")
+            _announce(f"Apache Kafka ({container.image}, KRaft) in Docker at {bootstrap}")
             try:
                 yield bootstrap
             finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import logging
 import random
 import sys
 import time
@@ -80,7 +81,9 @@ def draw_hostile(n: int) -> list[tuple[str, bytes | None, bytes | None]]:
 
 
 def test_ten_thousand_malformed_records_through_the_worker(
-    kafka_bootstrap: str, kafka_settings: Callable[..., StreamSettings]
+    kafka_bootstrap: str,
+    kafka_settings: Callable[..., StreamSettings],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from stream.worker import Worker
 
@@ -136,6 +139,7 @@ def test_ten_thousand_malformed_records_through_the_worker(
     assert [(r.key, r.value) for r in produced] == list(zip(keys, values, strict=True))
 
     worker = Worker(s)
+    caplog.set_level(logging.INFO, logger="stream.worker")
     run_started = time.monotonic()
     summary = worker.run(max_events=len(values), idle_timeout=60)
     run_s = time.monotonic() - run_started
@@ -178,9 +182,23 @@ def test_ten_thousand_malformed_records_through_the_worker(
         assert sample == count, reason
     assert summary.committed == {(s.events_topic, 0): len(values)}
 
+    # The log is sampled, not flooded: the first few letters per reason, then summaries whose
+    # counts add up with them to every letter.
+    lines = [r.getMessage() for r in caplog.records if r.name == "stream.worker"]
+    one_by_one = [m for m in lines if m.startswith("dead letter ")]
+    per_reason = Counter(m.split()[2] for m in one_by_one)
+    assert set(per_reason) == set(by_reason)
+    assert all(n == min(Worker.LOG_FIRST_PER_REASON, by_reason[r]) for r, n in per_reason.items())
+    summaries = [m for m in lines if m.startswith("dead letters: ")]
+    assert summaries and summaries[-1].endswith(f"; {N_HOSTILE + 1:,} in all")
+    held_back = sum(int(m.split()[2].replace(",", "")) for m in summaries)
+    assert len(one_by_one) + held_back == N_HOSTILE + 1
+    log_bytes = sum(len(m) for m in lines)
+    assert log_bytes < 20_000, log_bytes
+
     print(
         f"\n{N_HOSTILE} malformed + {N_VALID} valid records ({total_bytes / 1e6:.1f} MB) "
         f"drawn in {drawn_s:.1f}s, worker run {run_s:.1f}s "
         f"({len(values) / run_s:.0f} records/s); families {dict(Counter(families.values()))}; "
-        f"reasons {dict(by_reason)}"
+        f"reasons {dict(by_reason)}; worker log {len(lines)} lines, {log_bytes:,} bytes"
     )

@@ -8,6 +8,7 @@ answers, and the quick-start ``demo`` command.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,12 @@ def test_max_events_stops_after_n_records_including_dead_letters(
     assert proc.returncode == 0, proc.stderr[-3_000:]
     assert "Traceback" not in proc.stderr
     assert "worker stopped (max events (120) consumed): consumed 120, processed 118" in proc.stderr
+    # It ends with the served model's accuracy, windowed and cumulative.
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "served model knn: HR@10 0." in last, last
+    assert re.search(
+        r"over the last \d+ evaluated events, 0\.\d+ cumulative \(\d+ evaluated\)$", last
+    )
     assert group_offsets(kafka_bootstrap, s.group_id) == {(s.events_topic, 0): 120}
     letters = consume(kafka_bootstrap, s.dead_letter_topic, n=None)
     assert [DeadLetter.model_validate_json(r.value or b"").source_offset for r in letters] == [
@@ -127,10 +134,11 @@ def test_idle_timeout_stops_and_flags_override_the_environment(
     other_group = s.group_id + "-flag"
     env = env_for(s, STREAM_EVENTS_TOPIC="not-this-topic")
     cmd = [sys.executable, "-m", "stream", "worker", "--idle-timeout", "3"]
-    cmd += ["--events-topic", s.events_topic, "--group-id", other_group]
+    cmd += ["--events-topic", s.events_topic, "--group-id", other_group, "--log-level", "DEBUG"]
     proc = run(cmd, env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3_000:]
     assert "worker stopped (idle for 3s): consumed 80, processed 80" in proc.stderr
+    assert " DEBUG stream." in proc.stderr  # --log-level after the command took effect
     assert group_offsets(kafka_bootstrap, other_group) == {(s.events_topic, 0): 80}
 
 
@@ -230,3 +238,31 @@ def test_demo_quick_start_prints_the_summary(tmp_path: Path) -> None:
     ]
     for model in ("popularity", "knn", "biased_mf", "blend"):
         assert any(line.startswith(model) for line in out.splitlines()), model
+    # The ending: the served model's accuracy and what to try next, not the stopped broker.
+    broker = out.splitlines()[0].split()[1].rstrip(";")
+    assert broker.startswith("127.0.0.1:"), out.splitlines()[0]
+    ending = out[out.index("demo finished") :]
+    assert broker not in ending
+    assert "served model blend: HR@10 0." in ending and "cumulative" in ending
+    steps = ending[ending.index("next steps") :]
+    for command in (
+        "python -m stream evaluate",
+        "python -m producers replay",
+        "python -m stream worker",
+        "python -m stream tail recommendations",
+    ):
+        assert command in steps, command
+
+
+def test_the_first_unreachable_warning_names_the_wait_setting(
+    kafka_settings: Callable[..., StreamSettings], tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    env = env_for(kafka_settings(), STREAM_BOOTSTRAP_SERVERS=closed, STREAM_BROKER_WAIT_SECONDS="8")
+    proc = run([sys.executable, "-m", "stream", "worker"], env, tmp_path, timeout=90)
+    assert_clean_failure(proc, 1, closed, "STREAM_BROKER_WAIT_SECONDS")
+    warning = next(line for line in proc.stderr.splitlines() if "WARNING" in line)
+    assert f"Kafka broker at {closed} unreachable" in warning
+    assert "for up to 8s (STREAM_BROKER_WAIT_SECONDS)" in warning

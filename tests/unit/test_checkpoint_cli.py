@@ -203,12 +203,48 @@ def test_export_needs_the_key(
 def test_prune_keep_latest(
     stored: dict[int, Pipeline], env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(["prune", "--keep-latest", "--dry-run"], capsys)
+    code, out, _ = run(["prune", "--keep-latest", "1", "--dry-run"], capsys)
     assert code == 0 and "would delete 1 file(s)" in out
     assert len(list((env / "events" / "0").glob("*.ckpt"))) == 2
-    code, out, _ = run(["prune", "--keep-latest"], capsys)
+    code, out, _ = run(["prune", "--keep-latest", "1"], capsys)
     assert code == 0 and "kept 000000000002-90.ckpt" in out
     assert [p.name for p in (env / "events" / "0").glob("*.ckpt")] == ["000000000002-90.ckpt"]
+
+
+def test_prune_keep_latest_n_keeps_the_newest_n_that_verify(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = StreamSettings(models=("popularity",), recommender="popularity")
+    store = CheckpointStore(env, KEY, keep=10)
+    for offset in (10, 20, 30, 40):
+        store.save(("events", 0), build(settings, 0, offset), offset)
+    directory = env / "events" / "0"
+    newest = sorted(directory.glob("*.ckpt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:-10])  # truncated: never kept, always deleted
+    code, out, _ = run(["prune", "--keep-latest", "2", "--dry-run"], capsys)
+    assert code == 0 and "would delete 2 file(s)" in out
+    code, out, _ = run(["prune", "--keep-latest", "2"], capsys)
+    assert code == 0, out
+    assert "kept 000000000003-30.ckpt" in out and "and 1 older" in out
+    assert sorted(p.name for p in directory.glob("*.ckpt")) == [
+        "000000000002-20.ckpt",
+        "000000000003-30.ckpt",
+    ]
+    for bad in ("0", "-1", "two"):
+        code, _, err = run(["prune", "--keep-latest", bad], capsys)
+        assert code == 2 and "--keep-latest" in err
+
+
+def test_readme_prune_command_works_through_python_dash_m_stream(
+    stored: dict[int, Pipeline], env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream.__main__ import main as stream_main
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "checkpoint prune --keep-latest 1" in readme
+    assert stream_main(["checkpoint", "prune", "--keep-latest", "1"]) == 0
+    assert "kept 000000000002-90.ckpt" in capsys.readouterr().out
+    assert len(list((env / "events" / "0").glob("*.ckpt"))) == 1
 
 
 def test_errors_are_messages_with_exit_codes(

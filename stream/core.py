@@ -7,6 +7,7 @@ and the tests all drive this same object with :meth:`Pipeline.process_one` (or
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Hashable, Iterable, Iterator
@@ -28,7 +29,14 @@ from stream.models.blend import DEPTH
 from stream.models.popularity import Popularity
 from stream.settings import StreamSettings
 
-__all__ = ["Pipeline", "PipelineConfig", "StepResult", "merge_metrics", "merge_model_metrics"]
+__all__ = [
+    "Pipeline",
+    "PipelineConfig",
+    "StepResult",
+    "merge_metrics",
+    "merge_model_metrics",
+    "user_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +323,8 @@ class Pipeline:
         self.history.pop(user, None)
         for _, model in self._learners:
             model.forget_user(user)
-        logger.info("forgot user %r", user)
+        # Logs outlive the erasure: they get a pseudonym, never the id itself.
+        logger.info("forgot a user (id sha256 %s)", user_digest(user))
 
     # --- whole streams and summaries ----------------------------------------------------
 
@@ -352,6 +361,15 @@ class Pipeline:
             users=self.n_users,
             items=self.n_items,
         )
+
+
+def user_digest(user: Hashable) -> str:
+    """A short pseudonym of a user id for logs (the first 12 hex digits of its SHA-256).
+
+    >>> user_digest("alice")
+    '2bd806c97f0e'
+    """
+    return hashlib.sha256(str(user).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def _weighted(values: list[tuple[float | None, int]]) -> float | None:

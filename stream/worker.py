@@ -176,7 +176,10 @@ class Worker:
                 last_record_at = time.monotonic()
                 for record in batch:
                     self._handle_one(record)
-                self._after_batch()
+            # On every poll, empty ones too: an idle worker still reports on time.
+            self._maybe_publish_metrics()
+            if batch:
+                self._make_safe(force_checkpoint=False)
             else:
                 if self._positions:
                     # Quiet topic: what the last batches left unflushed is made safe on time.
@@ -296,11 +299,9 @@ class Worker:
 
     # --- batches, metrics, safety ------------------------------------------------------------
 
-    def _after_batch(self) -> None:
-        now = time.monotonic()
-        if now - self._last_metrics_at >= self.settings.metrics_every_seconds:
+    def _maybe_publish_metrics(self) -> None:
+        if time.monotonic() - self._last_metrics_at >= self.settings.metrics_every_seconds:
             self._publish_metrics()
-        self._make_safe(force_checkpoint=False)
 
     def _make_safe(self, force_checkpoint: bool) -> None:
         """Flush outputs, then commit what is safe: everything flushed (no checkpoints) or
@@ -426,9 +427,13 @@ class Worker:
         assert self._sink is not None
         self._since_metrics = 0
         self._last_metrics_at = time.monotonic()
-        if not self.shards:
+        if self.shards:
+            record = merge_metrics([p.metrics_record() for p in self.shards.values()])
+        elif self._source is not None and self._source.assignment():
+            # Partitions but no event yet: a record of the empty state says so on time.
+            record = self._new_pipeline().metrics_record()
+        else:
             return
-        record = merge_metrics([p.metrics_record() for p in self.shards.values()])
         record.drifts = self._pending_drifts
         self._pending_drifts = []
         self._sink.send(self.settings.metrics_topic, None, record.model_dump_json().encode())

@@ -25,6 +25,7 @@ from producers.formats import (
     EventReader,
     FormatError,
     ReadOptions,
+    nothing_read,
     parse_column_map,
 )
 from producers.pacing import Pacer
@@ -337,7 +338,7 @@ def _replay(ns: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
     sink = _sink(ns, settings)
     stack.callback(sink.close)
-    return _run(
+    status = _run(
         f"replay {ns.path} ({fmt}) -> {sink.description}",
         reader.records(),
         sink,
@@ -346,6 +347,11 @@ def _replay(ns: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         total=total,
         rows=lambda: _replay_rows(reader),
     )
+    empty = nothing_read(reader, sink.delivered + sink.failed) if status == 0 else None
+    if empty is not None:
+        print(f"error: {empty}", file=sys.stderr)
+        return 2
+    return status
 
 
 class _ReadingBar:

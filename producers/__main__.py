@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 _ENV_EPILOG = (
     "Unset flags default from the environment (or .env): STREAM_BOOTSTRAP_SERVERS, "
-    "STREAM_EVENTS_TOPIC, STREAM_PRODUCER_LINGER_MS, and for secured clusters "
+    "STREAM_EVENTS_TOPIC, STREAM_EVENTS_PARTITIONS (when the topic is created), "
+    "STREAM_PRODUCER_LINGER_MS, and for secured clusters "
     "STREAM_SECURITY_PROTOCOL, STREAM_SASL_MECHANISM, STREAM_SASL_PLAIN_USERNAME, "
     "STREAM_SASL_PLAIN_PASSWORD, STREAM_SSL_CAFILE, STREAM_SSL_CERTFILE, STREAM_SSL_KEYFILE. "
     "Validation follows STREAM_MAX_EVENT_BYTES, STREAM_RATING_MIN and STREAM_RATING_MAX."
@@ -258,7 +259,12 @@ def _sink(ns: argparse.Namespace, settings: StreamSettings) -> Sink:
         return NullSink()
     if ns.output is not None:
         return JsonlSink(ns.output)
-    return KafkaSink(settings, settings.events_topic, connect_timeout_s=ns.connect_timeout)
+    return KafkaSink(
+        settings,
+        settings.events_topic,
+        connect_timeout_s=ns.connect_timeout,
+        partitions=settings.events_partitions,
+    )
 
 
 def _progress_enabled(ns: argparse.Namespace) -> bool:

@@ -4,14 +4,19 @@ events topic as the worker would."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from kafka_helpers import consume, produce
+from kafka.admin import KafkaAdminClient
+from kafka_helpers import consume, produce, unique
 
+from producers.__main__ import main as producers_main
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.events import MetricsRecord
-from stream.kafka.admin import ensure_topics
+from stream.kafka.admin import ensure_topics, topic_partitions
 from stream.settings import StreamSettings
 from stream.worker import Worker
 
@@ -54,3 +59,69 @@ def test_an_idle_worker_publishes_metrics_every_interval(
     assert len(records) >= 4, len(records)
     assert summary.metrics_records == len(records)
     assert {r.events for r in records[1:]} == {n_events}
+
+
+# --- producers create the events topic -----------------------------------------------------
+
+
+def partitions_of(bootstrap: str, topic: str) -> int | None:
+    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
+    try:
+        return topic_partitions(admin, [topic]).get(topic)
+    finally:
+        admin.close()
+
+
+def events_file(path: Path, n: int = 200) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"user_id": f"u{i % 13}", "item_id": f"i{i % 17}", "event_type": "click",
+                 "timestamp": 1_700_000_000 + i}
+            ) + "\n"
+            for i in range(n)
+        )
+    )  # fmt: skip
+    return path
+
+
+def test_replay_and_synthetic_create_the_events_topic_with_the_workers_partitions(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAM_EVENTS_PARTITIONS", "3")  # the broker's auto-creation: 1 or 4
+    log = events_file(tmp_path / "log.jsonl")
+    replayed, generated = unique("events"), unique("events")
+    common = ["--bootstrap-servers", kafka_bootstrap, "--quiet"]
+    assert producers_main(["replay", str(log), "--topic", replayed, *common]) == 0
+    assert producers_main(["synthetic", "--events", "50", "--topic", generated, *common]) == 0
+    assert partitions_of(kafka_bootstrap, replayed) == 3
+    assert partitions_of(kafka_bootstrap, generated) == 3
+    assert len(consume(kafka_bootstrap, replayed)) == 200
+
+
+def test_a_partition_count_other_than_the_setting_is_a_warning_in_producer_and_worker(
+    kafka_bootstrap: str,
+    kafka_settings: MakeSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = kafka_settings(models=("popularity",), recommender="popularity", events_partitions=3)
+    ensure_topics(s, {s.events_topic: 2}, timeout_s=30)  # made by hand, differently
+    caplog.clear()
+    monkeypatch.setenv("STREAM_EVENTS_PARTITIONS", "3")
+    log = events_file(tmp_path / "log.jsonl", 40)
+    common = ["--bootstrap-servers", kafka_bootstrap, "--topic", s.events_topic, "--quiet"]
+    with caplog.at_level(logging.WARNING):
+        assert producers_main(["replay", str(log), *common]) == 0
+    expected = f"events topic {s.events_topic} has 2 partition(s) but STREAM_EVENTS_PARTITIONS=3"
+    warned = [r for r in caplog.records if expected in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING, caplog.text
+    assert "set STREAM_EVENTS_PARTITIONS=2 to accept it" in warned[0].getMessage()
+    assert partitions_of(kafka_bootstrap, s.events_topic) == 2  # kept, not changed
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        summary = Worker(s).run(idle_timeout=3.0)
+    assert summary.consumed == 40
+    assert [r.levelno for r in caplog.records if expected in r.getMessage()] == [logging.WARNING]

@@ -482,6 +482,38 @@ class CheckpointStore:
             )
         return cls(settings.checkpoint_dir, key, settings.checkpoint_keep)
 
+    def check_writable(self) -> None:
+        """Create the root directory if needed and prove a file can be written in it.
+
+        Raises :class:`~stream.settings.SettingsError` naming ``STREAM_CHECKPOINT_DIR`` when
+        it is a regular file, cannot be created or is not writable: a worker that could never
+        checkpoint must not start (it would never commit either).
+        """
+        root = self.directory
+        if root.exists() and not root.is_dir():
+            raise SettingsError(
+                f"STREAM_CHECKPOINT_DIR={root} is not a directory (it is a file); point it at "
+                "a directory on durable storage (it is created if missing)"
+            )
+        try:
+            missing = [p for p in (root, *root.parents) if not p.exists()]
+            root.mkdir(parents=True, exist_ok=True)
+            for created in reversed(missing):
+                _fsync_dir(created.parent)
+            fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise SettingsError(
+                f"STREAM_CHECKPOINT_DIR={root} cannot be used: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}; make it a writable directory "
+                "(or unset STREAM_CHECKPOINT_DIR to run without checkpoints)"
+            ) from None
+
     # --- layout ---------------------------------------------------------------------------
 
     def partition_dir(self, tp: TopicPartition) -> Path:

@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 
+# Consecutive failed checkpoints of one partition after which the worker reports not ready
+# (one failure can be a blip; the next one means nothing is being made safe).
+CHECKPOINT_FAILURES_UNREADY = 2
+
 
 @dataclass
 class RunSummary:
@@ -52,6 +56,8 @@ class RunSummary:
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     stopped_by: str = ""
     last_metrics: MetricsRecord | None = None
+    # Records consumed whose offsets were never committed: a restart consumes them again.
+    uncommitted: int = 0
 
 
 class Worker:
@@ -89,6 +95,11 @@ class Worker:
         # safe point).
         self._unsafe = ""
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each shard's last save
+        # Per partition, the first offset not yet committed (what a restart resumes from).
+        self._safe_from: dict[TopicPartition, int] = {}
+        # Per partition, consecutive failed checkpoints and the last error.
+        self._checkpoint_failures: dict[TopicPartition, tuple[int, str]] = {}
+        self._last_checkpoint_error = ""
         self._server: MetricsServer | None = None
         self._source: EventSource | None = None
         self._sink: RecordSink | None = None
@@ -124,6 +135,8 @@ class Worker:
         """Run until ``max_events`` records were consumed, ``idle_timeout`` seconds passed
         without a record, or a stop was requested (SIGTERM/SIGINT)."""
         s = self.settings
+        if self.checkpoints is not None:
+            self.checkpoints.check_writable()
         if s.metrics_port:
             self._server = MetricsServer(self.registry, self.health, s.metrics_host, s.metrics_port)
             self._server.start()
@@ -167,8 +180,9 @@ class Worker:
                 break
             batch = self._source.poll_batch(self.settings.poll_timeout_ms)
             self._update_readiness()
-            if not self.health.ready:
-                # Joining the group takes seconds: a worker is idle only once it has partitions.
+            if self._source.broker_lost or not self._source.assignment():
+                # Joining the group takes seconds: a worker is idle only once it has partitions
+                # (and a broker; failing checkpoints, though not ready, do not stop the clock).
                 last_record_at = time.monotonic()
             if budget is not None:
                 batch = batch[:budget]
@@ -198,12 +212,20 @@ class Worker:
             logger.exception("final flush/commit failed; uncommitted events will be re-consumed")
         finally:
             if self._source is not None:
-                self._source.close()
+                self._source.close()  # revokes: the partitions' shards are dropped and counted
+            self._drop(list(self._positions))
             if self._sink is not None:
                 self._sink.close()
             if self._server is not None:
                 self._server.stop()
             self._set_ready(False, "stopped")
+            if self.summary.uncommitted:
+                logger.error(
+                    "%d consumed record(s) are not yet safe: their offsets were not committed "
+                    "(%s), so the next run consumes them again",
+                    self.summary.uncommitted,
+                    self._unsafe or self._last_checkpoint_error or "the commit failed",
+                )
 
     # --- per record ---------------------------------------------------------------------------
 
@@ -243,6 +265,7 @@ class Worker:
                 now = time.time()
                 self.metrics.event_lag.set(now - decoded.timestamp)
                 self.metrics.last_event.set(now)
+        self._safe_from.setdefault(tp, record.offset)
         self._positions[tp] = record.offset + 1
         self._since_metrics += 1
         self._since_checkpoint += 1
@@ -335,6 +358,7 @@ class Worker:
         assert self._source is not None
         if safe and self._source.commit(safe):
             self.summary.committed.update(safe)
+            self._safe_from.update(safe)
 
     def _on_flush_wait(self, broker_connected: bool) -> None:
         """A flush is waiting for the broker: the loop is alive, and not ready while the
@@ -411,17 +435,42 @@ class Worker:
                 continue
             try:
                 self.checkpoints.save(tp, self.shards[tp], self._positions[tp])
-            except OSError:
-                logger.exception("checkpoint of %s[%d] failed; offsets not committed", *tp)
+            except OSError as exc:
+                logger.error("checkpoint of %s[%d] failed; offsets not committed: %s", *tp, exc)
                 self.metrics.checkpoints.labels("failed").inc()
+                failures = self._checkpoint_failures.get(tp, (0, ""))[0] + 1
+                self._last_checkpoint_error = f"checkpoint failed: {type(exc).__name__}: {exc}"
+                self._checkpoint_failures[tp] = (failures, f"{type(exc).__name__}: {exc}")
                 continue
             self.metrics.checkpoints.labels("ok").inc()
+            self._checkpoint_failures.pop(tp, None)
             written[tp] = self._checkpointed[tp] = self._positions[tp]
         if written:
             self.metrics.checkpoint_last.set(time.time())
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
+        failing = self._failing_checkpoints()
+        if failing:
+            self._set_ready(False, failing)
         return written
+
+    def _failing_checkpoints(self) -> str:
+        """Why readiness is false because checkpoints keep failing ("" while they do not)."""
+        failing = sorted(
+            (tp, n, error)
+            for tp, (n, error) in self._checkpoint_failures.items()
+            if n >= CHECKPOINT_FAILURES_UNREADY
+        )
+        if not failing:
+            return ""
+        unsafe = sum(
+            self._positions.get(tp, 0) - self._safe_from.get(tp, 0) for tp, _, _ in failing
+        )
+        (topic, partition), n, error = failing[0]
+        return (
+            f"checkpoints failing ({len(failing)} partition(s); {topic}[{partition}]: {n} in a "
+            f"row, last {error}); {unsafe} consumed record(s) not yet safe"
+        )
 
     def _publish_metrics(self) -> None:
         assert self._sink is not None
@@ -458,6 +507,8 @@ class Worker:
             ready, reason = False, "Kafka broker unreachable"
         elif not self._source.assignment():
             ready, reason = False, "no partitions assigned"
+        elif failing := self._failing_checkpoints():
+            ready, reason = False, failing
         else:
             ready, reason = True, ""
         self._set_ready(ready, reason)
@@ -480,7 +531,7 @@ class Worker:
                 continue
             pipeline, offset = restored
             self.shards[tp] = pipeline
-            self._positions[tp] = self._checkpointed[tp] = offset
+            self._positions[tp] = self._checkpointed[tp] = self._safe_from[tp] = offset
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
         return seek
@@ -506,6 +557,10 @@ class Worker:
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._checkpointed.pop(tp, None)
+            self._checkpoint_failures.pop(tp, None)
             self.shards.pop(tp, None)
-            self._positions.pop(tp, None)
+            position = self._positions.pop(tp, None)
+            safe_from = self._safe_from.pop(tp, None)
+            if position is not None and safe_from is not None:
+                self.summary.uncommitted += max(0, position - safe_from)
         self.metrics.forget_partitions(partitions)

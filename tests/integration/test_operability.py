@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient
-from kafka_helpers import consume, produce, unique
+from kafka_helpers import consume, group_offsets, produce, unique, wait_for
+from test_worker_cli import assert_clean_failure, env_for
 
 from producers.__main__ import main as producers_main
 from producers.synthetic import SyntheticConfig, SyntheticStream
@@ -125,3 +131,83 @@ def test_a_partition_count_other_than_the_setting_is_a_warning_in_producer_and_w
         summary = Worker(s).run(idle_timeout=3.0)
     assert summary.consumed == 40
     assert [r.levelno for r in caplog.records if expected in r.getMessage()] == [logging.WARNING]
+
+
+# --- checkpoint failures show ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["a regular file", "below a regular file"])
+def test_an_unusable_checkpoint_dir_exits_2_naming_the_setting(
+    kafka_settings: MakeSettings, tmp_path: Path, broken: str
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    directory = blocker if broken == "a regular file" else blocker / "checkpoints"
+    env = env_for(
+        kafka_settings(), STREAM_CHECKPOINT_DIR=str(directory), STREAM_CHECKPOINT_KEY="k" * 32
+    )
+    cmd = [sys.executable, "-m", "stream", "worker", "--max-events", "1"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert_clean_failure(proc, 2, "STREAM_CHECKPOINT_DIR", str(directory))
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_failing_checkpoints_turn_readiness_false_and_the_exit_status_non_zero(
+    kafka_bootstrap: str, kafka_settings: MakeSettings, tmp_path: Path
+) -> None:
+    s = kafka_settings()
+    directory = tmp_path / "checkpoints"
+    port = free_port()
+    env = env_for(
+        s,
+        STREAM_CHECKPOINT_DIR=str(directory),
+        STREAM_CHECKPOINT_KEY="k" * 32,
+        STREAM_CHECKPOINT_EVERY_SECONDS="0.3",
+        STREAM_METRICS_PORT=str(port),
+        STREAM_METRICS_HOST="127.0.0.1",
+    )
+    ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
+    produce(kafka_bootstrap, s.events_topic, *synthetic(300))
+    cmd = [sys.executable, "-m", "stream", "worker", "--idle-timeout", "6"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        committed = {(s.events_topic, 0): 300}
+        wait_for(lambda: group_offsets(kafka_bootstrap, s.group_id) == committed, 60, "commit")
+        assert http_get(port, "/readyz")[0] == 200
+        # The directory becomes unusable mid-run: every later checkpoint fails.
+        directory.rename(tmp_path / "moved-away")
+        directory.write_text("not a directory any more")
+        produce(kafka_bootstrap, s.events_topic, *synthetic(200, seed=4))
+
+        def not_ready() -> bool:
+            status, body = http_get(port, "/readyz")
+            return status == 503 and "checkpoints failing" in body
+
+        wait_for(not_ready, 30, "/readyz to report the failing checkpoints")
+        body = http_get(port, "/readyz")[1]
+        assert "200 consumed record(s) not yet safe" in body, body
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr[-3_000:]
+    assert "Traceback" not in stderr, stderr[-3_000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "worker stopped" in last and "200 NOT YET SAFE" in last, last
+    assert group_offsets(kafka_bootstrap, s.group_id) == committed  # nothing unsafe committed

@@ -15,7 +15,8 @@ File format (version 1; integers big-endian)::
     version      2 bytes   FORMAT_VERSION
     header_len   4 bytes
     header       UTF-8 JSON: created_at, topic, partition, next_offset, events_learned,
-                 users, items, models, metrics, run_count, ... (readable without unpickling)
+                 users, items, models, metrics, run_count, settings (what the state was
+                 learned with, see stream.restore), ... (readable without unpickling)
     payload      pickle (protocol 5) of the Pipeline
     payload_len  8 bytes
     mac         32 bytes   HMAC-SHA256 of everything before it, key STREAM_CHECKPOINT_KEY
@@ -388,6 +389,8 @@ def _header(tp: TopicPartition, pipeline: Pipeline, next_offset: int) -> dict[st
             "items": pipeline.n_items,
             "models": list(pipeline.models),
             "recommender": pipeline.config.recommender,
+            # What the state is tied to: a restore compares it with the current settings.
+            "settings": getattr(pipeline, "built_with", None) or None,
             "metrics": record.model_dump(mode="json", exclude={"drifts", "created_at"}),
             "payload": {"format": "pickle", "protocol": PICKLE_PROTOCOL},
         }

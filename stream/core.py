@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream.drift import DriftMonitor
 from stream.evaluation import ModelEvaluator, rank_outcome
@@ -24,15 +25,17 @@ from stream.events import (
     Recommendation,
     Source,
 )
-from stream.models import Blend, Recommender, Scored, build_models, learns
+from stream.models import MODEL_SETTINGS, Blend, Recommender, Scored, build_models, learns
 from stream.models.blend import DEPTH
 from stream.models.popularity import Popularity
 from stream.settings import StreamSettings
 
 __all__ = [
+    "PIPELINE_SETTINGS",
     "Pipeline",
     "PipelineConfig",
     "StepResult",
+    "built_with",
     "merge_metrics",
     "merge_model_metrics",
     "user_digest",
@@ -41,6 +44,42 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FALLBACK_REASON = "popular now"
+
+
+PIPELINE_SETTINGS: tuple[str, ...] = (
+    "models",
+    "recommender",
+    "top_k",
+    "history_size",
+    "weight_view",
+    "weight_click",
+    "weight_add_to_cart",
+    "weight_purchase",
+    "metric_window",
+    "drift_detector",
+    "drift_delta",
+    "drift_min_events",
+    "popularity_half_life",  # the cold-start fallback's, even without a popularity model
+    "seed",
+)
+"""Settings a :class:`Pipeline` holds on to once built (besides each model's own,
+``MODEL_SETTINGS``); everything else (topics, rating range, cadences) is read live."""
+
+
+def built_with(settings: StreamSettings) -> dict[str, Any]:
+    """The settings a Pipeline built from ``settings`` is tied to, as JSON values.
+
+    Checkpointed with the Pipeline, so a restore can tell what changed since.
+
+    >>> s = StreamSettings(models=("popularity", "knn"), recommender="knn")
+    >>> held = built_with(s)
+    >>> held["models"], held["knn_neighbors"], "mf_factors" in held
+    (['popularity', 'knn'], 50, False)
+    """
+    names = set(PIPELINE_SETTINGS)
+    for model in settings.models:
+        names.update(MODEL_SETTINGS.get(model, ()))
+    return settings.model_dump(mode="json", include=names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +164,25 @@ class Pipeline:
     (3, 3)
     """
 
-    def __init__(self, config: PipelineConfig, models: dict[str, Recommender]) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        models: dict[str, Recommender],
+        fallback: Popularity | None = None,
+    ) -> None:
         if config.recommender not in models:
             raise ValueError(f"recommender {config.recommender!r} is not one of {list(models)}")
         self.config = config
         self.models = models
+        # The settings this was built with (:func:`built_with`); {} when built by hand.
+        self.built_with: dict[str, Any] = {}
         self._learners = [(n, m) for n, m in models.items() if learns(n, m)]
-        fallback = models.get("popularity")
-        if not isinstance(fallback, Popularity):
-            fallback = Popularity(half_life=config.popularity_half_life)
+        own = models.get("popularity")
+        if isinstance(own, Popularity):
+            fallback = own
+        else:
+            if fallback is None:
+                fallback = Popularity(half_life=config.popularity_half_life)
             self._learners.append(("_fallback_popularity", fallback))
         self.fallback: Popularity = fallback
         self._weights = dict(config.implicit_weights)
@@ -166,7 +215,9 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Pipeline:
-        return cls(PipelineConfig.from_settings(settings), build_models(settings))
+        pipeline = cls(PipelineConfig.from_settings(settings), build_models(settings))
+        pipeline.built_with = built_with(settings)
+        return pipeline
 
     # --- per event ------------------------------------------------------------------------
 

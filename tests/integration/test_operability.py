@@ -21,7 +21,8 @@ from test_worker_cli import assert_clean_failure, env_for
 
 from producers.__main__ import main as producers_main
 from producers.synthetic import SyntheticConfig, SyntheticStream
-from stream.events import MetricsRecord
+from stream.checkpoint import CheckpointStore
+from stream.events import MetricsRecord, Recommendation
 from stream.kafka.admin import ensure_topics, topic_partitions
 from stream.settings import StreamSettings
 from stream.worker import Worker
@@ -211,3 +212,103 @@ def test_failing_checkpoints_turn_readiness_false_and_the_exit_status_non_zero(
     last = stderr.strip().splitlines()[-1]
     assert "worker stopped" in last and "200 NOT YET SAFE" in last, last
     assert group_offsets(kafka_bootstrap, s.group_id) == committed  # nothing unsafe committed
+
+
+# --- settings frozen into checkpoints ------------------------------------------------------
+
+
+def test_changed_settings_take_effect_on_restore_for_every_partition(
+    kafka_bootstrap: str,
+    kafka_settings: MakeSettings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Run 1 checkpoints partition 0 only (blend, K=10); run 2 restores it with another
+    recommender, K and model list and starts partition 1 fresh: one configuration for both."""
+    checkpoints = {
+        "checkpoint_dir": tmp_path / "checkpoints",
+        "checkpoint_key": "restore-settings-test-key",
+        "events_partitions": 2,
+        "metrics_every_events": 100_000,
+    }
+    first = kafka_settings(
+        models=("popularity", "knn", "biased_mf", "blend"), recommender="blend", **checkpoints
+    )
+    ensure_topics(first, {first.events_topic: 2}, timeout_s=30)
+    values, keys = synthetic(300)
+    produce(kafka_bootstrap, first.events_topic, values, keys, partition=0)
+    assert Worker(first).run(idle_timeout=3.0).consumed == 300
+    assert CheckpointStore.from_settings(first).files((first.events_topic, 1)) == []  # type: ignore[union-attr]
+
+    second = first.model_copy(
+        update={"models": ("popularity", "knn", "funk_mf"), "recommender": "knn", "top_k": 5}
+    )
+    more, more_keys = synthetic(200, seed=8)
+    produce(kafka_bootstrap, first.events_topic, more[:100], more_keys[:100], partition=0)
+    produce(kafka_bootstrap, first.events_topic, more[100:], more_keys[100:], partition=1)
+    with caplog.at_level(logging.WARNING, logger="stream.worker"):
+        summary = Worker(second).run(idle_timeout=3.0)
+    assert summary.consumed == 200
+    changed = [r.getMessage() for r in caplog.records if "settings changed since" in r.getMessage()]
+    assert len(changed) == 1, changed
+    assert f"the checkpoint of {first.events_topic}[0]" in changed[0]
+    for part in ("STREAM_RECOMMENDER 'blend' -> 'knn'", "STREAM_TOP_K 10 -> 5", "added funk_mf"):
+        assert part in changed[0], changed[0]
+
+    recs = [
+        Recommendation.model_validate_json(r.value or b"")
+        for r in consume(kafka_bootstrap, first.recommendations_topic)
+    ]
+    assert len(recs) == 500
+    assert {r.model for r in recs[:300]} == {"blend"} and len(recs[299].items) == 10
+    # Both partitions, restored and fresh, publish the new configuration only.
+    assert {r.source_partition for r in recs[300:]} == {0, 1}
+    assert {r.model for r in recs[300:]} == {"knn"}
+    assert {len(r.items) for r in recs[300:] if r.source_partition == 0} == {5}
+    assert max(len(r.items) for r in recs[300:] if r.source_partition == 1) == 5  # cold start
+    assert summary.last_metrics is not None and summary.last_metrics.k == 5
+    assert set(summary.last_metrics.cumulative_metrics) == {"popularity", "knn", "funk_mf"}
+
+
+def test_a_setting_a_restored_model_cannot_follow_refuses_the_start(
+    kafka_bootstrap: str, kafka_settings: MakeSettings, tmp_path: Path
+) -> None:
+    s = kafka_settings(
+        models=("popularity", "knn"),
+        recommender="knn",
+        checkpoint_dir=tmp_path / "checkpoints",
+        checkpoint_key="k" * 32,
+    )
+    ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
+    produce(kafka_bootstrap, s.events_topic, *synthetic(100))
+    assert Worker(s).run(idle_timeout=3.0).consumed == 100
+
+    env = env_for(
+        s,
+        STREAM_CHECKPOINT_DIR=str(s.checkpoint_dir),
+        STREAM_CHECKPOINT_KEY="k" * 32,
+        STREAM_KNN_NEIGHBORS="7",
+    )
+    cmd = [sys.executable, "-m", "stream", "worker", "--idle-timeout", "3"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert_clean_failure(
+        proc,
+        2,
+        f"the checkpoint of {s.events_topic}[0] was learned with other settings",
+        "STREAM_KNN_NEIGHBORS 50 -> 7 (knn learned with 50)",
+        "STREAM_KNN_NEIGHBORS=50",
+        "STREAM_CHECKPOINT_RELEARN_CHANGED=true",
+    )
+    assert group_offsets(kafka_bootstrap, s.group_id) == {(s.events_topic, 0): 100}
+
+    # Allowed to relearn: it starts, knn learns afresh, the rest is restored.
+    proc = subprocess.run(
+        cmd,
+        env={**env, "STREAM_CHECKPOINT_RELEARN_CHANGED": "true"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3_000:]
+    assert "STREAM_KNN_NEIGHBORS 50 -> 7 (knn learned with 50: learned afresh)" in proc.stderr

@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.checkpoint import CheckpointError, CheckpointStore, read_info
 from stream.core import PIPELINE_SETTINGS, Pipeline, PipelineConfig, built_with
 from stream.models import MODEL_SETTINGS, Blend, Recommender, build_models
 from stream.settings import SettingsError, StreamSettings
@@ -33,6 +34,7 @@ __all__ = [
     "RestoreRefusedError",
     "SettingChange",
     "apply_settings",
+    "check_restorable",
     "plan_restore",
     "recorded_settings",
 ]
@@ -219,6 +221,40 @@ def refusal_message(where: str, refused: list[SettingChange]) -> str:
         "next event; every other model keeps its state), or start over without these "
         "checkpoints (move STREAM_CHECKPOINT_DIR away and reset the group's offsets)"
     )
+
+
+def check_restorable(store: CheckpointStore, settings: StreamSettings) -> None:
+    """Refuse to start, before joining the group, when a checkpoint of the events topic was
+    learned with settings its models cannot follow (any of its partitions may come here).
+
+    Reads the newest file's header only, unverified: the restore verifies the file and checks
+    again (also files from before the settings were recorded, which this skips).
+
+    Raises
+    ------
+    RestoreRefusedError
+        Naming the partitions, the settings and what to do.
+    """
+    refused: dict[str, list[str]] = {}  # message -> partitions it applies to
+    for tp in store.partitions():
+        files = store.files(tp) if tp[0] == settings.events_topic else []
+        if not files:
+            continue
+        try:
+            recorded = read_info(files[0]).header.get("settings")
+        except CheckpointError:
+            continue  # the restore says what is wrong with it, or skips it
+        if isinstance(recorded, dict):
+            plan = plan_restore(recorded, settings)
+            if plan.refused:
+                refused.setdefault(refusal_message("", plan.refused), []).append(str(tp[1]))
+    if refused:
+        raise RestoreRefusedError(
+            " -- also ".join(
+                f"the checkpoint of {settings.events_topic}[{','.join(partitions)}]{message}"
+                for message, partitions in refused.items()
+            )
+        )
 
 
 def apply_settings(

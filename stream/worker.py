@@ -22,7 +22,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from stream.checkpoint import CheckpointError, CheckpointStore, read_info
+from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline, merge_metrics
 from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
@@ -30,7 +30,7 @@ from stream.kafka.admin import ensure_topics
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
-from stream.restore import RestoreRefusedError, apply_settings, plan_restore, refusal_message
+from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
 
 __all__ = ["RunSummary", "Worker"]
@@ -138,7 +138,7 @@ class Worker:
         s = self.settings
         if self.checkpoints is not None:
             self.checkpoints.check_writable()
-            self._check_restorable()
+            check_restorable(self.checkpoints, s)
         if s.metrics_port:
             self._server = MetricsServer(self.registry, self.health, s.metrics_host, s.metrics_port)
             self._server.start()
@@ -170,33 +170,6 @@ class Worker:
         finally:
             self._shutdown()
         return self.summary
-
-    def _check_restorable(self) -> None:
-        """Refuse to start, before joining the group, when a checkpoint of the events topic
-        was learned with settings its models cannot follow (any partition may come here).
-
-        Reads the newest file's header only (unverified: the restore verifies it, and checks
-        again); files from before the settings were recorded are checked at restore.
-        """
-        assert self.checkpoints is not None
-        refused: dict[str, list[str]] = {}
-        for tp in self.checkpoints.partitions():
-            files = self.checkpoints.files(tp) if tp[0] == self.settings.events_topic else []
-            if not files:
-                continue
-            try:
-                recorded = read_info(files[0]).header.get("settings")
-            except CheckpointError:
-                continue  # the restore says what is wrong with it, or skips it
-            if not isinstance(recorded, dict):
-                continue
-            plan = plan_restore(recorded, self.settings)
-            if plan.refused:
-                refused.setdefault(refusal_message("", plan.refused), []).append(f"{tp[1]}")
-        if refused:
-            message, partitions = next(iter(refused.items()))
-            where = f"the checkpoint of {self.settings.events_topic}[{','.join(partitions)}]"
-            raise RestoreRefusedError(where + message)
 
     def _loop(self, max_events: int | None, idle_timeout: float | None) -> None:
         assert self._source is not None

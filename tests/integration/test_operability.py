@@ -299,6 +299,7 @@ def test_a_setting_a_restored_model_cannot_follow_refuses_the_start(
         "STREAM_KNN_NEIGHBORS=50",
         "STREAM_CHECKPOINT_RELEARN_CHANGED=true",
     )
+    assert "partitions assigned" not in proc.stderr  # refused before joining the group
     assert group_offsets(kafka_bootstrap, s.group_id) == {(s.events_topic, 0): 100}
 
     # Allowed to relearn: it starts, knn learns afresh, the rest is restored.

@@ -16,7 +16,13 @@ import pytest
 from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline
 from stream.events import Event, Source
-from stream.restore import RestoreRefusedError, apply_settings, plan_restore, recorded_settings
+from stream.restore import (
+    RestoreRefusedError,
+    apply_settings,
+    check_restorable,
+    plan_restore,
+    recorded_settings,
+)
 from stream.settings import StreamSettings
 
 OLD: dict[str, Any] = {
@@ -207,6 +213,31 @@ def test_a_checkpoint_from_before_settings_were_recorded(
     assert [c.name for c in plan.applied] == ["top_k"]  # what the configuration still shows
     assert "knn_neighbors" in plan.unchecked and "STREAM_KNN_NEIGHBORS" in caplog.text
     assert pipeline.config.top_k == 5 and pipeline.built_with["knn_neighbors"] == 7
+
+
+def test_the_start_check_reads_every_partitions_newest_header(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, key="restore-test-key")
+    for partition, s in enumerate([settings(), settings(knn_neighbors=7)]):
+        pipeline = Pipeline.from_settings(s)
+        list(pipeline.run(events(50)))
+        store.save(("events", partition), pipeline, 50)
+        store.save(("other-topic", partition), pipeline, 50)
+    check_restorable(store, settings(events_topic="nothing-here", knn_neighbors=99))
+    with pytest.raises(RestoreRefusedError) as info:
+        check_restorable(store, settings(events_topic="events", top_k=3))
+    message = str(info.value)
+    assert message.startswith("the checkpoint of events[1] was learned with other settings")
+    assert "STREAM_KNN_NEIGHBORS 7 -> 50" in message
+    with pytest.raises(RestoreRefusedError) as info:
+        check_restorable(store, settings(events_topic="events", knn_neighbors=8))
+    both = str(info.value)
+    assert "events[0] was learned" in both and "STREAM_KNN_NEIGHBORS 50 -> 8" in both
+    assert "also the checkpoint of events[1] was learned" in both and "7 -> 8" in both
+    (tmp_path / "events" / "1").rename(tmp_path / "away")
+    check_restorable(store, settings(events_topic="events", top_k=3))  # applied on restore
+    store.save(("events", 1), Pipeline.from_settings(settings()), 0)
+    with pytest.raises(RestoreRefusedError, match=r"events\[0,1\] was learned"):
+        check_restorable(store, settings(events_topic="events", seed=5))
 
 
 def test_docstring_examples() -> None:

@@ -247,3 +247,36 @@ def test_docstring_examples() -> None:
 
     result = doctest.testmod(stream.restore, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _variant(name: str) -> Any:
+    field = StreamSettings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default * 0.5
+    if default is None and name == "knn_half_life":
+        return 10.0
+    return None
+
+
+@pytest.mark.parametrize("model", ["popularity", "knn", "biased_mf", "funk_mf"])
+def test_model_settings_name_exactly_what_each_factory_reads(model: str) -> None:
+    """A model is built from the settings MODEL_SETTINGS lists for it, and no others (River's
+    constructor parameters): a factory that starts reading another setting fails here."""
+    from stream.models import MODEL_REGISTRY, MODEL_SETTINGS
+
+    base = MODEL_REGISTRY[model](StreamSettings(_env_file=None))._get_params()
+    for name in StreamSettings.model_fields:
+        value = _variant(name)
+        if value is None:
+            continue
+        try:
+            other = StreamSettings(_env_file=None, **{name: value})
+        except ValueError:
+            continue
+        differs = MODEL_REGISTRY[model](other)._get_params() != base
+        assert differs == (name in MODEL_SETTINGS[model]), (model, name)

@@ -25,6 +25,7 @@ from producers.formats import (
     EventReader,
     FormatError,
     ReadOptions,
+    nothing_read,
     parse_column_map,
 )
 from producers.pacing import Pacer
@@ -40,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 _ENV_EPILOG = (
     "Unset flags default from the environment (or .env): STREAM_BOOTSTRAP_SERVERS, "
-    "STREAM_EVENTS_TOPIC, STREAM_PRODUCER_LINGER_MS, STREAM_COMPRESSION_TYPE, and for secured "
-    "clusters "
+    "STREAM_EVENTS_TOPIC, STREAM_EVENTS_PARTITIONS (when the topic is created), "
+    "STREAM_PRODUCER_LINGER_MS, STREAM_COMPRESSION_TYPE, and for secured clusters "
     "STREAM_SECURITY_PROTOCOL, STREAM_SASL_MECHANISM, STREAM_SASL_PLAIN_USERNAME, "
     "STREAM_SASL_PLAIN_PASSWORD, STREAM_SSL_CAFILE, STREAM_SSL_CERTFILE, STREAM_SSL_KEYFILE. "
     "Validation follows STREAM_MAX_EVENT_BYTES, STREAM_RATING_MIN and STREAM_RATING_MAX."
@@ -275,7 +276,12 @@ def _sink(ns: argparse.Namespace, settings: StreamSettings) -> Sink:
         return NullSink()
     if ns.output is not None:
         return JsonlSink(ns.output)
-    return KafkaSink(settings, settings.events_topic, connect_timeout_s=ns.connect_timeout)
+    return KafkaSink(
+        settings,
+        settings.events_topic,
+        connect_timeout_s=ns.connect_timeout,
+        partitions=settings.events_partitions,
+    )
 
 
 def _progress_enabled(ns: argparse.Namespace) -> bool:
@@ -355,7 +361,7 @@ def _replay(ns: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
     sink = _sink(ns, settings)
     stack.callback(sink.close)
-    return _run(
+    status = _run(
         f"replay {ns.path} ({fmt}) -> {sink.description}",
         reader.records(),
         sink,
@@ -364,6 +370,11 @@ def _replay(ns: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         total=total,
         rows=lambda: _replay_rows(reader),
     )
+    empty = nothing_read(reader, sink.delivered + sink.failed) if status == 0 else None
+    if empty is not None:
+        print(f"error: {empty}", file=sys.stderr)
+        return 2
+    return status
 
 
 class _ReadingBar:

@@ -35,6 +35,7 @@ __all__ = [
     "EventReader",
     "FormatError",
     "ReadOptions",
+    "nothing_read",
     "open_lines",
     "parse_column_map",
     "read_events",
@@ -323,3 +324,34 @@ def read_events(
     format at once; the reader's ``rejected`` counts malformed lines once iterated.
     """
     return EventReader(path, fmt, ReadOptions(limit=limit, **options))
+
+
+def nothing_read(reader: EventReader, delivered: int) -> str | None:
+    """Why a read that yielded ``delivered`` events found nothing valid, or None if it did.
+
+    A wrong ``--format`` rejects every line; this names the format, what was rejected and
+    what to check, for a non-zero exit instead of a run that "succeeds" with nothing.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.jsonl"
+    >>> _ = path.write_text('{"user_id": "u", "item_id": "i", "timestamp": 1}\\n')
+    >>> reader = EventReader(path, "movielens-100k")
+    >>> list(reader)
+    []
+    >>> print(nothing_read(reader, 0))  # doctest: +NORMALIZE_WHITESPACE
+    no valid event in .../log.jsonl read as movielens-100k: 1 of 1 line(s) rejected
+    (wrong_column_count 1); check --format (one of jsonl, csv, movielens-100k, ...)
+    """
+    if delivered or reader.skipped or reader.options.limit == 0:
+        return None
+    lines = max(0, reader.lines - reader.header_lines)
+    if not lines:
+        return f"no event in {reader.path}: it has no data lines"
+    reasons = ", ".join(f"{r} {n:,}" for r, n in reader.reasons.most_common(3))
+    hint = f"check --format (one of {', '.join(FORMATS)})"
+    if reader.fmt == "csv":
+        hint += " and --columns / --delimiter"
+    return (
+        f"no valid event in {reader.path} read as {reader.fmt}: {reader.rejected:,} of "
+        f"{lines:,} line(s) rejected ({reasons}); {hint}"
+    )

@@ -148,6 +148,11 @@ class KafkaSink:
     flush_timeout_s
         How long :meth:`flush` waits for acknowledgements; what is still unacknowledged then
         counts as failed.
+    partitions
+        Create ``topic`` with this many partitions if it does not exist (the events topic:
+        ``STREAM_EVENTS_PARTITIONS``, as the worker would), instead of leaving it to the
+        broker's auto-creation, whose partition count would shard the worker's models by
+        accident. An existing topic with another count is kept, with a warning.
 
     Notes
     -----
@@ -162,6 +167,7 @@ class KafkaSink:
         *,
         connect_timeout_s: float = 10.0,
         flush_timeout_s: float = 120.0,
+        partitions: int | None = None,
     ) -> None:
         from kafka import KafkaProducer
         from kafka import errors as kafka_errors
@@ -197,15 +203,27 @@ class KafkaSink:
             ) from None
         except kafka_errors.KafkaError as exc:
             raise SinkError(f"cannot connect to Kafka at {self.servers}: {exc}") from None
+        if partitions is not None:
+            self._ensure_topic(settings, partitions, max(10.0, connect_timeout_s))
         try:
-            partitions = self._producer.partitions_for(topic)
+            found = self._producer.partitions_for(topic)
         except kafka_errors.KafkaError as exc:
             self.close()
             raise SinkError(
                 f"topic {topic!r} is not available on {self.servers} "
                 f"({type(exc).__name__}); does it exist?"
             ) from None
-        logger.info("producing to %s (%d partitions)", self.description, len(partitions or ()))
+        logger.info("producing to %s (%d partitions)", self.description, len(found or ()))
+
+    def _ensure_topic(self, settings: StreamSettings, partitions: int, timeout_s: float) -> None:
+        from stream.kafka import BrokerUnavailableError
+        from stream.kafka.admin import TopicError, ensure_topics
+
+        try:
+            ensure_topics(settings, {self.topic: partitions}, timeout_s=timeout_s)
+        except (BrokerUnavailableError, TopicError) as exc:
+            self.close()
+            raise SinkError(f"cannot create topic {self.topic!r}: {exc}") from None
 
     @property
     def delivered(self) -> int:

@@ -151,16 +151,22 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
     worker = Worker(settings)
     worker.install_signal_handlers()
     summary = worker.run(max_events=ns.max_events, idle_timeout=ns.idle_timeout)
-    logger.info(
-        "worker stopped (%s): consumed %d, processed %d, dead-lettered %d, drifts %d",
+    # Exit 1 when records were consumed but not committed: the run did not make them safe.
+    unsafe = summary.uncommitted
+    logger.log(
+        logging.ERROR if unsafe else logging.INFO,
+        "worker stopped (%s): consumed %d, processed %d, dead-lettered %d, drifts %d, %s",
         summary.stopped_by,
         summary.consumed,
         summary.processed,
         summary.dead_lettered,
         len(summary.drifts),
+        f"{unsafe} NOT YET SAFE (uncommitted, consumed again next run)"
+        if unsafe
+        else "all committed",
     )
     logger.info("%s", summary.accuracy_line(settings.recommender))
-    return 0
+    return 1 if unsafe else 0
 
 
 def settings_table() -> str:

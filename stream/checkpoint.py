@@ -15,7 +15,8 @@ File format (version 1; integers big-endian)::
     version      2 bytes   FORMAT_VERSION
     header_len   4 bytes
     header       UTF-8 JSON: created_at, topic, partition, next_offset, events_learned,
-                 users, items, models, metrics, run_count, ... (readable without unpickling)
+                 users, items, models, metrics, run_count, settings (what the state was
+                 learned with, see stream.restore), ... (readable without unpickling)
     payload      pickle (protocol 5) of the Pipeline
     payload_len  8 bytes
     mac         32 bytes   HMAC-SHA256 of everything before it, key STREAM_CHECKPOINT_KEY
@@ -388,6 +389,8 @@ def _header(tp: TopicPartition, pipeline: Pipeline, next_offset: int) -> dict[st
             "items": pipeline.n_items,
             "models": list(pipeline.models),
             "recommender": pipeline.config.recommender,
+            # What the state is tied to: a restore compares it with the current settings.
+            "settings": getattr(pipeline, "built_with", None) or None,
             "metrics": record.model_dump(mode="json", exclude={"drifts", "created_at"}),
             "payload": {"format": "pickle", "protocol": PICKLE_PROTOCOL},
         }
@@ -481,6 +484,38 @@ class CheckpointStore:
                 "`python -c 'import secrets; print(secrets.token_hex(32))'`"
             )
         return cls(settings.checkpoint_dir, key, settings.checkpoint_keep)
+
+    def check_writable(self) -> None:
+        """Create the root directory if needed and prove a file can be written in it.
+
+        Raises :class:`~stream.settings.SettingsError` naming ``STREAM_CHECKPOINT_DIR`` when
+        it is a regular file, cannot be created or is not writable: a worker that could never
+        checkpoint must not start (it would never commit either).
+        """
+        root = self.directory
+        if root.exists() and not root.is_dir():
+            raise SettingsError(
+                f"STREAM_CHECKPOINT_DIR={root} is not a directory (it is a file); point it at "
+                "a directory on durable storage (it is created if missing)"
+            )
+        try:
+            missing = [p for p in (root, *root.parents) if not p.exists()]
+            root.mkdir(parents=True, exist_ok=True)
+            for created in reversed(missing):
+                _fsync_dir(created.parent)
+            fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise SettingsError(
+                f"STREAM_CHECKPOINT_DIR={root} cannot be used: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}; make it a writable directory "
+                "(or unset STREAM_CHECKPOINT_DIR to run without checkpoints)"
+            ) from None
 
     # --- layout ---------------------------------------------------------------------------
 

@@ -7,10 +7,12 @@ and the tests all drive this same object with :meth:`Pipeline.process_one` (or
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream.drift import DriftMonitor
 from stream.evaluation import ModelEvaluator, rank_outcome
@@ -23,16 +25,61 @@ from stream.events import (
     Recommendation,
     Source,
 )
-from stream.models import Blend, Recommender, Scored, build_models, learns
+from stream.models import MODEL_SETTINGS, Blend, Recommender, Scored, build_models, learns
 from stream.models.blend import DEPTH
 from stream.models.popularity import Popularity
 from stream.settings import StreamSettings
 
-__all__ = ["Pipeline", "PipelineConfig", "StepResult", "merge_metrics", "merge_model_metrics"]
+__all__ = [
+    "PIPELINE_SETTINGS",
+    "Pipeline",
+    "PipelineConfig",
+    "StepResult",
+    "built_with",
+    "merge_metrics",
+    "merge_model_metrics",
+    "user_digest",
+]
 
 logger = logging.getLogger(__name__)
 
 _FALLBACK_REASON = "popular now"
+
+
+PIPELINE_SETTINGS: tuple[str, ...] = (
+    "models",
+    "recommender",
+    "top_k",
+    "history_size",
+    "weight_view",
+    "weight_click",
+    "weight_add_to_cart",
+    "weight_purchase",
+    "metric_window",
+    "drift_detector",
+    "drift_delta",
+    "drift_min_events",
+    "popularity_half_life",  # the cold-start fallback's, even without a popularity model
+    "seed",
+)
+"""Settings a :class:`Pipeline` holds on to once built (besides each model's own,
+``MODEL_SETTINGS``); everything else (topics, rating range, cadences) is read live."""
+
+
+def built_with(settings: StreamSettings) -> dict[str, Any]:
+    """The settings a Pipeline built from ``settings`` is tied to, as JSON values.
+
+    Checkpointed with the Pipeline, so a restore can tell what changed since.
+
+    >>> s = StreamSettings(models=("popularity", "knn"), recommender="knn")
+    >>> held = built_with(s)
+    >>> held["models"], held["knn_neighbors"], "mf_factors" in held
+    (['popularity', 'knn'], 50, False)
+    """
+    names = set(PIPELINE_SETTINGS)
+    for model in settings.models:
+        names.update(MODEL_SETTINGS.get(model, ()))
+    return settings.model_dump(mode="json", include=names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +164,25 @@ class Pipeline:
     (3, 3)
     """
 
-    def __init__(self, config: PipelineConfig, models: dict[str, Recommender]) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        models: dict[str, Recommender],
+        fallback: Popularity | None = None,
+    ) -> None:
         if config.recommender not in models:
             raise ValueError(f"recommender {config.recommender!r} is not one of {list(models)}")
         self.config = config
         self.models = models
+        # The settings this was built with (:func:`built_with`); {} when built by hand.
+        self.built_with: dict[str, Any] = {}
         self._learners = [(n, m) for n, m in models.items() if learns(n, m)]
-        fallback = models.get("popularity")
-        if not isinstance(fallback, Popularity):
-            fallback = Popularity(half_life=config.popularity_half_life)
+        own = models.get("popularity")
+        if isinstance(own, Popularity):
+            fallback = own
+        else:
+            if fallback is None:
+                fallback = Popularity(half_life=config.popularity_half_life)
             self._learners.append(("_fallback_popularity", fallback))
         self.fallback: Popularity = fallback
         self._weights = dict(config.implicit_weights)
@@ -158,7 +215,9 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Pipeline:
-        return cls(PipelineConfig.from_settings(settings), build_models(settings))
+        pipeline = cls(PipelineConfig.from_settings(settings), build_models(settings))
+        pipeline.built_with = built_with(settings)
+        return pipeline
 
     # --- per event ------------------------------------------------------------------------
 
@@ -326,7 +385,8 @@ class Pipeline:
         self.history.pop(user, None)
         for _, model in self._learners:
             model.forget_user(user)
-        logger.info("forgot user %r", user)
+        # Logs outlive the erasure: they get a pseudonym, never the id itself.
+        logger.info("forgot a user (id sha256 %s)", user_digest(user))
 
     # --- whole streams and summaries ----------------------------------------------------
 
@@ -363,6 +423,15 @@ class Pipeline:
             users=self.n_users,
             items=self.n_items,
         )
+
+
+def user_digest(user: Hashable) -> str:
+    """A short pseudonym of a user id for logs (the first 12 hex digits of its SHA-256).
+
+    >>> user_digest("alice")
+    '2bd806c97f0e'
+    """
+    return hashlib.sha256(str(user).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def _weighted(values: list[tuple[float | None, int]]) -> float | None:

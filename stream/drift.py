@@ -70,6 +70,12 @@ class DriftMonitor:
         self._seen: dict[tuple[str, str], int] = {}
         self.detections: list[DriftRecord] = []
 
+    def forget_models(self, names: set[str]) -> None:
+        """Drop the detectors of these models (removed, or measured afresh from now on)."""
+        for key in [k for k in self._detectors if k[0] in names]:
+            del self._detectors[key]
+            self._seen.pop(key, None)
+
     def update_one(
         self,
         model: str,

@@ -190,7 +190,7 @@ def drift_summary(drifts: list[DriftRecord], shown: int = 5) -> str:
 def run_evaluate(ns: argparse.Namespace) -> int:
     """``python -m stream evaluate``: read, evaluate, print, optionally write the report."""
     from producers.emitter import with_progress
-    from producers.formats import FormatError, parse_column_map, read_events
+    from producers.formats import FormatError, nothing_read, parse_column_map, read_events
 
     settings = load_settings()
     path: Path = ns.path
@@ -228,6 +228,10 @@ def run_evaluate(ns: argparse.Namespace) -> int:
         print(f"error: cannot read {path}: {exc}", file=sys.stderr)
         return 1
     result.rejected = reader.rejected
+    empty = nothing_read(reader, result.events)
+    if empty is not None:
+        print(f"error: {empty}", file=sys.stderr)
+        return 2
     print_table(result)
     if reader.rejected:
         print(f"{reader.rejected} malformed lines skipped (see warnings above)", file=sys.stderr)

@@ -129,7 +129,7 @@ class StreamSettings(BaseSettings):
         1_000, ge=1, description="Publish a metrics record every N events."
     )
     metrics_every_seconds: float = Field(10.0, gt=0)
-    """Also publish a metrics record at least this often."""
+    """Also publish a metrics record at least this often, idle or not."""
 
     # --- Recommendation ----------------------------------------------------------------------
     top_k: int = Field(10, ge=1, le=1_000)
@@ -244,6 +244,11 @@ class StreamSettings(BaseSettings):
     """Checkpoints kept per partition (older ones are deleted)."""
     checkpoint_key: SecretStr | None = None
     """HMAC key signing checkpoints; required with STREAM_CHECKPOINT_DIR (secret)."""
+    checkpoint_relearn_changed: bool = Field(
+        False,
+        description="On restore, rebuild empty a model whose own settings (STREAM_KNN_*, "
+        "STREAM_MF_*, ...) changed since its checkpoint, instead of refusing to start.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

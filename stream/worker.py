@@ -32,6 +32,7 @@ from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeErro
 from stream.kafka.source import EventSource
 from stream.log_sampler import LogSampler
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
+from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
 
 __all__ = ["RunSummary", "Worker"]
@@ -39,6 +40,10 @@ __all__ = ["RunSummary", "Worker"]
 logger = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+
+# Consecutive failed checkpoints of one partition after which the worker reports not ready
+# (one failure can be a blip; the next one means nothing is being made safe).
+CHECKPOINT_FAILURES_UNREADY = 2
 
 
 @dataclass
@@ -54,6 +59,8 @@ class RunSummary:
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     stopped_by: str = ""
     last_metrics: MetricsRecord | None = None
+    # Records consumed whose offsets were never committed: a restart consumes them again.
+    uncommitted: int = 0
 
     def accuracy_line(self, model: str) -> str:
         """The served model's HR@K, windowed and cumulative, from the last metrics record.
@@ -126,6 +133,11 @@ class Worker:
         # safe point).
         self._unsafe = ""
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each shard's last save
+        # Per partition, the first offset not yet committed (what a restart resumes from).
+        self._safe_from: dict[TopicPartition, int] = {}
+        # Per partition, consecutive failed checkpoints and the last error.
+        self._checkpoint_failures: dict[TopicPartition, tuple[int, str]] = {}
+        self._last_checkpoint_error = ""
         self._server: MetricsServer | None = None
         self._source: EventSource | None = None
         self._sink: RecordSink | None = None
@@ -176,6 +188,9 @@ class Worker:
         """Run until ``max_events`` records were consumed, ``idle_timeout`` seconds passed
         without a record, or a stop was requested (SIGTERM/SIGINT)."""
         s = self.settings
+        if self.checkpoints is not None:
+            self.checkpoints.check_writable()
+            check_restorable(self.checkpoints, s)
         if s.metrics_port:
             self._server = MetricsServer(self.registry, self.health, s.metrics_host, s.metrics_port)
             self._server.start()
@@ -220,8 +235,9 @@ class Worker:
                 break
             batch = self._source.poll_batch(self.settings.poll_timeout_ms)
             self._update_readiness()
-            if not self.health.ready:
-                # Joining the group takes seconds: a worker is idle only once it has partitions.
+            if self._source.broker_lost or not self._source.assignment():
+                # Joining the group takes seconds: a worker is idle only once it has partitions
+                # (and a broker; failing checkpoints, though not ready, do not stop the clock).
                 last_record_at = time.monotonic()
             if budget is not None:
                 batch = batch[:budget]
@@ -229,7 +245,10 @@ class Worker:
                 last_record_at = time.monotonic()
                 for record in batch:
                     self._handle_one(record)
-                self._after_batch()
+            # On every poll, empty ones too: an idle worker still reports on time.
+            self._maybe_publish_metrics()
+            if batch:
+                self._make_safe(force_checkpoint=False)
             else:
                 if self._positions:
                     # Quiet topic: what the last batches left unflushed is made safe on time.
@@ -250,12 +269,20 @@ class Worker:
             self._dead_letter_log.flush()
             self._error_log.flush()
             if self._source is not None:
-                self._source.close()
+                self._source.close()  # revokes: the partitions' shards are dropped and counted
+            self._drop(list(self._positions))
             if self._sink is not None:
                 self._sink.close()
             if self._server is not None:
                 self._server.stop()
             self._set_ready(False, "stopped")
+            if self.summary.uncommitted:
+                logger.error(
+                    "%d consumed record(s) are not yet safe: their offsets were not committed "
+                    "(%s), so the next run consumes them again",
+                    self.summary.uncommitted,
+                    self._unsafe or self._last_checkpoint_error or "the commit failed",
+                )
 
     # --- per record ---------------------------------------------------------------------------
 
@@ -297,6 +324,7 @@ class Worker:
                 now = time.time()
                 self.metrics.event_lag.set(now - decoded.timestamp)
                 self.metrics.last_event.set(now)
+        self._safe_from.setdefault(tp, record.offset)
         self._positions[tp] = record.offset + 1
         self._since_metrics += 1
         self._since_checkpoint += 1
@@ -355,11 +383,9 @@ class Worker:
 
     # --- batches, metrics, safety ------------------------------------------------------------
 
-    def _after_batch(self) -> None:
-        now = time.monotonic()
-        if now - self._last_metrics_at >= self.settings.metrics_every_seconds:
+    def _maybe_publish_metrics(self) -> None:
+        if time.monotonic() - self._last_metrics_at >= self.settings.metrics_every_seconds:
             self._publish_metrics()
-        self._make_safe(force_checkpoint=False)
 
     def _make_safe(self, force_checkpoint: bool) -> None:
         """Flush outputs, then commit what is safe: everything flushed (no checkpoints) or
@@ -393,6 +419,7 @@ class Worker:
         assert self._source is not None
         if safe and self._source.commit(safe):
             self.summary.committed.update(safe)
+            self._safe_from.update(safe)
 
     def _on_flush_wait(self, broker_connected: bool) -> None:
         """A flush is waiting for the broker: the loop is alive, and not ready while the
@@ -469,25 +496,54 @@ class Worker:
                 continue
             try:
                 self.checkpoints.save(tp, self.shards[tp], self._positions[tp])
-            except OSError:
-                logger.exception("checkpoint of %s[%d] failed; offsets not committed", *tp)
+            except OSError as exc:
+                logger.error("checkpoint of %s[%d] failed; offsets not committed: %s", *tp, exc)
                 self.metrics.checkpoints.labels("failed").inc()
+                failures = self._checkpoint_failures.get(tp, (0, ""))[0] + 1
+                self._last_checkpoint_error = f"checkpoint failed: {type(exc).__name__}: {exc}"
+                self._checkpoint_failures[tp] = (failures, f"{type(exc).__name__}: {exc}")
                 continue
             self.metrics.checkpoints.labels("ok").inc()
+            self._checkpoint_failures.pop(tp, None)
             written[tp] = self._checkpointed[tp] = self._positions[tp]
         if written:
             self.metrics.checkpoint_last.set(time.time())
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
+        failing = self._failing_checkpoints()
+        if failing:
+            self._set_ready(False, failing)
         return written
+
+    def _failing_checkpoints(self) -> str:
+        """Why readiness is false because checkpoints keep failing ("" while they do not)."""
+        failing = sorted(
+            (tp, n, error)
+            for tp, (n, error) in self._checkpoint_failures.items()
+            if n >= CHECKPOINT_FAILURES_UNREADY
+        )
+        if not failing:
+            return ""
+        unsafe = sum(
+            self._positions.get(tp, 0) - self._safe_from.get(tp, 0) for tp, _, _ in failing
+        )
+        (topic, partition), n, error = failing[0]
+        return (
+            f"checkpoints failing ({len(failing)} partition(s); {topic}[{partition}]: {n} in a "
+            f"row, last {error}); {unsafe} consumed record(s) not yet safe"
+        )
 
     def _publish_metrics(self) -> None:
         assert self._sink is not None
         self._since_metrics = 0
         self._last_metrics_at = time.monotonic()
-        if not self.shards:
+        if self.shards:
+            record = merge_metrics([p.metrics_record() for p in self.shards.values()])
+        elif self._source is not None and self._source.assignment():
+            # Partitions but no event yet: a record of the empty state says so on time.
+            record = self._new_pipeline().metrics_record()
+        else:
             return
-        record = merge_metrics([p.metrics_record() for p in self.shards.values()])
         record.drifts = self._pending_drifts
         self._pending_drifts = []
         if record.drifts:  # one line per metrics record, not one per detection
@@ -543,6 +599,8 @@ class Worker:
             ready, reason = False, "Kafka broker unreachable"
         elif not self._source.assignment():
             ready, reason = False, "no partitions assigned"
+        elif failing := self._failing_checkpoints():
+            ready, reason = False, failing
         else:
             ready, reason = True, ""
         self._set_ready(ready, reason)
@@ -564,8 +622,16 @@ class Worker:
             if restored is None:
                 continue
             pipeline, offset = restored
+            where = f"the checkpoint of {tp[0]}[{tp[1]}]"
+            pipeline, plan = apply_settings(pipeline, self.settings, where)
+            if plan.applied:
+                logger.warning(
+                    "settings changed since %s, applied: %s",
+                    where,
+                    "; ".join(str(c) for c in plan.applied),
+                )
             self.shards[tp] = pipeline
-            self._positions[tp] = self._checkpointed[tp] = offset
+            self._positions[tp] = self._checkpointed[tp] = self._safe_from[tp] = offset
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
         return seek
@@ -591,6 +657,10 @@ class Worker:
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._checkpointed.pop(tp, None)
+            self._checkpoint_failures.pop(tp, None)
             self.shards.pop(tp, None)
-            self._positions.pop(tp, None)
+            position = self._positions.pop(tp, None)
+            safe_from = self._safe_from.pop(tp, None)
+            if position is not None and safe_from is not None:
+                self.summary.uncommitted += max(0, position - safe_from)
         self.metrics.forget_partitions(partitions)

@@ -139,7 +139,11 @@ def ensure_topics(
             raise TopicError(f"topics not visible in metadata: {exc}") from None
         sizes = topic_partitions(admin, names)
         for name, wanted in topics.items():
-            if sizes.get(name, wanted) != wanted:
+            if sizes.get(name, wanted) == wanted:
+                continue
+            if name == settings.events_topic:
+                _warn_events_partitions(name, sizes[name], wanted)
+            else:
                 logger.warning(
                     "topic %s exists with %d partitions, not %d; keeping it as it is",
                     name,
@@ -149,3 +153,21 @@ def ensure_topics(
         return sizes
     finally:
         admin.close()
+
+
+def _warn_events_partitions(topic: str, actual: int, wanted: int) -> None:
+    """The events topic's partition count decides how the worker shards its models."""
+    logger.warning(
+        "events topic %s has %d partition(s) but STREAM_EVENTS_PARTITIONS=%d: the worker keeps "
+        "one independent set of models per partition (each learns only the users keyed to "
+        "it), so its recommendations and accuracy are those of %d shards, not %d. Keeping the "
+        "topic as it is: set STREAM_EVENTS_PARTITIONS=%d to accept it, or delete the topic "
+        "(and the group's offsets and checkpoints) and create it again with %d",
+        topic,
+        actual,
+        wanted,
+        actual,
+        wanted,
+        actual,
+        wanted,
+    )

@@ -7,10 +7,11 @@ from stream.models.blend import Blend
 from stream.models.knn import ItemKNN
 from stream.models.mf import MatrixFactorization
 from stream.models.popularity import Popularity
-from stream.models.registry import MODEL_REGISTRY, build_models, learns
+from stream.models.registry import MODEL_REGISTRY, MODEL_SETTINGS, build_models, learns
 
 __all__ = [
     "MODEL_REGISTRY",
+    "MODEL_SETTINGS",
     "Blend",
     "ItemKNN",
     "MatrixFactorization",

@@ -14,7 +14,7 @@ from stream.models.mf import MatrixFactorization, MFKind
 from stream.models.popularity import Popularity
 from stream.settings import StreamSettings
 
-__all__ = ["MODEL_REGISTRY", "build_models", "learns"]
+__all__ = ["MODEL_REGISTRY", "MODEL_SETTINGS", "build_models", "learns"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,27 @@ MODEL_REGISTRY: dict[str, Callable[[StreamSettings], Recommender]] = {
 }
 """Every model by name. ``blend`` builds a stand-alone blend with its own components; in a
 pipeline, :func:`build_models` builds it over the pipeline's instances instead."""
+
+
+_MF_SETTINGS = (
+    "mf_factors",
+    "mf_learning_rate",
+    "mf_bias_learning_rate",
+    "mf_l2",
+    "mf_init_std",
+    "negative_samples",
+    "seed",
+)
+
+MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "popularity": ("popularity_half_life",),
+    "knn": ("knn_neighbors", "knn_history", "knn_half_life", "seed"),
+    "biased_mf": _MF_SETTINGS,
+    "funk_mf": _MF_SETTINGS,
+    "blend": ("blend",),
+}
+"""The settings each factory reads: what a learned model is tied to once built (a restored
+checkpoint compares them with the current settings, see :mod:`stream.restore`)."""
 
 
 def build_models(settings: StreamSettings) -> dict[str, Recommender]:

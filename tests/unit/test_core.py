@@ -9,6 +9,7 @@ determinism, merging shards, and drift on a stream with a known abrupt change.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from producers.synthetic import SyntheticConfig, SyntheticStream
-from stream.core import Pipeline, StepResult, merge_metrics
+from stream.core import Pipeline, StepResult, merge_metrics, user_digest
 from stream.evaluation import ModelEvaluator
 from stream.events import DriftRecord, Event, MetricsRecord, ModelMetrics, Source
 from stream.settings import StreamSettings
@@ -297,6 +298,18 @@ def test_forget_reaches_the_internal_fallback_too() -> None:
     n = p.models["knn"].n_users
     p.process_one(forget("u1"), Source("t", 0, 200))
     assert p.models["knn"].n_users == n - 1 and "u1" not in p.history
+
+
+def test_a_forgotten_users_id_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    user = "erase-me-5b2f0"
+    p = Pipeline.from_settings(settings(models=("popularity", "knn", "biased_mf", "blend")))
+    list(p.run([*clustered(200), ev(user, "i1"), ev(user, "i2")]))
+    with caplog.at_level(logging.DEBUG):
+        p.process_one(forget(user), Source("t", 0, 202))
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(user_digest(user) in line for line in logged), logged  # still traceable
+    assert not [line for line in logged if user in line]
+    assert user_digest(user) != user_digest("erase-me-5b2f1")
 
 
 # --- determinism --------------------------------------------------------------------------

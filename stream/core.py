@@ -74,12 +74,15 @@ def built_with(settings: StreamSettings) -> dict[str, Any]:
     >>> s = StreamSettings(models=("popularity", "knn"), recommender="knn")
     >>> held = built_with(s)
     >>> held["models"], held["knn_neighbors"], "mf_factors" in held
-    (['popularity', 'knn'], 50, False)
+    (['popularity', 'knn'], 100, False)
     """
     names = set(PIPELINE_SETTINGS)
     for model in settings.models:
         names.update(MODEL_SETTINGS.get(model, ()))
-    return settings.model_dump(mode="json", include=names)
+    held = settings.model_dump(mode="json", include=names)
+    if "blend" in held:  # what the blend fuses, also when STREAM_BLEND is left to its default
+        held["blend"] = settings.blend_weights()
+    return held
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from stream.checkpoint import CheckpointError, CheckpointStore, read_info
 from stream.core import PIPELINE_SETTINGS, Pipeline, PipelineConfig, built_with
-from stream.models import MODEL_SETTINGS, Blend, Recommender, build_models
+from stream.models import MODEL_SETTINGS, Blend, Recommender, build_blend, build_models
 from stream.settings import SettingsError, StreamSettings
 
 __all__ = [
@@ -58,6 +58,8 @@ _APPLIED_NOTES: dict[str, str] = {
     "drift_delta": "drift detectors restart",
     "drift_min_events": "applies to the running detectors",
     "blend": "blend re-weighted; its accuracy restarts",
+    "blend_learning_rate": "the blend's weights learn at the new rate from the next event",
+    "blend_half_life": "the blend's weights forget at the new rate from the next event",
     "seed": "seeds the models built from now on",
 }
 # Settings a learned model's state depends on, by model (the blend holds no state of its own).
@@ -147,7 +149,7 @@ def plan_restore(
     ...                      recommender="biased_mf", knn_neighbors=20)
     >>> plan = plan_restore(built_with(old), new)
     >>> [c.name for c in plan.applied], [str(c) for c in plan.refused]
-    (['models', 'recommender', 'top_k'], ['STREAM_KNN_NEIGHBORS 50 -> 20 (knn learned with 50)'])
+    (['models', 'recommender', 'top_k'], ['STREAM_KNN_NEIGHBORS 100 -> 20 (knn learned with 100)'])
     """
     new = built_with(settings)
     old_models = list(old.get("models", []))
@@ -301,9 +303,11 @@ def _rebuilt(old: Pipeline, settings: StreamSettings, plan: RestorePlan) -> Pipe
         else:
             models[wanted] = fresh[wanted]
     if "blend" in models:
-        models["blend"] = Blend(
-            {n: models[n] for n in settings.blend}, dict(settings.blend), learns_components=False
-        )
+        blend = build_blend(settings, models)
+        previous = old.models.get("blend")
+        if "blend" not in changed and isinstance(previous, Blend):
+            blend.carry_weights(previous)  # same components: the learned weights still hold
+        models["blend"] = blend
     fallback = old.fallback if reuse_fallback else None
     pipeline = Pipeline(PipelineConfig.from_settings(settings), models, fallback=fallback)
     pipeline.built_with = built_with(settings)

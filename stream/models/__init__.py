@@ -7,7 +7,13 @@ from stream.models.blend import Blend
 from stream.models.knn import ItemKNN
 from stream.models.mf import MatrixFactorization
 from stream.models.popularity import Popularity
-from stream.models.registry import MODEL_REGISTRY, MODEL_SETTINGS, build_models, learns
+from stream.models.registry import (
+    MODEL_REGISTRY,
+    MODEL_SETTINGS,
+    build_blend,
+    build_models,
+    learns,
+)
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -18,6 +24,7 @@ __all__ = [
     "Popularity",
     "Recommender",
     "Scored",
+    "build_blend",
     "build_models",
     "learns",
 ]

@@ -132,6 +132,20 @@ class Blend(Recommender):
             for component in self.components.values():
                 component.learn_one(user, item, y, x)
 
+    def carry_weights(self, other: Blend) -> None:
+        """Continue from ``other``'s learned weights (a restore that keeps the same components
+        rebuilds the blend over the restored instances); nothing happens if they differ."""
+        if [n for n, _, _ in other._active] != [n for n, _, _ in self._active]:
+            return
+        self._active = [
+            (name, component, weight)
+            for (name, component, _), (_, _, weight) in zip(
+                self._active, other._active, strict=True
+            )
+        ]
+        self._gains = list(other._gains)
+        self.updates = other.updates
+
     @property
     def current_weights(self) -> dict[str, float]:
         """The weights the fusion uses now (learned ones when ``learning_rate`` > 0)."""

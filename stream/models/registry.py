@@ -14,7 +14,7 @@ from stream.models.mf import MatrixFactorization, MFKind
 from stream.models.popularity import Popularity
 from stream.settings import StreamSettings
 
-__all__ = ["MODEL_REGISTRY", "MODEL_SETTINGS", "build_models", "learns"]
+__all__ = ["MODEL_REGISTRY", "MODEL_SETTINGS", "build_blend", "build_models", "learns"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +123,36 @@ _MF_SETTINGS = (
 
 MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     "popularity": ("popularity_half_life",),
-    "knn": ("knn_neighbors", "knn_history", "knn_half_life", "seed"),
+    "knn": (
+        "knn_neighbors",
+        "knn_history",
+        "knn_half_life",
+        "knn_alpha",
+        "knn_distance_decay",
+        "knn_recency",
+        "knn_weighted",
+        "seed",
+    ),
+    "sequence": (
+        "knn_neighbors",
+        "sequence_history",
+        "knn_half_life",
+        "knn_alpha",
+        "sequence_decay",
+        "knn_weighted",
+        "seed",
+    ),
+    "bpr": (
+        "bpr_factors",
+        "bpr_learning_rate",
+        "bpr_l2",
+        "negative_samples",
+        "mf_init_std",
+        "seed",
+    ),
     "biased_mf": _MF_SETTINGS,
     "funk_mf": _MF_SETTINGS,
-    "blend": ("blend",),
+    "blend": ("blend", "blend_learning_rate", "blend_half_life", "top_k"),
 }
 """The settings each factory reads: what a learned model is tied to once built (a restored
 checkpoint compares them with the current settings, see :mod:`stream.restore`)."""
@@ -162,14 +188,23 @@ def build_models(settings: StreamSettings) -> dict[str, Recommender]:
         missing = [n for n in weights if n not in built]
         if missing:
             raise ValueError(f"blend names models that are not configured: {missing}")
-        models[name] = Blend(
-            {n: built[n] for n in weights},
-            weights,
-            learns_components=False,
-            **_blend_options(settings),
-        )
+        models[name] = build_blend(settings, built)
     logger.debug("built models %s", list(models))
     return models
+
+
+def build_blend(settings: StreamSettings, models: dict[str, Recommender]) -> Blend:
+    """The configured blend over ``models``' instances (it does not learn them itself)."""
+    weights = settings.blend_weights()
+    missing = [n for n in weights if n not in models]
+    if missing:
+        raise ValueError(f"blend names models that are not configured: {missing}")
+    return Blend(
+        {n: models[n] for n in weights},
+        weights,
+        learns_components=False,
+        **_blend_options(settings),
+    )
 
 
 def learns(name: str, model: Recommender) -> bool:

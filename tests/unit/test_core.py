@@ -179,9 +179,10 @@ def test_rating_errors_only_for_rating_models_and_measured_before_learning() -> 
     for i, event in enumerate(events):
         if event.event_type == "rating":
             assert event.rating is not None
-            errors.append(
-                event.rating - float(p.models["biased_mf"].predict_one(event.user_id, event.item))
-            )
+            predicted = float(p.models["biased_mf"].predict_one(event.user_id, event.item))
+            # Scored on the valid rating scale: a prediction outside it is clipped.
+            clipped = min(max(predicted, p.config.rating_min), p.config.rating_max)
+            errors.append(event.rating - clipped)
         p.process_one(event, Source("t", 0, i))
     n_ratings = sum(e.event_type == "rating" for e in events)
     assert n_ratings == len(errors) > 100

@@ -227,7 +227,7 @@ def test_the_start_check_reads_every_partitions_newest_header(tmp_path: Path) ->
         check_restorable(store, settings(events_topic="events", top_k=3))
     message = str(info.value)
     assert message.startswith("the checkpoint of events[1] was learned with other settings")
-    assert "STREAM_KNN_NEIGHBORS 7 -> 50" in message
+    assert "STREAM_KNN_NEIGHBORS 7 -> 100" in message
     with pytest.raises(RestoreRefusedError) as info:
         check_restorable(store, settings(events_topic="events", knn_neighbors=8))
     both = str(info.value)

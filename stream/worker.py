@@ -26,7 +26,7 @@ from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline, merge_metrics
 from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
-from stream.kafka.admin import ensure_topics
+from stream.kafka.admin import COMPACTED, ensure_topics
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
@@ -138,6 +138,9 @@ class Worker:
                     s.dead_letter_topic: 1,
                 },
                 timeout_s=s.broker_wait_seconds,
+                # Latest top-K per user: compaction keeps one record per key and the tombstone
+                # of a forgotten user deletes theirs (``stream serve`` reads it as a table).
+                configs={s.recommendations_topic: COMPACTED},
             )
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
             self._source = EventSource(

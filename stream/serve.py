@@ -280,10 +280,13 @@ class RecommendationService:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop answering, close the socket and the topic reader (also when never started)."""
+        if self._http.is_alive():
+            self._server.shutdown()
         self._server.server_close()
         self._materializer.stop()
-        self._materializer.join(timeout=10)
+        if self._materializer.is_alive():
+            self._materializer.join(timeout=10)
 
     def authorized(self, header: str | None) -> bool:
         """Whether ``header`` (``Authorization``) carries the token, when one is set."""

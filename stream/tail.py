@@ -311,9 +311,14 @@ def run_tail(ns: argparse.Namespace, settings: StreamSettings) -> int:
     render = json_one if ns.json else describe_one
     reader = TopicReader(settings, ns.topic, from_beginning=ns.from_beginning)
     printed = 0
+    announced = False
     try:
         while True:
             records = reader.poll()
+            if not announced and reader.positioned():
+                announced = True
+                where = "the beginning" if ns.from_beginning else f"offsets {reader.start_marks}"
+                logger.info("reading %s from %s", ns.topic, where)
             for record in records:
                 if key is not None and record.key != key:
                     continue

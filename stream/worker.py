@@ -32,11 +32,24 @@ from stream.kafka.source import EventSource
 from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.settings import StreamSettings
 
-__all__ = ["RunSummary", "Worker"]
+__all__ = ["RunSummary", "Worker", "topic_layout"]
 
 logger = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+
+
+def topic_layout(s: StreamSettings) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The topics the worker creates when missing: partitions, and configs by topic."""
+    sizes = {
+        s.events_topic: s.events_partitions,
+        s.recommendations_topic: 1,
+        s.metrics_topic: 1,
+        s.dead_letter_topic: 1,
+    }
+    # Latest top-K per user: compaction keeps one record per key and the tombstone of a
+    # forgotten user deletes theirs (``stream serve`` reads the topic as a table).
+    return sizes, {s.recommendations_topic: COMPACTED}
 
 
 @dataclass
@@ -129,19 +142,8 @@ class Worker:
             self._server.start()
             logger.info("serving /metrics, /healthz, /readyz on port %d", self._server.port)
         try:
-            ensure_topics(
-                s,
-                {
-                    s.events_topic: s.events_partitions,
-                    s.recommendations_topic: 1,
-                    s.metrics_topic: 1,
-                    s.dead_letter_topic: 1,
-                },
-                timeout_s=s.broker_wait_seconds,
-                # Latest top-K per user: compaction keeps one record per key and the tombstone
-                # of a forgotten user deletes theirs (``stream serve`` reads it as a table).
-                configs={s.recommendations_topic: COMPACTED},
-            )
+            sizes, configs = topic_layout(s)
+            ensure_topics(s, sizes, timeout_s=s.broker_wait_seconds, configs=configs)
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked

@@ -160,6 +160,11 @@ class TopicReader:
             self.start_marks.setdefault(tp.partition, int(high))
             self._positions[tp.partition] = int(self._consumer.position(tp, timeout_ms=1_000))
 
+    def positioned(self) -> bool:
+        """Whether every partition's start is known (from now on, :meth:`poll` returns what
+        follows it)."""
+        return len(self.start_marks) == len(self._tps) and not self._skip_to_end
+
     def caught_up(self) -> bool:
         """Whether every partition was read up to its high watermark at the start."""
         if len(self.start_marks) < len(self._tps) or self._skip_to_end:

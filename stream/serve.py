@@ -441,12 +441,22 @@ def _handler_class(service: RecommendationService) -> type[BaseHTTPRequestHandle
                 self.wfile.write(body)
             return code
 
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            if self.request_version == "HTTP/0.9":  # no status line, no headers: refuse it
+                self.send_error(505, "HTTP/0.9 is not supported; use HTTP/1.1")
+                return False
+            return True
+
         def send_error(
             self, code: int, message: str | None = None, explain: str | None = None
         ) -> None:
             # The standard library's replies to malformed requests (400, 414, 431, 501) are
             # HTML; ours are JSON like every other error.
             self.close_connection = True
+            if self.request_version == "HTTP/0.9":  # a malformed request line: answer in 1.1
+                self.request_version = "HTTP/1.1"
             try:
                 phrase = HTTPStatus(code).phrase
             except ValueError:

@@ -173,16 +173,20 @@ class _Materializer(threading.Thread):
 
     def run(self) -> None:
         from stream.kafka.admin import COMPACTED, ensure_topics
-        from stream.kafka.reader import TopicReader
+        from stream.kafka.reader import TopicNotFoundError, TopicReader
 
         s = self.settings
         topic = s.recommendations_topic
         try:
-            # The worker creates it the same way; serve may start first.
-            ensure_topics(
-                s, {topic: 1}, timeout_s=s.broker_wait_seconds, configs={topic: COMPACTED}
-            )
-            reader = TopicReader(s, topic, from_beginning=True)
+            try:
+                reader = TopicReader(s, topic, from_beginning=True, topic_wait_s=2.0)
+            except TopicNotFoundError:
+                # Serve started before any worker: create it as the worker would (an existing
+                # topic keeps whatever partitions it was given, e.g. by deploy/).
+                ensure_topics(
+                    s, {topic: 1}, timeout_s=s.broker_wait_seconds, configs={topic: COMPACTED}
+                )
+                reader = TopicReader(s, topic, from_beginning=True)
         except BaseException as exc:
             self._fail(exc)
             return

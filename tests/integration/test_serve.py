@@ -355,3 +355,38 @@ def test_the_serve_command(kafka_bootstrap: str, settings: StreamSettings) -> No
         proc.kill()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_started_before_the_worker_it_creates_the_topic_and_follows_it(
+    kafka_bootstrap: str,
+) -> None:
+    s = settings_for(kafka_bootstrap, serve_port=0)  # its recommendations topic does not exist
+    svc = _service(s)
+    try:
+        _ready(svc)
+        assert _get(svc.port, "/readyz")[1]["users"] == 0
+        produce(kafka_bootstrap, s.recommendations_topic, [_rec("late", "i1")], [b"late"])
+        wait_for(lambda: _get(svc.port, "/users/late/recommendations")[0] == 200, 30, "late served")
+    finally:
+        svc.stop()
+
+
+def test_every_partition_is_read(kafka_bootstrap: str) -> None:
+    s = settings_for(kafka_bootstrap, serve_port=0)
+    ensure_topics(s, {s.recommendations_topic: 3}, timeout_s=30)  # as deploy/ creates it: 6
+    for p in range(3):
+        users = [f"p{p}-u{i}" for i in range(5)]
+        produce(
+            kafka_bootstrap,
+            s.recommendations_topic,
+            [_rec(u, "i") for u in users],
+            [u.encode() for u in users],
+            partition=p,
+        )
+    svc = _service(s)
+    try:
+        _ready(svc)
+        assert _get(svc.port, "/readyz")[1]["users"] == 15
+        assert _get(svc.port, "/users/p2-u4/recommendations")[0] == 200
+    finally:
+        svc.stop()

@@ -224,3 +224,5 @@ def test_a_missing_topic_is_a_clear_error(kafka_bootstrap: str) -> None:
     assert out.returncode == 1
     assert "error: topic 'no-such-topic-" in out.stderr and "not found" in out.stderr
     assert "Traceback" not in out.stderr
+    out = _tail(s, "whatever", "--limit", "0")
+    assert out.returncode == 2 and "--limit must be at least 1" in out.stderr

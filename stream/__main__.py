@@ -1,4 +1,4 @@
-"""Command line: ``python -m stream {worker,broker,demo,evaluate,checkpoint,schema}``.
+"""Command line: ``python -m stream {worker,broker,demo,evaluate,checkpoint,schema,tail,serve}``.
 
 Every flag that mirrors a setting defaults from its ``STREAM_*`` environment variable (and
 ``.env``); ``--help`` names the variable. Flags override the environment.
@@ -113,8 +113,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schemas of every record")
     s.add_argument("--output", type=Path, default=None, help="write one file per record here")
+    _add_reader_commands(sub)
     finish_parser(parser, log_level_flag=True)
     return parser
+
+
+def _add_reader_commands(sub: Any) -> None:
+    """``tail`` and ``serve``: each module registers its subcommand and its handler."""
+    from stream.serve import register as register_serve
+    from stream.tail import register as register_tail
+
+    register_tail(sub)
+    register_serve(sub)
 
 
 def _configure_logging(level: int) -> None:
@@ -232,6 +242,9 @@ def _main(argv: Sequence[str] | None) -> int:
     from stream.settings import SettingsError
 
     try:
+        handler = getattr(ns, "handler", None)
+        if handler is not None:  # subcommands registered with their handler (tail, serve)
+            return int(handler(ns))
         if ns.command == "worker":
             return _cmd_worker(ns)
         if ns.command == "broker":

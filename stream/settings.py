@@ -131,6 +131,15 @@ class StreamSettings(BaseSettings):
     metrics_every_seconds: float = Field(10.0, gt=0)
     """Also publish a metrics record at least this often, idle or not."""
 
+    # --- stream serve (the recommendations HTTP service) --------------------------------------
+    serve_host: str = "127.0.0.1"
+    """Address `stream serve` listens on (0.0.0.0: every interface; set a token then)."""
+    serve_port: int = Field(
+        8080, ge=0, le=65_535, description="Port of `stream serve`; 0 = any free port."
+    )
+    serve_token: SecretStr | None = None
+    """Bearer token `stream serve` requires on /users/... requests when set (secret)."""
+
     # --- Recommendation ----------------------------------------------------------------------
     top_k: int = Field(10, ge=1, le=1_000)
     """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
@@ -285,6 +294,14 @@ class StreamSettings(BaseSettings):
     def kafka_compression(self) -> str | None:
         """``compression_type`` as kafka-python's producers take it (``None``: uncompressed)."""
         return None if self.compression_type == "none" else self.compression_type
+
+    @field_validator("serve_token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token would "protect" the service with an empty password: unset it instead.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty; unset it to serve without a token")
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -27,7 +27,7 @@ from stream.core import Pipeline, merge_metrics
 from stream.drift import drift_counts
 from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
-from stream.kafka.admin import ensure_topics
+from stream.kafka.admin import COMPACTED, ensure_topics
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
 from stream.log_sampler import LogSampler
@@ -35,7 +35,7 @@ from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
 
-__all__ = ["RunSummary", "Worker"]
+__all__ = ["RunSummary", "Worker", "topic_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,19 @@ TopicPartition = tuple[str, int]
 # Consecutive failed checkpoints of one partition after which the worker reports not ready
 # (one failure can be a blip; the next one means nothing is being made safe).
 CHECKPOINT_FAILURES_UNREADY = 2
+
+
+def topic_layout(s: StreamSettings) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The topics the worker creates when missing: partitions, and configs by topic."""
+    sizes = {
+        s.events_topic: s.events_partitions,
+        s.recommendations_topic: 1,
+        s.metrics_topic: 1,
+        s.dead_letter_topic: 1,
+    }
+    # Latest top-K per user: compaction keeps one record per key and the tombstone of a
+    # forgotten user deletes theirs (``stream serve`` reads the topic as a table).
+    return sizes, {s.recommendations_topic: COMPACTED}
 
 
 @dataclass
@@ -196,16 +209,13 @@ class Worker:
             self._server.start()
             logger.info("serving /metrics, /healthz, /readyz on port %d", self._server.port)
         try:
+            sizes, configs = topic_layout(s)
             ensure_topics(
                 s,
-                {
-                    s.events_topic: s.events_partitions,
-                    s.recommendations_topic: 1,
-                    s.metrics_topic: 1,
-                    s.dead_letter_topic: 1,
-                },
+                sizes,
                 timeout_s=s.broker_wait_seconds,
                 wait_setting="STREAM_BROKER_WAIT_SECONDS",
+                configs=configs,
             )
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
             self._source = EventSource(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from kafka import errors as kafka_errors
@@ -16,11 +17,14 @@ from kafka.admin import KafkaAdminClient
 from stream.kafka import Backoff, BrokerUnavailableError, build_client
 from stream.settings import StreamSettings
 
-__all__ = ["TopicError", "ensure_topics", "topic_partitions"]
+__all__ = ["COMPACTED", "TopicError", "ensure_topics", "topic_partitions", "topic_specs"]
 
 logger = logging.getLogger(__name__)
 
 _ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+
+COMPACTED: dict[str, str] = {"cleanup.policy": "compact"}
+"""Config of a topic read as a table (latest value per key; a tombstone deletes the key)."""
 
 
 class TopicError(RuntimeError):
@@ -87,14 +91,35 @@ def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
     return found
 
 
+def topic_specs(
+    topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The ``create_topics`` request for ``topics`` (name → partitions) with their ``configs``.
+
+    >>> topic_specs({"recs": 1}, {"recs": COMPACTED})
+    {'recs': {'num_partitions': 1, 'configs': {'cleanup.policy': 'compact'}}}
+    """
+    specs: dict[str, dict[str, Any]] = {}
+    for name, partitions in topics.items():
+        spec: dict[str, Any] = {"num_partitions": partitions}
+        if configs and configs.get(name):
+            spec["configs"] = dict(configs[name])
+        specs[name] = spec
+    return specs
+
+
 def ensure_topics(
     settings: StreamSettings,
     topics: dict[str, int],
     timeout_s: float | None = 60.0,
     *,
     wait_setting: str | None = None,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, int]:
     """Create the missing ``topics`` (name → partitions) and wait until metadata shows them.
+
+    ``configs`` (name → topic configs, e.g. :data:`COMPACTED`) apply to topics created here;
+    an existing topic keeps its configs.
 
     An existing topic is kept as it is (a warning names a partition count other than the one
     asked for). Retries with backoff while the broker is unreachable, for up to ``timeout_s``
@@ -118,7 +143,7 @@ def ensure_topics(
         missing = {name: topics[name] for name in names if name not in existing}
         if missing:
             result = admin.create_topics(
-                {name: {"num_partitions": n} for name, n in missing.items()},
+                topic_specs(missing, configs),
                 raise_errors=False,
             )
             for info in result["topics"]:

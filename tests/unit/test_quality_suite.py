@@ -23,7 +23,7 @@ from reference import PlainItemKNN, RecencyItemKNN
 from streams import STREAMS
 
 from stream.evaluate import EvaluationResult
-from stream.events import IMPLICIT_TYPES, ModelMetrics
+from stream.events import IMPLICIT_TYPES, Event, ModelMetrics
 from stream.models import MODEL_REGISTRY, Blend
 from stream.settings import StreamSettings
 
@@ -64,15 +64,16 @@ def test_scale_multiplies_the_number_of_events(name: str) -> None:
     assert 1.8 * small <= large <= 2.2 * small
 
 
-def _successor_share(events: list) -> float:  # type: ignore[type-arg]
+def _successor_share(events: list[Event]) -> float:
     """Share of each item's transitions (a user's next new item) going to its top successor."""
     last: dict[str, str] = {}
     moves: dict[str, Counter[str]] = defaultdict(Counter)
     for e in events:
+        item = e.item_id or ""
         prev = last.get(e.user_id)
-        if prev is not None and prev != e.item_id:
-            moves[prev][e.item_id] += 1
-        last[e.user_id] = e.item_id
+        if prev is not None and prev != item:
+            moves[prev][item] += 1
+        last[e.user_id] = item
     total = sum(sum(c.values()) for c in moves.values())
     return sum(c.most_common(1)[0][1] for c in moves.values()) / total
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from ml100k import DEFAULT_DIR, ensure_ml100k
 
 from producers.formats import read_events
 from producers.synthetic import SyntheticConfig, SyntheticStream
-from stream.events import Event
+from stream.events import Event, EventType
 
 __all__ = [
     "STREAMS",
@@ -79,7 +80,7 @@ def _event(
     return Event(
         user_id=f"u{user}",
         item_id=f"i{item}",
-        event_type=kind,  # type: ignore[arg-type]
+        event_type=typing.cast(EventType, kind),  # checked by Event's validation
         rating=rating,
         timestamp=round(at, 3),
     )

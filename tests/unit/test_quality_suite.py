@@ -8,6 +8,8 @@ hand-computed examples, and that the summary compares the default with the right
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import math
 import sys
@@ -274,3 +276,9 @@ def test_suite_end_to_end_writes_every_figure(
 def test_suite_refuses_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert quality.main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["reference", "quality_sections"])
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,14 +348,23 @@ def _drift_sections(ns: argparse.Namespace, overrides: dict[str, Any]) -> dict[s
     return report
 
 
+def _rating_pipeline(settings: StreamSettings) -> Pipeline:
+    """Only the models that predict ratings (the rating section needs nothing else)."""
+    models = {n: m for n, m in build_models(settings).items() if m.predicts_ratings}
+    if not models:
+        raise ValueError("no configured model predicts ratings")
+    config = replace(PipelineConfig.from_settings(settings), recommender=next(iter(models)))
+    return Pipeline(config, models)
+
+
 def _rating_section(
     ns: argparse.Namespace, overrides: dict[str, Any], runs: list[StreamRun]
 ) -> dict[str, Any]:
-    settings = suite_settings(overrides)
     events = STREAMS["ml100k"].events(ns.seed, 1.0)
     ml = next((r.result for r in runs if r.spec.name == "ml100k" and ns.scale >= 1.0), None)
     if ml is None:
-        ml = evaluate(events, settings, pipeline=suite_pipeline(settings))
+        settings = suite_settings(overrides)
+        ml = evaluate(events, settings, pipeline=_rating_pipeline(settings))
     print("\n[rating] River's own BiasedMF, tutorial parameters, same time order ...", flush=True)
     river = river_reference(events)
     search = None

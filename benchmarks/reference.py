@@ -151,8 +151,8 @@ class _WindowItemKNN(Recommender):
             if cols.shape[0]:
                 parts = [r.vals[: r.size] * s for r, s in zip(rows, scale, strict=True)]
                 vals = np.concatenate(parts)
-                found = np.bincount(cols, weights=vals, minlength=n)
-                found /= entered ** (1.0 - self.alpha)
+                summed = typing.cast(FloatArray, np.bincount(cols, weights=vals, minlength=n))
+                found = summed / entered ** (1.0 - self.alpha)
         self._cached = (user, self._version, found)
         return found
 

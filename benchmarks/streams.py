@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from ml100k import DEFAULT_DIR, ensure_ml100k
 
 from producers.formats import read_events
 from producers.synthetic import SyntheticConfig, SyntheticStream
-from stream.events import Event
+from stream.events import Event, EventType
 
 __all__ = [
     "STREAMS",
@@ -79,7 +80,7 @@ def _event(
     return Event(
         user_id=f"u{user}",
         item_id=f"i{item}",
-        event_type=kind,  # type: ignore[arg-type]
+        event_type=typing.cast(EventType, kind),  # checked by Event's validation
         rating=rating,
         timestamp=round(at, 3),
     )
@@ -261,7 +262,7 @@ def mixed(seed: int, scale: float = 1.0) -> list[Event]:
 
     1,000 users and 2,000 items with 8-dimensional Gaussian factors, user and item biases and
     an item popularity bias. A user (Zipf activity) picks an item by a softmax over
-    affinity = 1.5 * factors' dot product + popularity bias (re-drawing up to three times
+    affinity = 2 * factors' dot product + popularity bias (re-drawing up to three times
     when it is an item they already had). 60% of the picks (half of the events) are rated:
     3.6 + biases + 0.8 * dot product + noise, clipped to 1..5, in half stars for a third of the
     users and whole stars for the others; the other picks are implicit (view -> click 40% ->
@@ -278,7 +279,7 @@ def mixed(seed: int, scale: float = 1.0) -> list[Event]:
     user_bias = rng.normal(0.0, 0.4, n_users)
     item_bias = rng.normal(0.0, 0.3, n_items)
     pop_bias = rng.normal(0.0, 1.0, n_items)
-    logits = 1.5 * dot + pop_bias[None, :]
+    logits = 2.0 * dot + pop_bias[None, :]
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     cum = np.cumsum(prob, axis=1)
     cum /= cum[:, -1:]
@@ -316,15 +317,15 @@ def sparse_catalogue(seed: int, scale: float = 1.0) -> list[Event]:
     """A large, sparse catalogue with hierarchical taste: 60k items, few events per item.
 
     25 departments of 20 categories each (500 categories of Zipf-distributed sizes) hold
-    60,000 items with a long-tailed popularity inside each category. 10,000 users (Zipf
-    activity, so most have only a handful of events) each have a home department and two to
-    four favourite categories in it: a pick falls in a favourite category 65% of the time,
-    elsewhere in the home department 20%, anywhere 15%. Funnel view -> click 25% ->
-    add_to_cart 20% -> purchase 40%. About 80k events: most items are seen a few times at
-    most, so co-occurrences are thin and the category structure has to be found from them.
+    60,000 items with a long-tailed (Zipf 0.9) popularity inside each category. 5,000 users
+    (Zipf activity, so most have only a handful of events) each have a home department and two
+    or three favourite categories in it: a pick falls in a favourite category 70% of the time,
+    elsewhere in the home department 15%, anywhere 15%. Funnel view -> click 25% ->
+    add_to_cart 20% -> purchase 40%. About 80k events on some 22k distinct items (3.6 per
+    item): co-occurrences are thin and the category structure has to be found from them.
     """
     rng = np.random.default_rng(seed)
-    n_items, n_users, n_depts, per_dept = 60_000, 10_000, 25, 20
+    n_items, n_users, n_depts, per_dept = 60_000, 5_000, 25, 20
     n_cats = n_depts * per_dept
     n_events = _count(80_000, scale)
     size = _zipf_weights(n_cats, 0.7)[rng.permutation(n_cats)]
@@ -335,11 +336,11 @@ def sparse_catalogue(seed: int, scale: float = 1.0) -> list[Event]:
     cat_items = [order[starts[c] : starts[c + 1]] for c in range(n_cats)]
     cat_cum = []
     for c in range(n_cats):
-        w = np.cumsum(_zipf_weights(counts[c], 0.6))
+        w = np.cumsum(_zipf_weights(counts[c], 0.9))
         cat_cum.append(w / w[-1])
     home = rng.integers(0, n_depts, n_users)
     favourites = [
-        home[u] * per_dept + rng.choice(per_dept, int(rng.integers(2, 5)), replace=False)
+        home[u] * per_dept + rng.choice(per_dept, int(rng.integers(2, 4)), replace=False)
         for u in range(n_users)
     ]
     activity = np.cumsum(_zipf_weights(n_users, 0.8)[rng.permutation(n_users)])
@@ -350,7 +351,7 @@ def sparse_catalogue(seed: int, scale: float = 1.0) -> list[Event]:
     while len(events) < n_events:
         user = int(np.searchsorted(activity, rng.random()))
         r = rng.random()
-        if r < 0.65:
+        if r < 0.7:
             cat = int(rng.choice(favourites[user]))
         elif r < 0.85:
             cat = int(home[user] * per_dept + rng.integers(per_dept))

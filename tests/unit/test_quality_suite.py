@@ -8,6 +8,8 @@ hand-computed examples, and that the summary compares the default with the right
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import math
 import sys
@@ -23,7 +25,7 @@ from reference import PlainItemKNN, RecencyItemKNN
 from streams import STREAMS
 
 from stream.evaluate import EvaluationResult
-from stream.events import IMPLICIT_TYPES, ModelMetrics
+from stream.events import IMPLICIT_TYPES, Event, ModelMetrics
 from stream.models import MODEL_REGISTRY, Blend
 from stream.settings import StreamSettings
 
@@ -64,15 +66,16 @@ def test_scale_multiplies_the_number_of_events(name: str) -> None:
     assert 1.8 * small <= large <= 2.2 * small
 
 
-def _successor_share(events: list) -> float:  # type: ignore[type-arg]
+def _successor_share(events: list[Event]) -> float:
     """Share of each item's transitions (a user's next new item) going to its top successor."""
     last: dict[str, str] = {}
     moves: dict[str, Counter[str]] = defaultdict(Counter)
     for e in events:
+        item = e.item_id or ""
         prev = last.get(e.user_id)
-        if prev is not None and prev != e.item_id:
-            moves[prev][e.item_id] += 1
-        last[e.user_id] = e.item_id
+        if prev is not None and prev != item:
+            moves[prev][item] += 1
+        last[e.user_id] = item
     total = sum(sum(c.values()) for c in moves.values())
     return sum(c.most_common(1)[0][1] for c in moves.values()) / total
 
@@ -273,3 +276,9 @@ def test_suite_end_to_end_writes_every_figure(
 def test_suite_refuses_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert quality.main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["reference", "quality_sections"])
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -295,7 +295,7 @@ def test_a_setting_a_restored_model_cannot_follow_refuses_the_start(
         proc,
         2,
         f"the checkpoint of {s.events_topic}[0] was learned with other settings",
-        "STREAM_KNN_NEIGHBORS 50 -> 7 (knn learned with 50)",
+        "STREAM_KNN_NEIGHBORS 100 -> 7 (knn learned with 100)",
         "STREAM_KNN_NEIGHBORS=50",
         "STREAM_CHECKPOINT_RELEARN_CHANGED=true",
     )
@@ -312,4 +312,4 @@ def test_a_setting_a_restored_model_cannot_follow_refuses_the_start(
         timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-3_000:]
-    assert "STREAM_KNN_NEIGHBORS 50 -> 7 (knn learned with 50: learned afresh)" in proc.stderr
+    assert "STREAM_KNN_NEIGHBORS 100 -> 7 (knn learned with 100: learned afresh)" in proc.stderr

@@ -403,6 +403,7 @@ def test_merged_shards_equal_the_pooled_per_event_outcomes() -> None:
         if event.event_type == "rating":
             assert event.rating is not None
             pred = float(shard.models["biased_mf"].predict_one(event.user_id, event.item))
+            pred = min(max(pred, shard.config.rating_min), shard.config.rating_max)
             pooled_sq.append((event.rating - pred) ** 2)
         shard.process_one(event, Source("t", 0, i))
         for name, evaluator in shard.evaluators.items():

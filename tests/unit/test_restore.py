@@ -231,7 +231,7 @@ def test_the_start_check_reads_every_partitions_newest_header(tmp_path: Path) ->
     with pytest.raises(RestoreRefusedError) as info:
         check_restorable(store, settings(events_topic="events", knn_neighbors=8))
     both = str(info.value)
-    assert "events[0] was learned" in both and "STREAM_KNN_NEIGHBORS 50 -> 8" in both
+    assert "events[0] was learned" in both and "STREAM_KNN_NEIGHBORS 100 -> 8" in both
     assert "also the checkpoint of events[1] was learned" in both and "7 -> 8" in both
     (tmp_path / "events" / "1").rename(tmp_path / "away")
     check_restorable(store, settings(events_topic="events", top_k=3))  # applied on restore

@@ -229,8 +229,9 @@ class StreamSettings(BaseSettings):
     blend: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     """Blend components and their prior weights (JSON object; rankings are rank-fused); unset:
     every other model of STREAM_MODELS at weight 1 (the online weights then decide)."""
-    blend_learning_rate: float = Field(0.1, ge=0, le=100)
-    """Hedge rate of the blend's online weights (0 = the fixed STREAM_BLEND weights)."""
+    blend_learning_rate: float = Field(10.0, ge=0, le=1_000)
+    """Rate of the blend's online weights: a component with a share s of the leader's recent
+    gains weighs prior * exp(-rate * (1 - s)); 0 = the fixed STREAM_BLEND weights."""
     blend_half_life: float = Field(500.0, gt=0)
     """Evaluated events after which an outcome counts half in the blend's weights."""
 

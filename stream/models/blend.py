@@ -158,13 +158,14 @@ class Blend(Recommender):
         chose ``item`` (for a blend over shared models the pipeline passes the rankings it
         evaluated them on, so this costs no extra ranking).
 
-        Hedge (exponential weights) over the components' prequential gains: component ``c``
+        Exponential weights (Hedge) over the components' prequential gains: component ``c``
         gains ``1 / log2(1 + r)`` when ``item`` is at rank ``r <= k`` of its list (the NDCG of
         a single relevant item), else 0; ``G_c`` is the sum of its gains, each older outcome
         counting ``2 ** (-1 / half_life)`` times the next, so the weights follow drift; the
-        fusion weight is ``prior_c * exp(learning_rate * (G_c - max G))``. A component that
-        stays behind by ``g`` gains fades as ``exp(-learning_rate * g)``; equal components keep
-        their prior ratio.
+        fusion weight is ``prior_c * exp(-learning_rate * (1 - G_c / max G))``. The gains are
+        taken relative to the leader's, so the same rate works whether hit rates are 0.5 or
+        0.005: a component with half the leader's gains weighs ``exp(-learning_rate / 2)`` of
+        its prior; equal components keep their prior ratio.
         """
         if not self.learning_rate or not self._active:
             return
@@ -180,7 +181,9 @@ class Blend(Recommender):
             gains[m] = gains[m] * keep + gain
         self.updates += 1
         top = max(gains)
-        rate = self.learning_rate
+        if top <= 0.0:
+            return
+        rate = self.learning_rate / top
         self._active = [
             (name, component, self.weights[name] * math.exp(rate * (g - top)))
             for (name, component, _), g in zip(self._active, gains, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Hashable, Iterable
 
@@ -129,13 +130,13 @@ def test_online_weights_move_to_the_component_that_keeps_being_right() -> None:
     # "right" ranks the chosen item first every time; "wrong" never ranks it.
     right, wrong = Listed(("a", "b", "c")), Listed(("x", "y", "z"))
     blend = Blend(
-        {"right": right, "wrong": wrong}, {"right": 1.0, "wrong": 1.0}, learning_rate=0.1, k=3
+        {"right": right, "wrong": wrong}, {"right": 1.0, "wrong": 1.0}, learning_rate=10.0, k=3
     )
     assert blend.current_weights == {"right": 1.0, "wrong": 1.0}
     for _ in range(200):
         blend.learn_one("u", "a", 1.0, IMPLICIT)
     weights = blend.current_weights
-    assert weights["right"] == 1.0 and weights["wrong"] < 1e-3
+    assert weights["right"] == 1.0 and weights["wrong"] == pytest.approx(math.exp(-10.0))
     assert blend.updates == 200
     # Fused, the dominant component's order wins over the other's head.
     assert [s.item for s in blend.top_k("u", 3)] == ["a", "b", "c"]
@@ -148,7 +149,7 @@ def test_online_weights_recover_after_the_better_component_changes() -> None:
     blend = Blend(
         {"first": first, "second": second},
         {"first": 1.0, "second": 1.0},
-        learning_rate=0.5,
+        learning_rate=10.0,
         half_life=20.0,
         k=1,
     )
@@ -162,7 +163,7 @@ def test_online_weights_recover_after_the_better_component_changes() -> None:
 
 def test_online_weights_keep_the_prior_ratio_between_equal_components() -> None:
     one, two = Listed(("a", "b")), Listed(("a", "b"))
-    blend = Blend({"one": one, "two": two}, {"one": 1.0, "two": 0.5}, learning_rate=1.0, k=2)
+    blend = Blend({"one": one, "two": two}, {"one": 1.0, "two": 0.5}, learning_rate=10.0, k=2)
     for item in ["a", "b", "q"] * 30:
         blend.observe_one({"one": one.top_k("u", 6), "two": two.top_k("u", 6)}, item)
     assert blend.current_weights == pytest.approx({"one": 1.0, "two": 0.5})

@@ -84,9 +84,16 @@ def suite_settings(overrides: dict[str, Any]) -> StreamSettings:
     names = [n for n in MODEL_REGISTRY if n not in blends] + [
         n for n in MODEL_REGISTRY if n in blends
     ]
+    # The blend fuses what the *default* configuration fuses (STREAM_BLEND unset: the other
+    # default models), not every model the suite adds beside it.
     return StreamSettings(
         _env_file=None,
-        **{"models": tuple(names), "recommender": defaults.recommender, **overrides},
+        **{
+            "models": tuple(names),
+            "recommender": defaults.recommender,
+            "blend": defaults.blend_weights(),
+            **overrides,
+        },
     )
 
 

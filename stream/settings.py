@@ -147,7 +147,6 @@ class StreamSettings(BaseSettings):
         "popularity",
         "knn",
         "sequence",
-        "bpr",
         "biased_mf",
         "blend",
     )

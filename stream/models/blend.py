@@ -14,6 +14,10 @@ __all__ = ["Blend"]
 logger = logging.getLogger(__name__)
 
 DEPTH = 3  # each component contributes its top ``DEPTH * k``
+# Components weighing less than this share of the heaviest one are left out of the fusion: they
+# could only reorder ties, and ranking them again for every published top-K costs as much as
+# ranking the ones that matter.
+MIN_SHARE = 0.01
 
 
 class Blend(Recommender):
@@ -85,6 +89,21 @@ class Blend(Recommender):
         ]
         self._gains = [0.0] * len(self._active)  # decayed prequential gains, per active component
         self.updates = 0  # outcomes the weights learned from
+        self._consulted = self._heavy()
+
+    def _heavy(self) -> list[tuple[str, Recommender, float]]:
+        top = max((weight for _, _, weight in self._active), default=0.0)
+        return [entry for entry in self._active if entry[2] >= MIN_SHARE * top]
+
+    def __setstate__(self, state: dict[str, typing.Any]) -> None:
+        # Blends pickled before online weights existed (older checkpoints) learn from now on.
+        self.__dict__.update(state)
+        defaults = {"learning_rate": 0.0, "half_life": 500.0, "k": 10, "updates": 0}
+        for name, value in defaults.items():
+            self.__dict__.setdefault(name, value)
+        self.__dict__.setdefault("_keep", 2.0 ** (-1.0 / self.half_life))
+        self.__dict__.setdefault("_gains", [0.0] * len(self._active))
+        self._consulted = self._heavy()
 
     @classmethod
     def _unit_test_params(cls) -> typing.Iterator[dict[str, typing.Any]]:
@@ -145,6 +164,7 @@ class Blend(Recommender):
         ]
         self._gains = list(other._gains)
         self.updates = other.updates
+        self._consulted = self._heavy()
 
     @property
     def current_weights(self) -> dict[str, float]:
@@ -188,6 +208,7 @@ class Blend(Recommender):
             (name, component, self.weights[name] * math.exp(rate * (g - top)))
             for (name, component, _), g in zip(self._active, gains, strict=True)
         ]
+        self._consulted = self._heavy()
 
     @property
     def active(self) -> list[tuple[str, Recommender]]:
@@ -200,7 +221,7 @@ class Blend(Recommender):
         # item -> [total, best contribution, reason of the best contributor]
         fused: dict[Hashable, list[typing.Any]] = {}
         constant = self.rank_constant
-        for name, _, weight in self._active:
+        for name, _, weight in self._consulted:
             for rank, scored in enumerate(rankings[name][:depth], start=1):
                 share = weight / (constant + rank)
                 entry = fused.get(scored.item)
@@ -218,7 +239,7 @@ class Blend(Recommender):
         """The item's fused score over the components' full rankings (O(catalogue): the
         pipeline never calls it; :meth:`top_k` fuses only the heads)."""
         depth = max(self.n_items, 1)
-        rankings = {name: c.top_k(user, depth) for name, c, _ in self._active}
+        rankings = {name: c.top_k(user, depth) for name, c, _ in self._consulted}
         entry = self._fused(rankings, depth).get(item)
         return 0.0 if entry is None else float(entry[0])
 
@@ -228,7 +249,7 @@ class Blend(Recommender):
         if not isinstance(exclude, set | frozenset | dict):
             exclude = set(exclude)
         depth = DEPTH * k
-        return self.fuse({name: c.top_k(user, depth, exclude) for name, c, _ in self._active}, k)
+        return self.fuse({name: c.top_k(user, depth, exclude) for name, c, _ in self._consulted}, k)
 
     def fuse(self, rankings: typing.Mapping[str, typing.Sequence[Scored]], k: int) -> list[Scored]:
         """The top ``k`` fused from rankings the caller already has, one per active component.

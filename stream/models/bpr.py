@@ -137,9 +137,14 @@ class BPR(Recommender):
         p_old = p.copy()
         p += lr * (g @ diff - l2 * p)
         q[i] += lr * (float(g.sum()) * p_old - l2 * q_i)
-        np.subtract.at(q, js, lr * (g[:, None] * p_old + l2 * q_j))
+        step_q, step_b = lr * (g[:, None] * p_old + l2 * q_j), lr * (g + l2 * b[js])
         b[i] += lr * (float(g.sum()) - l2 * b[i])
-        np.subtract.at(b, js, lr * (g + l2 * b[js]))
+        if len(set(negatives)) == len(negatives):  # the usual case: plain (faster) indexing
+            q[js] -= step_q
+            b[js] -= step_b
+        else:  # a row drawn twice takes both steps
+            np.subtract.at(q, js, step_q)
+            np.subtract.at(b, js, step_b)
         if not math.isfinite(float(p[0])):
             raise FloatingPointError("BPR diverged: lower learning_rate")
 

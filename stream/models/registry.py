@@ -9,9 +9,12 @@ from typing import Any
 from stream.models.base import Recommender
 from stream.models.blend import Blend
 from stream.models.bpr import BPR
+from stream.models.ease import EASE
 from stream.models.knn import ItemKNN
 from stream.models.mf import MatrixFactorization, MFKind
 from stream.models.popularity import Popularity
+from stream.models.svd import PureSVD
+from stream.models.userknn import UserKNN
 from stream.settings import StreamSettings
 
 __all__ = ["MODEL_REGISTRY", "build_models", "learns"]
@@ -62,6 +65,38 @@ def _bpr(settings: StreamSettings) -> Recommender:
     )
 
 
+def _rebuild_options(settings: StreamSettings) -> dict[str, Any]:
+    """The schedule of a rebuilt model; an unset STREAM_REBUILD_BACKGROUND means background
+    (``stream evaluate`` sets it to false first)."""
+    return {
+        "window": settings.rebuild_window,
+        "every": settings.rebuild_every,
+        "min_events": settings.rebuild_min_events,
+        "history": settings.rebuild_history,
+        "background": settings.rebuild_background is not False,
+        "seed": settings.seed,
+    }
+
+
+def _svd(settings: StreamSettings) -> Recommender:
+    return PureSVD(n_factors=settings.svd_factors, **_rebuild_options(settings))
+
+
+def _ease(settings: StreamSettings) -> Recommender:
+    return EASE(
+        l2=settings.ease_l2, max_items=settings.ease_max_items, **_rebuild_options(settings)
+    )
+
+
+def _userknn(settings: StreamSettings) -> Recommender:
+    return UserKNN(
+        history=settings.userknn_history,
+        item_users=settings.userknn_item_users,
+        neighbors=settings.userknn_neighbors,
+        seed=settings.seed,
+    )
+
+
 def _mf(kind: MFKind) -> Callable[[StreamSettings], Recommender]:
     def build(settings: StreamSettings) -> Recommender:
         return MatrixFactorization(
@@ -105,6 +140,9 @@ MODEL_REGISTRY: dict[str, Callable[[StreamSettings], Recommender]] = {
     "bpr": _bpr,
     "biased_mf": _mf("biased"),
     "funk_mf": _mf("funk"),
+    "svd": _svd,
+    "ease": _ease,
+    "userknn": _userknn,
     "blend": _blend,
 }
 """Every model by name. ``blend`` builds a stand-alone blend with its own components; in a

@@ -242,11 +242,16 @@ class RebuiltRecommender(Recommender):
         self._poll()
 
     def wait_for_rebuild(self, timeout: float | None = None) -> bool:
-        """Wait for a running build to finish and swap it in; whether none is running now."""
-        if self._building is not None:
-            self._building.wait(timeout)
+        """Swap in the running build and any requested after it, waiting for them (up to
+        ``timeout`` seconds in all); whether none is left running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._poll()
-        return self._building is None
+        while self._building is not None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not self._building.wait(left):
+                return False
+            self._poll()
+        return True
 
     def _poll(self) -> None:
         """Swap a finished build in; start the next one if one is due."""

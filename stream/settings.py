@@ -241,6 +241,8 @@ class StreamSettings(BaseSettings):
         "event after it finished; false: inline at the event that triggers it (reproducible); "
         "unset: true in the worker, false in `stream evaluate`.",
     )
+    rebuild_nice: int = Field(15, ge=0, le=19)
+    """svd/ease: nice value of the background build thread (Linux; 0 = the loop's priority)."""
     rebuild_history: int = Field(100, ge=1, le=10_000)
     """svd/ease: a user's recent distinct items scored against the last build (live fold-in)."""
     svd_factors: int = Field(64, ge=1, le=1_024)

@@ -4,11 +4,12 @@ A :class:`RebuiltRecommender` keeps the last ``window`` ``(user, item)`` interac
 ``every`` events (the first time once ``min_events`` were learned) or when asked
 (:meth:`~RebuiltRecommender.request_rebuild`), builds an immutable :class:`Snapshot` from a copy
 of the window. The build runs in a background thread — numpy / scipy code that releases the GIL
-(BLAS, LAPACK, ARPACK), limited to one BLAS thread and at the lowest CPU priority on Linux, so
-the event loop keeps its core — and is swapped in at the first event after it finished, by one
-attribute assignment, with ``version + 1``. Between rebuilds a user's score comes from their
-*live* recent history (``history`` items, updated on every event: a cheap fold-in), so a new
-event of theirs counts at once; an item new since the last build waits for the next one.
+(BLAS, LAPACK, ARPACK), limited to one BLAS thread and at a lower CPU priority (``nice``, on
+Linux), so the event loop keeps its core — and is swapped in at the first event after it
+finished, by one attribute assignment, with ``version + 1``. Between rebuilds a user's score
+comes from their *live* recent history (``history`` items, updated on every event: a cheap
+fold-in), so a new event of theirs counts at once; an item new since the last build waits for
+the next one.
 
 With ``background=False`` a build runs inline, at the event that triggers it: results are then
 reproducible (``stream evaluate`` does this unless ``STREAM_REBUILD_BACKGROUND`` says
@@ -93,8 +94,11 @@ def encode_window(pairs: Sequence[Pair]) -> tuple[IntArray, IntArray, list[Hasha
 class _Build:
     """One build in flight: a daemon thread and its outcome (read once the thread is done)."""
 
-    def __init__(self, job: typing.Callable[[], Snapshot], started_at: int, reason: str) -> None:
+    def __init__(
+        self, job: typing.Callable[[], Snapshot], started_at: int, reason: str, nice: int = 0
+    ) -> None:
         self.started_at = started_at
+        self.nice = nice
         self.reason = reason
         self.events_in_window = 0
         self.result: Snapshot | None = None
@@ -117,7 +121,7 @@ class _Build:
         self._thread.start()
 
     def _background(self) -> None:
-        _lower_priority()
+        _lower_priority(self.nice)
         self.run()
 
     def done(self) -> bool:
@@ -129,16 +133,18 @@ class _Build:
         return self.done()
 
 
-def _lower_priority() -> None:
-    """Lowest CPU priority for the calling thread, so the event loop keeps its core.
+def _lower_priority(nice: int) -> None:
+    """A lower CPU priority (a higher ``nice``) for the calling thread: the loop keeps its core.
 
     Linux only: there the nice value is per thread (``setpriority`` with a thread id); elsewhere
     a thread id is not a process id and the call could hit another process.
     """
+    if nice <= 0:
+        return
     if not sys.platform.startswith("linux"):
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except OSError as exc:  # a sandbox may refuse; the build still runs
         logger.debug("could not lower the rebuild thread's priority: %s", exc)
 
@@ -174,6 +180,9 @@ class RebuiltRecommender(Recommender):
     background
         Build in a background thread (swap at the first event after it finished); ``False``:
         inline, at the event that triggers it (reproducible; the loop waits).
+    nice
+        The background build thread's nice value (Linux; 0 = the loop's priority): higher keeps
+        more of the CPU for the loop on a busy machine, and makes the build take longer there.
     seed
         Seeds what the build draws (e.g. the starting vector of the SVD).
     """
@@ -187,11 +196,15 @@ class RebuiltRecommender(Recommender):
         min_events: int = 1_000,
         history: int = 100,
         background: bool = True,
+        nice: int = 15,
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
         if min(window, every, min_events, history) < 1:
             raise ValueError("window, every, min_events and history must be at least 1")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in 0..19, got {nice}")
+        self.nice = nice
         self.window = window
         self.every = every
         self.min_events = min_events
@@ -274,7 +287,7 @@ class RebuiltRecommender(Recommender):
 
     def _start(self, reason: str) -> None:
         pairs = list(self._window)  # a copy: the loop goes on appending to the window
-        build = _Build(lambda: self.build(pairs), self._events, reason)
+        build = _Build(lambda: self.build(pairs), self._events, reason, self.nice)
         build.events_in_window = len(pairs)
         self._last_start = self._events
         if self.background:

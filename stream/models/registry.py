@@ -74,6 +74,7 @@ def _rebuild_options(settings: StreamSettings) -> dict[str, Any]:
         "min_events": settings.rebuild_min_events,
         "history": settings.rebuild_history,
         "background": settings.rebuild_background is not False,
+        "nice": settings.rebuild_nice,
         "seed": settings.seed,
     }
 

@@ -49,7 +49,7 @@ class PureSVD(RebuiltRecommender):
     ----------
     n_factors
         Singular vectors kept (fewer when the window has fewer users or items).
-    window, every, min_events, history, background, seed
+    window, every, min_events, history, background, nice, seed
         See :class:`~stream.models.rebuilt.RebuiltRecommender`.
 
     Examples
@@ -72,12 +72,13 @@ class PureSVD(RebuiltRecommender):
         min_events: int = 1_000,
         history: int = 100,
         background: bool = True,
+        nice: int = 15,
         seed: int | None = None,
     ) -> None:
         if n_factors < 1:
             raise ValueError("n_factors must be at least 1")
         self.n_factors = n_factors
-        super().__init__(window, every, min_events, history, background, seed)
+        super().__init__(window, every, min_events, history, background, nice, seed)
 
     def build(self, pairs: Sequence[Pair]) -> Snapshot:
         users, items, keys = encode_window(pairs)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -159,10 +161,13 @@ class GatedSVD(PureSVD):
 
     def __init__(self, min_events: int = 5, every: int = 10**9) -> None:
         super().__init__(n_factors=2, min_events=min_events, every=every, background=True)
+        self.priority: int | None = None
         self.gate = threading.Event()
         self.started = threading.Event()
 
     def build(self, pairs: Sequence[Pair]) -> Snapshot:
+        if sys.platform.startswith("linux"):
+            self.priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         self.started.set()
         assert self.gate.wait(30.0)
         return super().build(pairs)
@@ -192,6 +197,9 @@ def test_a_background_build_does_not_block_learning_and_swaps_in_a_new_version()
     assert model.version == 1 and not model.building
     assert model.rebuilds[0]["event"] == 10 and model.rebuilds[0]["events_in_window"] == 10
     assert model.n_items == 7 and model.top_k("u1", 3)
+    if sys.platform.startswith("linux"):  # the build ran at a lower priority than the loop
+        loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert model.priority == max(loop, 15)  # STREAM_REBUILD_NICE's default
 
 
 def test_an_on_demand_rebuild_runs_in_the_background_and_queues_behind_a_running_one() -> None:
@@ -266,13 +274,14 @@ def test_the_registry_passes_the_settings_and_defaults_to_the_background() -> No
         svd_factors=5,
         ease_l2=3.0,
         ease_max_items=40,
+        rebuild_nice=4,
         seed=9,
     )
     svd = MODEL_REGISTRY["svd"](s)
     ease = MODEL_REGISTRY["ease"](s)
     assert isinstance(svd, PureSVD) and isinstance(ease, EASE)
     assert (svd.window, svd.every, svd.min_events, svd.history) == (500, 50, 20, 7)
-    assert (svd.n_factors, svd.seed, svd.background) == (5, 9, True)
+    assert (svd.n_factors, svd.seed, svd.background, svd.nice) == (5, 9, True, 4)
     assert (ease.l2, ease.max_items, ease.background) == (3.0, 40, True)
     assert MODEL_REGISTRY["svd"](settings(rebuild_background=False)).background is False
 

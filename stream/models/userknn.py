@@ -165,8 +165,12 @@ class UserKNN(Recommender):
         if r is None or not self._recent[user]:
             return None
         mine = self._hist[r, : self._hist_len[r]]
-        candidates = np.unique(self._takers[mine])
-        candidates = candidates[(candidates >= 0) & (candidates != r)]
+        # Mark the users in the lists (the padding -1 lands in the last cell): sorted and
+        # deduplicated in one pass, several times cheaper than np.unique on a few hundred.
+        marks = np.zeros(self._hist.shape[0] + 1, dtype=bool)
+        marks[self._takers[mine]] = True
+        marks[r] = False
+        candidates = np.flatnonzero(marks[:-1])
         if candidates.shape[0] == 0:
             return None
         n_items = len(self._items)

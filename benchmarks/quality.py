@@ -86,7 +86,13 @@ def suite_settings(overrides: dict[str, Any]) -> StreamSettings:
     ]
     return StreamSettings(
         _env_file=None,
-        **{"models": tuple(names), "recommender": defaults.recommender, **overrides},
+        **{
+            "models": tuple(names),
+            "recommender": defaults.recommender,
+            # Full rebuilds inline, as `stream evaluate` does: figures reproducible.
+            "rebuild_background": False,
+            **overrides,
+        },
     )
 
 

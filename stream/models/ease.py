@@ -46,7 +46,7 @@ class EASE(RebuiltRecommender):
         The L2 penalty ``lambda`` (larger: smoother, closer to co-occurrence counts).
     max_items
         Most frequent items of the window kept in the build.
-    window, every, min_events, history, background, nice, seed
+    window, every, min_events, history, background, nice, recency, seed
         See :class:`~stream.models.rebuilt.RebuiltRecommender` (the build draws nothing).
 
     Examples
@@ -70,13 +70,23 @@ class EASE(RebuiltRecommender):
         history: int = 100,
         background: bool = True,
         nice: int = 15,
+        recency: float = 1.0,
         seed: int | None = None,
     ) -> None:
         if not l2 > 0 or max_items < 1:
             raise ValueError("l2 must be positive and max_items at least 1")
         self.l2 = l2
         self.max_items = max_items
-        super().__init__(window, every, min_events, history, background, nice, seed)
+        super().__init__(
+            window=window,
+            every=every,
+            min_events=min_events,
+            history=history,
+            background=background,
+            nice=nice,
+            recency=recency,
+            seed=seed,
+        )
 
     def build(self, pairs: Sequence[Pair]) -> Snapshot:
         users, items, keys = encode_window(pairs)

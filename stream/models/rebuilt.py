@@ -154,7 +154,8 @@ class RebuiltRecommender(Recommender):
 
     Subclasses implement :meth:`build` (a pure function of the window's pairs, run off the
     loop's thread) and may set ``reason``. Users are scored from their live recent history:
-    ``score = snapshot.score(rows of their recent items known to the snapshot, 1 each)``; only
+    ``score = snapshot.score(rows of their recent items known to the snapshot, recency ** age)``
+    (age 0 for the newest); only
     items scoring above 0 are recommended; a user with no recent item the snapshot knows
     (a stranger, or only new items) gets an empty list and 0.0 predictions. The pipeline
     fills short lists from popularity.
@@ -180,6 +181,8 @@ class RebuiltRecommender(Recommender):
     background
         Build in a background thread (swap at the first event after it finished); ``False``:
         inline, at the event that triggers it (reproducible; the loop waits).
+    recency
+        Scoring: the user's most recent item counts 1, each older one this times the next.
     nice
         The background build thread's nice value (Linux; 0 = the loop's priority): higher keeps
         more of the CPU for the loop on a busy machine, and makes the build take longer there.
@@ -197,9 +200,15 @@ class RebuiltRecommender(Recommender):
         history: int = 100,
         background: bool = True,
         nice: int = 15,
+        recency: float = 1.0,
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
+        if not 0.0 < recency <= 1.0:
+            raise ValueError(f"recency must be in (0, 1], got {recency}")
+        self.recency = recency
+        # The weight of the d-th most recent history item (index d - 1).
+        self._recent_weights = recency ** np.arange(history, dtype=np.float64)
         if min(window, every, min_events, history) < 1:
             raise ValueError("window, every, min_events and history must be at least 1")
         if not 0 <= nice <= 19:
@@ -370,10 +379,11 @@ class RebuiltRecommender(Recommender):
             return None
         n = len(snapshot.items)
         rows = np.fromiter(map(snapshot.index.get, hist, repeat(n)), dtype=np.intp)
-        rows = rows[rows < n]
-        if rows.shape[0] == 0:
+        weights = self._recent_weights[len(hist) - 1 :: -1]  # the newest item last, weighs 1
+        known = rows < n
+        if not known.any():
             return None
-        return snapshot.score(rows, np.ones(rows.shape[0]))
+        return snapshot.score(rows[known], weights[known])
 
     def predict_one(
         self, user: Hashable, item: Hashable, x: dict[str, typing.Any] | None = None

@@ -75,6 +75,7 @@ def _rebuild_options(settings: StreamSettings) -> dict[str, Any]:
         "history": settings.rebuild_history,
         "background": settings.rebuild_background is not False,
         "nice": settings.rebuild_nice,
+        "recency": settings.rebuild_recency,
         "seed": settings.seed,
     }
 

@@ -49,7 +49,7 @@ class PureSVD(RebuiltRecommender):
     ----------
     n_factors
         Singular vectors kept (fewer when the window has fewer users or items).
-    window, every, min_events, history, background, nice, seed
+    window, every, min_events, history, background, nice, recency, seed
         See :class:`~stream.models.rebuilt.RebuiltRecommender`.
 
     Examples
@@ -73,12 +73,22 @@ class PureSVD(RebuiltRecommender):
         history: int = 100,
         background: bool = True,
         nice: int = 15,
+        recency: float = 1.0,
         seed: int | None = None,
     ) -> None:
         if n_factors < 1:
             raise ValueError("n_factors must be at least 1")
         self.n_factors = n_factors
-        super().__init__(window, every, min_events, history, background, nice, seed)
+        super().__init__(
+            window=window,
+            every=every,
+            min_events=min_events,
+            history=history,
+            background=background,
+            nice=nice,
+            recency=recency,
+            seed=seed,
+        )
 
     def build(self, pairs: Sequence[Pair]) -> Snapshot:
         users, items, keys = encode_window(pairs)

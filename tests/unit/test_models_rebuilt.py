@@ -96,6 +96,22 @@ def test_ease_solves_the_closed_form() -> None:
     assert np.allclose(got, hist @ b, atol=1e-4)
 
 
+def test_recency_weighs_a_users_older_items_down() -> None:
+    # B over x, y, z (lambda 1) from a and b; c's history is x (older), then y (newest):
+    # with recency 0.5, c's score of z is 0.5 * B_xz + 1 * B_yz.
+    pairs = [("a", "x"), ("a", "z"), ("b", "y"), ("b", "z"), ("b", "x"), ("c", "x"), ("c", "y")]
+    flat = EASE(l2=1.0, min_events=7, background=False)
+    recent = EASE(l2=1.0, min_events=7, background=False, recency=0.5)
+    learn(flat, pairs)
+    learn(recent, pairs)
+    x, _, items = binary_matrix(pairs)
+    p = np.linalg.inv(x.T @ x + np.eye(3))
+    b = np.eye(3) - p / np.diag(p)
+    ix, iy, iz = (items.index(i) for i in ("x", "y", "z"))
+    assert flat.predict_one("c", "z") == pytest.approx(b[ix, iz] + b[iy, iz], rel=1e-5)
+    assert recent.predict_one("c", "z") == pytest.approx(0.5 * b[ix, iz] + b[iy, iz], rel=1e-5)
+
+
 def test_ease_keeps_only_the_most_frequent_items() -> None:
     model = EASE(l2=1.0, max_items=2, min_events=7, background=False)
     learn(model, [("a", "x"), ("b", "x"), ("c", "x"), ("a", "y"), ("b", "y"), ("c", "z")])
@@ -275,6 +291,7 @@ def test_the_registry_passes_the_settings_and_defaults_to_the_background() -> No
         ease_l2=3.0,
         ease_max_items=40,
         rebuild_nice=4,
+        rebuild_recency=0.7,
         seed=9,
     )
     svd = MODEL_REGISTRY["svd"](s)
@@ -282,7 +299,7 @@ def test_the_registry_passes_the_settings_and_defaults_to_the_background() -> No
     assert isinstance(svd, PureSVD) and isinstance(ease, EASE)
     assert (svd.window, svd.every, svd.min_events, svd.history) == (500, 50, 20, 7)
     assert (svd.n_factors, svd.seed, svd.background, svd.nice) == (5, 9, True, 4)
-    assert (ease.l2, ease.max_items, ease.background) == (3.0, 40, True)
+    assert (ease.l2, ease.max_items, ease.background, ease.recency) == (3.0, 40, True, 0.7)
     assert MODEL_REGISTRY["svd"](settings(rebuild_background=False)).background is False
 
 

@@ -246,7 +246,7 @@ class StreamSettings(BaseSettings):
     rebuild_history: int = Field(100, ge=1, le=10_000)
     """svd/ease: a user's recent distinct items scored against the last build (live fold-in)."""
     rebuild_recency: float = Field(1.0, gt=0, le=1)
-    """svd/ease scoring: the user's most recent item counts 1, each older one this times the next."""
+    """svd/ease: scoring, the most recent item counts 1, each older one this times the next."""
     svd_factors: int = Field(64, ge=1, le=1_024)
     """svd: singular vectors of the window's user-item matrix kept."""
     ease_l2: float = Field(200.0, gt=0)

@@ -231,7 +231,7 @@ class StreamSettings(BaseSettings):
     # Full rebuilds (svd, ease): rebuilt from a sliding window, in the background
     rebuild_window: int = Field(100_000, ge=10, le=10_000_000)
     """svd/ease: most recent interactions a rebuild uses."""
-    rebuild_every: int = Field(20_000, ge=1)
+    rebuild_every: int = Field(10_000, ge=1)
     """svd/ease: a rebuild starts every this many events."""
     rebuild_min_events: int = Field(1_000, ge=1)
     """svd/ease: the first build starts once this many events were learned."""
@@ -245,9 +245,9 @@ class StreamSettings(BaseSettings):
     """svd/ease: nice value of the background build thread (Linux; 0 = the loop's priority)."""
     rebuild_history: int = Field(100, ge=1, le=10_000)
     """svd/ease: a user's recent distinct items scored against the last build (live fold-in)."""
-    rebuild_recency: float = Field(1.0, gt=0, le=1)
+    rebuild_recency: float = Field(0.9, gt=0, le=1)
     """svd/ease: scoring, the most recent item counts 1, each older one this times the next."""
-    svd_factors: int = Field(64, ge=1, le=1_024)
+    svd_factors: int = Field(32, ge=1, le=1_024)
     """svd: singular vectors of the window's user-item matrix kept."""
     ease_l2: float = Field(200.0, gt=0)
     """ease: the L2 penalty lambda of the closed-form solution."""

@@ -65,12 +65,12 @@ class EASE(RebuiltRecommender):
         l2: float = 200.0,
         max_items: int = 3_000,
         window: int = 100_000,
-        every: int = 20_000,
+        every: int = 10_000,
         min_events: int = 1_000,
         history: int = 100,
         background: bool = True,
         nice: int = 15,
-        recency: float = 1.0,
+        recency: float = 0.9,
         seed: int | None = None,
     ) -> None:
         if not l2 > 0 or max_items < 1:

@@ -195,12 +195,12 @@ class RebuiltRecommender(Recommender):
     def __init__(
         self,
         window: int = 100_000,
-        every: int = 20_000,
+        every: int = 10_000,
         min_events: int = 1_000,
         history: int = 100,
         background: bool = True,
         nice: int = 15,
-        recency: float = 1.0,
+        recency: float = 0.9,
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)

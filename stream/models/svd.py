@@ -66,14 +66,14 @@ class PureSVD(RebuiltRecommender):
 
     def __init__(
         self,
-        n_factors: int = 64,
+        n_factors: int = 32,
         window: int = 100_000,
-        every: int = 20_000,
+        every: int = 10_000,
         min_events: int = 1_000,
         history: int = 100,
         background: bool = True,
         nice: int = 15,
-        recency: float = 1.0,
+        recency: float = 0.9,
         seed: int | None = None,
     ) -> None:
         if n_factors < 1:

@@ -62,7 +62,7 @@ def test_svd_scores_are_the_users_history_projected_on_the_leading_singular_vect
 
 def test_svd_on_a_large_window_matches_a_dense_svd() -> None:
     pairs = random_pairs(6_000, users=400, items=120)
-    model = PureSVD(n_factors=8, min_events=len(pairs), background=False, seed=1)
+    model = PureSVD(n_factors=8, min_events=len(pairs), background=False, recency=1.0, seed=1)
     learn(model, pairs)
     assert model.version == 1
     x, _, items = binary_matrix(pairs)
@@ -84,7 +84,7 @@ def test_ease_solves_the_closed_form() -> None:
     assert model.predict_one("c", "y") == pytest.approx(0.5)
     assert model.predict_one("c", "x") == 0.0  # the zero diagonal: x does not recommend itself
     pairs = random_pairs(3_000, users=200, items=60, seed=2)
-    model = EASE(l2=20.0, min_events=len(pairs), background=False)
+    model = EASE(l2=20.0, min_events=len(pairs), background=False, recency=1.0)
     learn(model, pairs)
     x, _, items = binary_matrix(pairs)
     p = np.linalg.inv(x.T @ x + 20.0 * np.eye(len(items)))
@@ -100,7 +100,7 @@ def test_recency_weighs_a_users_older_items_down() -> None:
     # B over x, y, z (lambda 1) from a and b; c's history is x (older), then y (newest):
     # with recency 0.5, c's score of z is 0.5 * B_xz + 1 * B_yz.
     pairs = [("a", "x"), ("a", "z"), ("b", "y"), ("b", "z"), ("b", "x"), ("c", "x"), ("c", "y")]
-    flat = EASE(l2=1.0, min_events=7, background=False)
+    flat = EASE(l2=1.0, min_events=7, background=False, recency=1.0)
     recent = EASE(l2=1.0, min_events=7, background=False, recency=0.5)
     learn(flat, pairs)
     learn(recent, pairs)

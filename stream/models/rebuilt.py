@@ -155,10 +155,9 @@ class RebuiltRecommender(Recommender):
     Subclasses implement :meth:`build` (a pure function of the window's pairs, run off the
     loop's thread) and may set ``reason``. Users are scored from their live recent history:
     ``score = snapshot.score(rows of their recent items known to the snapshot, recency ** age)``
-    (age 0 for the newest); only
-    items scoring above 0 are recommended; a user with no recent item the snapshot knows
-    (a stranger, or only new items) gets an empty list and 0.0 predictions. The pipeline
-    fills short lists from popularity.
+    (age 0 for the newest); only items scoring above 0 are recommended; a user with no recent
+    item the snapshot knows (a stranger, or only new items) gets an empty list and 0.0
+    predictions. The pipeline fills short lists from popularity.
 
     Attributes
     ----------
@@ -181,11 +180,11 @@ class RebuiltRecommender(Recommender):
     background
         Build in a background thread (swap at the first event after it finished); ``False``:
         inline, at the event that triggers it (reproducible; the loop waits).
-    recency
-        Scoring: the user's most recent item counts 1, each older one this times the next.
     nice
         The background build thread's nice value (Linux; 0 = the loop's priority): higher keeps
         more of the CPU for the loop on a busy machine, and makes the build take longer there.
+    recency
+        Scoring: the user's most recent item counts 1, each older one this times the next.
     seed
         Seeds what the build draws (e.g. the starting vector of the SVD).
     """
@@ -204,16 +203,16 @@ class RebuiltRecommender(Recommender):
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
-        if not 0.0 < recency <= 1.0:
-            raise ValueError(f"recency must be in (0, 1], got {recency}")
-        self.recency = recency
-        # The weight of the d-th most recent history item (index d - 1).
-        self._recent_weights = recency ** np.arange(history, dtype=np.float64)
         if min(window, every, min_events, history) < 1:
             raise ValueError("window, every, min_events and history must be at least 1")
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be in 0..19, got {nice}")
+        if not 0.0 < recency <= 1.0:
+            raise ValueError(f"recency must be in (0, 1], got {recency}")
         self.nice = nice
+        self.recency = recency
+        # The weight of the d-th most recent history item (index d - 1).
+        self._recent_weights = recency ** np.arange(history, dtype=np.float64)
         self.window = window
         self.every = every
         self.min_events = min_events

@@ -92,6 +92,8 @@ def suite_settings(overrides: dict[str, Any]) -> StreamSettings:
             "models": tuple(names),
             "recommender": defaults.recommender,
             "blend": defaults.blend_weights(),
+            # Full rebuilds inline, as `stream evaluate` does: figures reproducible.
+            "rebuild_background": False,
             **overrides,
         },
     )

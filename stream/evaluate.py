@@ -85,6 +85,9 @@ def evaluate(
     pipeline: Pipeline | None = None,
 ) -> EvaluationResult:
     """Test-then-learn over ``events`` (already in the order to replay them)."""
+    if settings.rebuild_background is None:
+        # Offline runs are reproducible: full rebuilds run inline unless the setting says not.
+        settings = settings.model_copy(update={"rebuild_background": False})
     pipe = pipeline if pipeline is not None else Pipeline.from_settings(settings)
     series: dict[str, dict[str, list[float | None]]] = {
         name: {"event": [], "hit_rate": [], "rmse": []} for name in pipe.models

@@ -17,7 +17,18 @@ __all__ = ["EVENT_TYPES", "SettingsError", "StreamSettings", "load_settings"]
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
 
-ModelName = Literal["popularity", "knn", "sequence", "bpr", "biased_mf", "funk_mf", "blend"]
+ModelName = Literal[
+    "popularity",
+    "knn",
+    "sequence",
+    "bpr",
+    "biased_mf",
+    "funk_mf",
+    "svd",
+    "ease",
+    "userknn",
+    "blend",
+]
 DriftDetectorName = Literal["adwin", "page_hinkley", "kswin"]
 
 
@@ -143,14 +154,11 @@ class StreamSettings(BaseSettings):
     # --- Recommendation ----------------------------------------------------------------------
     top_k: int = Field(10, ge=1, le=1_000)
     """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
-    models: Annotated[tuple[ModelName, ...], NoDecode] = (
-        "popularity",
-        "knn",
-        "sequence",
-        "biased_mf",
-        "blend",
+    models: Annotated[tuple[ModelName, ...], NoDecode] = Field(
+        ("popularity", "knn", "sequence", "biased_mf", "blend"),
+        description="Models to run (comma list): popularity, knn, sequence, bpr, biased_mf, "
+        "funk_mf, svd, ease, userknn, blend.",
     )
-    """Models to run (comma list): popularity, knn, sequence, bpr, biased_mf, funk_mf, blend."""
     recommender: ModelName = Field(
         "blend",
         description="The model whose top-K is published (default: blend, or knn, or the first "
@@ -220,6 +228,40 @@ class StreamSettings(BaseSettings):
     """SGD step of the BPR model."""
     bpr_l2: float = Field(0.002, ge=0)
     """L2 regularisation of the BPR model."""
+
+    # User-based KNN
+    userknn_history: int = Field(50, ge=1, le=10_000)
+    """userknn: recent distinct items kept per user (compared to find neighbours)."""
+    userknn_item_users: int = Field(50, ge=1, le=10_000)
+    """userknn: recent users kept per item (the candidate neighbours an item brings)."""
+    userknn_neighbors: int = Field(30, ge=1, le=10_000)
+    """userknn: most similar users whose items are scored."""
+
+    # Full rebuilds (svd, ease): rebuilt from a sliding window, in the background
+    rebuild_window: int = Field(100_000, ge=10, le=10_000_000)
+    """svd/ease: most recent interactions a rebuild uses."""
+    rebuild_every: int = Field(10_000, ge=1)
+    """svd/ease: a rebuild starts every this many events."""
+    rebuild_min_events: int = Field(1_000, ge=1)
+    """svd/ease: the first build starts once this many events were learned."""
+    rebuild_background: bool | None = Field(
+        None,
+        description="svd/ease: true: build in a background thread, swapped in at the first "
+        "event after it finished; false: inline at the event that triggers it (reproducible); "
+        "unset: true in the worker, false in `stream evaluate`.",
+    )
+    rebuild_nice: int = Field(15, ge=0, le=19)
+    """svd/ease: nice value of the background build thread (Linux; 0 = the loop's priority)."""
+    rebuild_history: int = Field(100, ge=1, le=10_000)
+    """svd/ease: a user's recent distinct items scored against the last build (live fold-in)."""
+    rebuild_recency: float = Field(0.9, gt=0, le=1)
+    """svd/ease: scoring, the most recent item counts 1, each older one this times the next."""
+    svd_factors: int = Field(32, ge=1, le=1_024)
+    """svd: singular vectors of the window's user-item matrix kept."""
+    ease_l2: float = Field(200.0, gt=0)
+    """ease: the L2 penalty lambda of the closed-form solution."""
+    ease_max_items: int = Field(3_000, ge=1, le=20_000)
+    """ease: most frequent items of the window in a build (memory: this squared x 4 bytes)."""
 
     # Popularity
     popularity_half_life: float = Field(5_000.0, gt=0, description="Half-life in events.")

@@ -9,9 +9,12 @@ from typing import Any
 from stream.models.base import Recommender
 from stream.models.blend import Blend
 from stream.models.bpr import BPR
+from stream.models.ease import EASE
 from stream.models.knn import ItemKNN
 from stream.models.mf import MatrixFactorization, MFKind
 from stream.models.popularity import Popularity
+from stream.models.svd import PureSVD
+from stream.models.userknn import UserKNN
 from stream.settings import StreamSettings
 
 __all__ = ["MODEL_REGISTRY", "MODEL_SETTINGS", "build_blend", "build_models", "learns"]
@@ -62,6 +65,40 @@ def _bpr(settings: StreamSettings) -> Recommender:
     )
 
 
+def _rebuild_options(settings: StreamSettings) -> dict[str, Any]:
+    """The schedule of a rebuilt model; an unset STREAM_REBUILD_BACKGROUND means background
+    (``stream evaluate`` sets it to false first)."""
+    return {
+        "window": settings.rebuild_window,
+        "every": settings.rebuild_every,
+        "min_events": settings.rebuild_min_events,
+        "history": settings.rebuild_history,
+        "background": settings.rebuild_background is not False,
+        "nice": settings.rebuild_nice,
+        "recency": settings.rebuild_recency,
+        "seed": settings.seed,
+    }
+
+
+def _svd(settings: StreamSettings) -> Recommender:
+    return PureSVD(n_factors=settings.svd_factors, **_rebuild_options(settings))
+
+
+def _ease(settings: StreamSettings) -> Recommender:
+    return EASE(
+        l2=settings.ease_l2, max_items=settings.ease_max_items, **_rebuild_options(settings)
+    )
+
+
+def _userknn(settings: StreamSettings) -> Recommender:
+    return UserKNN(
+        history=settings.userknn_history,
+        item_users=settings.userknn_item_users,
+        neighbors=settings.userknn_neighbors,
+        seed=settings.seed,
+    )
+
+
 def _mf(kind: MFKind) -> Callable[[StreamSettings], Recommender]:
     def build(settings: StreamSettings) -> Recommender:
         return MatrixFactorization(
@@ -105,6 +142,9 @@ MODEL_REGISTRY: dict[str, Callable[[StreamSettings], Recommender]] = {
     "bpr": _bpr,
     "biased_mf": _mf("biased"),
     "funk_mf": _mf("funk"),
+    "svd": _svd,
+    "ease": _ease,
+    "userknn": _userknn,
     "blend": _blend,
 }
 """Every model by name. ``blend`` builds a stand-alone blend with its own components; in a
@@ -118,6 +158,15 @@ _MF_SETTINGS = (
     "mf_l2",
     "mf_init_std",
     "negative_samples",
+    "seed",
+)
+
+_REBUILT_SETTINGS = (
+    "rebuild_window",
+    "rebuild_every",
+    "rebuild_min_events",
+    "rebuild_history",
+    "rebuild_recency",
     "seed",
 )
 
@@ -152,6 +201,10 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     ),
     "biased_mf": _MF_SETTINGS,
     "funk_mf": _MF_SETTINGS,
+    # Not STREAM_REBUILD_BACKGROUND / _NICE: when and how a build runs, not what it learns.
+    "svd": ("svd_factors", *_REBUILT_SETTINGS),
+    "ease": ("ease_l2", "ease_max_items", *_REBUILT_SETTINGS),
+    "userknn": ("userknn_history", "userknn_item_users", "userknn_neighbors", "seed"),
     "blend": ("blend", "blend_learning_rate", "blend_half_life", "top_k"),
 }
 """The settings each factory reads: what a learned model is tied to once built (a restored

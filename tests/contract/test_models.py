@@ -38,6 +38,15 @@ SETTINGS = StreamSettings(
     knn_history=6,
     popularity_half_life=150.0,
     blend={"knn": 1.0, "popularity": 0.3},
+    # Rebuilt models (svd, ease): built inline (reproducibly) at event 50, then every 100.
+    rebuild_min_events=50,
+    rebuild_every=100,
+    rebuild_background=False,
+    svd_factors=4,
+    ease_l2=10.0,
+    userknn_history=6,
+    userknn_item_users=8,
+    userknn_neighbors=5,
 )
 NAMES = sorted(MODEL_REGISTRY)
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}

@@ -67,6 +67,21 @@ def all_models_pipeline() -> Pipeline:
     return Pipeline.from_settings(StreamSettings(models=models, drift_min_events=0, seed=5))
 
 
+def rebuilt_models_pipeline() -> Pipeline:
+    # The full-rebuild models (with their snapshots and windows) and user-based KNN.
+    settings = StreamSettings(
+        models=("svd", "ease", "userknn"),
+        recommender="svd",
+        rebuild_min_events=100,
+        rebuild_every=100,
+        rebuild_background=False,
+        svd_factors=4,
+        drift_min_events=0,
+        seed=5,
+    )
+    return Pipeline.from_settings(settings)
+
+
 def feed(pipeline: Pipeline, events: list[Event], start: int = 0) -> list[dict[str, Any]]:
     """Process events; the published recommendations, minus wall-clock fields."""
     out = []
@@ -112,7 +127,9 @@ def store(tmp_path: Path) -> CheckpointStore:
 # --- round trip ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [popularity_pipeline, all_models_pipeline])
+@pytest.mark.parametrize(
+    "build", [popularity_pipeline, all_models_pipeline, rebuilt_models_pipeline]
+)
 def test_round_trip_restores_identical_state(store: CheckpointStore, build: Any) -> None:
     events = make_events(400)
     original = build()

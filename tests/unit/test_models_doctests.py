@@ -14,6 +14,10 @@ MODULES = [
     "stream.models.mf",
     "stream.models.blend",
     "stream.models.bpr",
+    "stream.models.rebuilt",
+    "stream.models.svd",
+    "stream.models.ease",
+    "stream.models.userknn",
     "stream.models.registry",
 ]
 

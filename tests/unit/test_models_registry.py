@@ -28,6 +28,9 @@ def test_every_configurable_name_is_registered() -> None:
         "bpr",
         "biased_mf",
         "funk_mf",
+        "svd",
+        "ease",
+        "userknn",
         "blend",
     }
 

@@ -263,7 +263,9 @@ def _variant(name: str) -> Any:
     return None
 
 
-@pytest.mark.parametrize("model", ["popularity", "knn", "biased_mf", "funk_mf"])
+@pytest.mark.parametrize(
+    "model", ["popularity", "knn", "sequence", "bpr", "biased_mf", "funk_mf", "userknn"]
+)
 def test_model_settings_name_exactly_what_each_factory_reads(model: str) -> None:
     """A model is built from the settings MODEL_SETTINGS lists for it, and no others (River's
     constructor parameters): a factory that starts reading another setting fails here."""

@@ -165,7 +165,8 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
     unsafe = summary.uncommitted
     logger.log(
         logging.ERROR if unsafe else logging.INFO,
-        "worker stopped (%s): consumed %d, processed %d, dead-lettered %d, drifts %d, %s",
+        # One final line: what is safe, and how well the served model did.
+        "worker stopped (%s): consumed %d, processed %d, dead-lettered %d, drifts %d, %s; %s",
         summary.stopped_by,
         summary.consumed,
         summary.processed,
@@ -174,8 +175,8 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
         f"{unsafe} NOT YET SAFE (uncommitted, consumed again next run)"
         if unsafe
         else "all committed",
+        summary.accuracy_line(settings.recommender),
     )
-    logger.info("%s", summary.accuracy_line(settings.recommender))
     return 1 if unsafe else 0
 
 

@@ -296,7 +296,7 @@ def test_a_setting_a_restored_model_cannot_follow_refuses_the_start(
         2,
         f"the checkpoint of {s.events_topic}[0] was learned with other settings",
         "STREAM_KNN_NEIGHBORS 100 -> 7 (knn learned with 100)",
-        "STREAM_KNN_NEIGHBORS=50",
+        "STREAM_KNN_NEIGHBORS=100",
         "STREAM_CHECKPOINT_RELEARN_CHANGED=true",
     )
     assert "partitions assigned" not in proc.stderr  # refused before joining the group

@@ -76,7 +76,14 @@ def test_window_of_one_matches_river_too() -> None:
 
 @pytest.mark.parametrize("name", sorted(n for n in MODEL_REGISTRY if n != "blend"))
 def test_a_deeper_top_k_begins_with_the_top_k(name: str) -> None:
-    s = settings(models=(name,), recommender=name)
+    # Rebuilt models (svd, ease) build inline and early, so they have rankings to compare.
+    s = settings(
+        models=(name,),
+        recommender=name,
+        rebuild_background=False,
+        rebuild_min_events=200,
+        rebuild_every=500,
+    )
     model = build_models(s)[name]
     pipeline = Pipeline(PipelineConfig.from_settings(s), {name: model})
     checked = 0

@@ -159,7 +159,7 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
         summary.dead_lettered,
         len(summary.drifts),
     )
-    logger.info("%s", summary.accuracy_line(settings.recommender))
+    logger.info("%s", summary.accuracy_line(summary.served_model(settings.recommender)))
     return 0
 
 

@@ -1,0 +1,158 @@
+"""What the core consults after each event: which model to serve, at which version, and
+whether drift calls for a reaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from stream.evaluation import ModelEvaluator
+from stream.events import DriftRecord
+from stream.models.blend import Blend
+from stream.updates.promotion import Promotion, PromotionPolicy, PromotionSettings
+from stream.updates.reaction import DriftReaction, Reaction, ReactionSettings
+
+__all__ = ["ModelUpdates", "model_versions", "rebuilds_of"]
+
+logger = logging.getLogger(__name__)
+
+_AFTER_DRIFT_EVIDENCE = 4  # a reaction lets the policy decide on a quarter of its evidence
+
+
+def _version(model: object) -> int | None:
+    value = getattr(model, "version", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def model_versions(models: Mapping[str, object]) -> dict[str, int]:
+    """Each model's own version: a rebuilt model's ``version``, 0 for incremental models."""
+    return {name: _version(model) or 0 for name, model in models.items()}
+
+
+def rebuilds_of(models: Mapping[str, object]) -> list[dict[str, Any]]:
+    """Every full rebuild the models report (their ``rebuilds`` lists), by event, with the
+    model's name added."""
+    found: list[dict[str, Any]] = []
+    for name, model in models.items():
+        if isinstance(model, Blend):
+            continue  # its components report their own
+        for entry in getattr(model, "rebuilds", None) or []:
+            if isinstance(entry, dict):
+                found.append({"model": name, **entry})
+    found.sort(key=lambda r: (r.get("event") or 0, r["model"]))
+    return found
+
+
+class ModelUpdates:
+    """The served model and its version, the promotion policy and the drift reaction.
+
+    ``model_version`` starts at 1 and grows by one at each promotion and each time the served
+    model (or a component of a served blend) reports a new ``version`` (a rebuilt model
+    swapped in), so a recommendation's ``(model, model_version)`` names what produced it.
+    Everything here is plain data: the pipeline's checkpoint carries it.
+
+    Examples
+    --------
+    >>> from stream.models.popularity import Popularity
+    >>> updates = ModelUpdates(PromotionSettings(), ReactionSettings(), "popularity", 1_000,
+    ...                        {"popularity": Popularity()})
+    >>> updates.served, updates.model_version
+    ('popularity', 1)
+    """
+
+    def __init__(
+        self,
+        promotion: PromotionSettings,
+        reaction: ReactionSettings,
+        champion: str,
+        window: int,
+        models: Mapping[str, object],
+    ) -> None:
+        self.policy = PromotionPolicy(promotion, champion, list(models))
+        self.reaction = DriftReaction(reaction, window)
+        self.model_version = 1
+        self._signature = self._signature_of(models)
+        self.promotions: list[Promotion] = []  # every promotion so far (they are rare)
+        self.reactions: list[Reaction] = []
+
+    @property
+    def served(self) -> str:
+        """The model being served now (the champion)."""
+        return self.policy.champion
+
+    def _signature_of(self, models: Mapping[str, object]) -> tuple[int | None, ...]:
+        model = models[self.served]
+        parts: list[object] = [model]
+        if isinstance(model, Blend):
+            parts += [c for _, c in model.active]
+        return tuple(_version(m) for m in parts)
+
+    def current_version(self, models: Mapping[str, object]) -> int:
+        """``model_version`` now, bumped first if the served model swapped in a rebuild."""
+        signature = self._signature_of(models)
+        if signature != self._signature:
+            self._signature = signature
+            self.model_version += 1
+        return self.model_version
+
+    def after_one(
+        self,
+        models: Mapping[str, Any],
+        evaluators: Mapping[str, ModelEvaluator],
+        evaluated_count: int,
+        evaluated: bool,
+        drifts: list[DriftRecord],
+    ) -> tuple[Promotion | None, Reaction | None]:
+        """Consult the reaction, then the policy, after one learned event."""
+        if not evaluated:
+            return None, None
+        served = self.served
+        detected = None
+        for d in drifts:
+            if d.model == served and d.metric == "miss":
+                detected = d.event
+        reaction: Reaction | None = None
+        due = self.reaction.observe_one(served, evaluators[served], evaluated_count, detected)
+        if due is not None:
+            before, recent, at = due
+            reason = f"drift on {served} at event {at}: HR {recent:.4f} vs {before:.4f} before"
+            actions = self.reaction.react(models, evaluated_count, reason)
+            s = self.policy.settings
+            self.policy.boost(
+                evaluated_count + self.reaction.settings.span_events,
+                s.min_events // _AFTER_DRIFT_EVIDENCE,
+            )
+            actions.append(f"promotion on {s.min_events // _AFTER_DRIFT_EVIDENCE} events of lead")
+            reaction = Reaction(served, evaluated_count, at, before, recent, actions)
+            self.reactions.append(reaction)
+            logger.info("drift reaction: %s; %s", reason, "; ".join(actions))
+        else:
+            self.reaction.maybe_end_span(models, evaluated_count)
+        promotion = self.policy.observe_one(evaluators, evaluated_count)
+        if promotion is not None:
+            self.model_version += 1
+            self._signature = self._signature_of(models)
+            self.promotions.append(promotion)
+            logger.info(
+                "promoted %s over %s: windowed %s %.4f vs %.4f, ahead by the margin for %d "
+                "evaluated events%s; model_version %d",
+                promotion.to_model,
+                promotion.from_model,
+                self.policy.settings.metric,
+                promotion.to_value,
+                promotion.from_value,
+                promotion.lead_events,
+                " (after a drift reaction)" if promotion.after_drift else "",
+                self.model_version,
+            )
+        return promotion, reaction
+
+    def state(self) -> dict[str, Hashable]:
+        """A summary for checkpoint headers and logs."""
+        return {
+            "served": self.served,
+            "model_version": self.model_version,
+            "promotions": self.policy.promotions,
+            "reactions": self.reaction.reactions,
+        }

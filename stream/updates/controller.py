@@ -81,6 +81,26 @@ class ModelUpdates:
         """The model being served now (the champion)."""
         return self.policy.champion
 
+    def reconfigure(
+        self,
+        promotion: PromotionSettings,
+        reaction: ReactionSettings,
+        champion: str,
+        models: Mapping[str, object],
+    ) -> None:
+        """Apply other settings to restored state (a checkpoint restored under changed
+        settings): the champion stays served if it is still configured and promotion is on,
+        otherwise ``champion`` (``STREAM_RECOMMENDER``) is; the version only grows."""
+        keep = promotion.enabled and self.served in models
+        served = self.served if keep else champion
+        policy = PromotionPolicy(promotion, served, list(models))
+        policy.promotions = self.policy.promotions
+        self.policy = policy
+        self.reaction.settings = reaction
+        if self._signature_of(models) != self._signature or not keep:
+            self.model_version += 1
+            self._signature = self._signature_of(models)
+
     def _signature_of(self, models: Mapping[str, object]) -> tuple[int | None, ...]:
         model = models[self.served]
         parts: list[object] = [model]

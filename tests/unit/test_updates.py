@@ -3,6 +3,7 @@ served model's version, and the pipeline consulting them; list-backed streams, n
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.checkpoint import CheckpointStore
-from stream.core import Pipeline
+from stream.core import Pipeline, PipelineConfig
 from stream.evaluation import ModelEvaluator, rank_outcome
 from stream.events import Event
 from stream.models.blend import Blend
@@ -322,3 +323,62 @@ def test_bad_update_settings_are_refused(bad: dict[str, Any]) -> None:
 
     with pytest.raises(SettingsError, match="STREAM_"):
         load_settings(**bad)
+
+
+def test_evaluate_writes_the_series_promotions_and_rebuilds(tmp_path: Any) -> None:
+    from stream.evaluate import evaluate, updates_summary
+    from stream.report import write_report
+
+    result = evaluate(pairs_stream(n_users=1_100), pairs_settings())
+    doc = result.to_json()
+    assert [(p["event"], p["from"], p["to"]) for p in doc["promotions"]] == [
+        (result.promotions[0].event, "popularity", "knn")
+    ]
+    at = result.promotions[0].event
+    rows = doc["series"]
+    assert {r["event"] for r in rows} == {1_000, 2_000, 2_200}
+    assert all(set(r) == {"event", "model", "hr@10", "served"} for r in rows)
+    assert len(rows) == 3 * 2  # every model at every sampled event
+    for r in rows:
+        assert r["served"] == (r["model"] == ("knn" if r["event"] >= at else "popularity"))
+        hr = result.served_series[[n for n, _, _ in result.served_series].index(r["event"])][2]
+        assert r["hr@10"] == hr[r["model"]]
+    assert doc["rebuilds"] == [] and doc["served_model"] == "knn"
+    assert {"events", "k", "default_model", "models", "drifts", "rejected"} <= set(doc)
+    assert "popularity -> knn" in updates_summary(result)
+    write_report(result, tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert "promoted knn over popularity" in page
+    assert json.loads((tmp_path / "metrics.json").read_text())["promotions"] == doc["promotions"]
+
+
+def test_rebuilds_of_full_models_reach_metrics_json() -> None:
+    from stream.evaluate import evaluate
+
+    s = pairs_settings(promotion=False)
+    full = Rebuilt()
+    pipeline = Pipeline(PipelineConfig.from_settings(s), {"popularity": full, "knn": ItemKNN()})
+    full.request_rebuild("scheduled")
+    result = evaluate(pairs_stream(), s, pipeline=pipeline)
+    doc = result.to_json()
+    assert [(r["model"], r["version"], r["reason"]) for r in doc["rebuilds"]] == [
+        ("popularity", 2, "scheduled")
+    ]
+    assert doc["model_versions"] == {"popularity": 2, "knn": 0}
+
+
+def test_reconfigure_keeps_the_served_model_or_falls_back_to_the_recommender() -> None:
+    pipeline = Pipeline.from_settings(pairs_settings())
+    for _ in pipeline.run(pairs_stream()):
+        pass
+    updates = pipeline.updates
+    assert (updates.served, updates.model_version) == ("knn", 2)
+    models = pipeline.models
+    updates.reconfigure(PromotionSettings(margin=0.5), ReactionSettings(), "popularity", models)
+    assert (updates.served, updates.model_version) == ("knn", 2)
+    assert updates.policy.settings.margin == 0.5 and updates.policy.promotions == 1
+    updates.reconfigure(
+        PromotionSettings(enabled=False), ReactionSettings(enabled=False), "popularity", models
+    )
+    assert (updates.served, updates.model_version) == ("popularity", 3)
+    assert not updates.reaction.settings.enabled

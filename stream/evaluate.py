@@ -231,8 +231,8 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
             ),
             file=out,
         )
-    print(drift_summary(result.drifts), file=out)
     print(updates_summary(result), file=out)
+    print(drift_summary(result.drifts), file=out)
 
 
 def updates_summary(result: EvaluationResult) -> str:

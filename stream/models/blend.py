@@ -110,18 +110,6 @@ class Blend(Recommender):
         params.update(new_params or {})
         return Blend(**params)
 
-    def set_half_life(self, half_life: float) -> None:
-        """Weigh outcomes with a new half-life from the next one on."""
-        if not half_life > 0:
-            raise ValueError(f"half_life must be > 0, got {half_life}")
-        self.half_life = half_life
-        self._keep = 2.0 ** (-1.0 / half_life)
-
-    def reset_weights(self) -> None:
-        """Forget the learned gains: back to the prior weights, to re-learn them (after drift)."""
-        self._gains = [0.0] * len(self._active)
-        self._active = [(n, c, float(self.weights[n])) for n, c, _ in self._active]
-
     @property
     def n_users(self) -> int:
         return max((c.n_users for c in self.components.values()), default=0)

@@ -139,11 +139,11 @@ class ModelUpdates:
             reason = f"drift on {served} at event {at}: HR {recent:.4f} vs {before:.4f} before"
             actions = self.reaction.react(models, evaluated_count, reason)
             s = self.policy.settings
+            after = max(1, s.min_events // _AFTER_DRIFT_EVIDENCE)
             self.policy.boost(
-                evaluated_count + self.reaction.settings.span_events,
-                s.min_events // _AFTER_DRIFT_EVIDENCE,
+                evaluated_count + self.reaction.settings.span_events, after, evaluators
             )
-            actions.append(f"promotion on {s.min_events // _AFTER_DRIFT_EVIDENCE} events of lead")
+            actions.append(f"promotion on {after} post-reaction evaluations of lead")
             reaction = Reaction(served, evaluated_count, at, before, recent, actions)
             self.reactions.append(reaction)
             logger.info("drift reaction: %s; %s", reason, "; ".join(actions))

@@ -93,17 +93,32 @@ class PromotionPolicy:
         # Challenger -> evaluated count at which its current unbroken lead began.
         self._leading_since: dict[str, int] = {}
         self.promotions = 0
-        # Until this evaluated count, decide on ``_boost_events`` of lead (drift reaction).
+        # Until this evaluated count, decide on ``_boost_events`` of lead, on the means since
+        # the boost began (drift reaction); each model's totals at that moment.
         self._boost_until = 0
         self._boost_events = 0
+        self._boost_from: dict[str, tuple[float, float, float, float]] = {}
 
-    def boost(self, until_evaluated: int, min_events: int) -> None:
-        """Decide on ``min_events`` of lead (and no window evidence) until ``until_evaluated``:
-        after a confirmed drift the window is stale, and the best recent model should take over
-        without waiting two windows."""
+    def boost(
+        self, until_evaluated: int, min_events: int, evaluators: Mapping[str, ModelEvaluator]
+    ) -> None:
+        """Until ``until_evaluated``, compare the models on their evaluations since now (the
+        window still holds the time before the drift) and promote after ``min_events`` of
+        them with an unbroken lead, so the best model *after* the drift can take over without
+        waiting two windows."""
         self._boost_until = until_evaluated
         self._boost_events = max(1, min_events)
+        self._boost_from = {n: e.rank_totals() for n, e in evaluators.items()}
         self._leading_since.clear()  # leads measured before the drift prove nothing now
+
+    def _since_boost(self, name: str, evaluator: ModelEvaluator) -> tuple[float, float]:
+        """(evaluations, mean of the metric) since the boost began."""
+        start = self._boost_from.get(name, (0.0, 0.0, 0.0, 0.0))
+        now = evaluator.rank_totals()
+        n = now[0] - start[0]
+        if n <= 0:
+            return 0.0, 0.0
+        return n, (now[1 + self._index] - start[1 + self._index]) / n
 
     def boosted(self, evaluated: int) -> bool:
         return evaluated < self._boost_until
@@ -116,21 +131,26 @@ class PromotionPolicy:
             return None
         boosted = evaluated < self._boost_until
         need = self._boost_events if boosted else self.settings.min_events
-        evidence = 1 if boosted else min(self.settings.min_events, evaluators[self.champion].window)
-        champion = evaluators[self.champion]
-        if champion.in_window < evidence:
-            return None
+        evidence = need // 2 if boosted else min(need, evaluators[self.champion].window)
         index = self._index
-        base = champion.windowed_rank()[index]
+
+        def measured(name: str) -> tuple[float, float]:
+            evaluator = evaluators[name]
+            if boosted:
+                return self._since_boost(name, evaluator)
+            return evaluator.in_window, evaluator.windowed_rank()[index]
+
+        n_champion, base = measured(self.champion)
+        if n_champion < evidence:
+            return None
         bar = base * (1.0 + self.settings.margin)
         leading = self._leading_since
         best: tuple[float, str] | None = None
         for name in self.challengers:
             if name == self.champion:
                 continue
-            evaluator = evaluators[name]
-            value = evaluator.windowed_rank()[index]
-            if evaluator.in_window < evidence or value <= bar or value <= base:
+            n, value = measured(name)
+            if n < evidence or value <= bar or value <= base:
                 leading.pop(name, None)
                 continue
             since = leading.setdefault(name, evaluated)

@@ -9,8 +9,9 @@ not touched yet). After a reaction, detections are ignored for ``cooldown_events
 
 What a reaction does, for ``span_events`` evaluated events (then the settings come back):
 
-- every blend forgets its learned weights and re-learns them with a shorter half-life, so the
-  components that recover first (popularity, usually) take the lead at once;
+- blends are left as they are: their online (Hedge) weights already move to the components
+  that recover first, within a few hundred evaluations; resetting them or shortening their
+  half-life was measured to make the served blend worse after a drift (``benchmarks/updates.py``);
 - models with a decay (``set_half_life``: popularity, knn) forget ``speedup`` times faster;
 - models that rebuild from a window (``request_rebuild``) are asked to rebuild now, from the
   post-drift events;
@@ -130,17 +131,20 @@ class DriftReaction:
         return level, recent, event
 
     def react(self, models: Mapping[str, Any], evaluated: int, reason: str) -> list[str]:
-        """Apply the reaction to ``models``; returns what was done, one phrase per action."""
+        """Apply the reaction to ``models``; returns what was done, one phrase per action.
+
+        Blends are left alone: their Hedge weights already follow the components' outcomes
+        with a half-life of a few hundred evaluations, and resetting or shortening it was
+        measured to hurt (flatter weights serve the weak components more; see
+        ``benchmarks/updates.py``).
+        """
         s = self.settings
         actions: list[str] = []
         self.end_span(models)  # a new reaction starts from the configured settings
         for name, model in models.items():
             if isinstance(model, Blend):
-                self.restore[name] = model.half_life
-                model.reset_weights()
-                model.set_half_life(max(1.0, model.half_life / s.speedup))
-                actions.append(f"{name}: weights reset, half-life {model.half_life:g}")
-            elif hasattr(model, "set_half_life") and getattr(model, "half_life", None):
+                continue
+            if hasattr(model, "set_half_life") and getattr(model, "half_life", None):
                 self.restore[name] = model.half_life
                 model.set_half_life(model.half_life / s.speedup)
                 actions.append(f"{name}: half-life {model.half_life:g}")

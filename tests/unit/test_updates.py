@@ -120,7 +120,7 @@ def test_a_boost_promotes_on_less_evidence_once() -> None:
     evs = evaluators("a", "b", window=1_000)
     policy = PromotionPolicy(PromotionSettings(margin=0.1, min_events=2_000), "a", ["a", "b"])
     drive_policy(policy, evs, {"a": 0.3, "b": 0.3}, 1_000)
-    policy.boost(until_evaluated=3_000, min_events=100)
+    policy.boost(until_evaluated=3_000, min_events=100, evaluators=evs)
     done = drive_policy(policy, evs, {"a": 0.05, "b": 0.6}, 500, start=1_000)
     assert len(done) == 1 and done[0][2] == "b"
     assert done[0][0] - 1_000 < 300  # not the 2,000 events (and full windows) of the default
@@ -184,27 +184,29 @@ class Rebuilt(Popularity):
         )  # fmt: skip
 
 
-def test_a_reaction_reweights_blends_speeds_decays_requests_rebuilds_then_restores() -> None:
+def test_a_reaction_speeds_decays_requests_rebuilds_then_restores() -> None:
     knn, pop, full = ItemKNN(half_life=8_000.0), Popularity(half_life=4_000.0), Rebuilt()
     blend = Blend({"knn": knn, "pop": pop}, {"knn": 1.0, "pop": 1.0}, learning_rate=1.0)
-    blend.observe_one({"knn": [], "pop": []}, "x")
-    blend._gains = [5.0, 0.0]  # knn far ahead before the drift
-    blend.observe_one({"knn": [], "pop": []}, "x")
-    assert blend.current_weights["pop"] < 0.01
     models = {"knn": knn, "popularity": pop, "full": full, "blend": blend}
     reaction = DriftReaction(ReactionSettings(speedup=4.0, span_events=100), window=100)
     actions = reaction.react(models, evaluated=1_000, reason="drift on blend")
-    assert blend.current_weights == {"knn": 1.0, "pop": 1.0}  # re-learns from the priors
-    assert (blend.half_life, knn.half_life, pop.half_life) == (125.0, 2_000.0, 1_000.0)
+    assert (knn.half_life, pop.half_life, blend.half_life) == (2_000.0, 1_000.0, 500.0)
     assert full.requested == ["drift on blend"] and full.half_life == 250.0
     assert any("rebuild requested" in a for a in actions)
+    assert not any(a.startswith("blend") for a in actions)  # Hedge weights left to adapt
     reaction.maybe_end_span(models, 1_050)
     assert knn.half_life == 2_000.0
     reaction.maybe_end_span(models, 1_100)
-    assert (blend.half_life, knn.half_life, pop.half_life) == (500.0, 8_000.0, 4_000.0)
+    assert (knn.half_life, pop.half_life, full.half_life) == (8_000.0, 4_000.0, 1_000.0)
     assert reaction.reactions == 1
     assert model_versions(models) == {"knn": 0, "popularity": 0, "full": 2, "blend": 0}
     assert [r["model"] for r in rebuilds_of(models)] == ["full"]
+    # A reaction during a span starts from the configured half-lives, not the shortened ones.
+    reaction.react(models, evaluated=2_000, reason="again")
+    reaction.react(models, evaluated=2_010, reason="and again")
+    assert knn.half_life == 2_000.0
+    reaction.end_span(models)
+    assert knn.half_life == 8_000.0
 
 
 def test_model_version_counts_promotions_and_rebuilds_of_the_served_model() -> None:
@@ -382,3 +384,18 @@ def test_reconfigure_keeps_the_served_model_or_falls_back_to_the_recommender() -
     )
     assert (updates.served, updates.model_version) == ("popularity", 3)
     assert not updates.reaction.settings.enabled
+
+
+def test_set_half_life_changes_the_decay_from_the_next_event() -> None:
+    pop = Popularity(half_life=1_000_000.0)
+    pop.learn_one("u", "old", 1.0, {"implicit": True})
+    pop.set_half_life(1.0)
+    for n in range(3):
+        pop.learn_one("u", f"new{n}", 1.0, {"implicit": True})
+    # Three events at half-life 1: the old count weighs 1/8 of a fresh one.
+    assert pop.score_of("old") / pop.score_of("new2") == pytest.approx(0.125)
+    knn = ItemKNN(half_life=None)
+    knn.set_half_life(10.0)
+    assert knn.half_life == 10.0
+    with pytest.raises(ValueError):
+        pop.set_half_life(0.0)

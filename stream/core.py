@@ -328,9 +328,10 @@ class Pipeline:
         for name in self.models:
             self.learned[name] += 1
         self._remember(user, item)
-        promotion, reaction = self.updates.after_one(
+        # Champion / challenger and the drift reaction (stream/updates), before recommending.
+        promotions, reactions = self.updates.after_one(
             self.models, self.evaluators, self.evaluated_count, evaluated, drifts
-        )
+        ).records(self.run_count, source, event.timestamp, self.config.top_k)
 
         # One line per detection only at DEBUG: a long log has hundreds of them. The worker
         # logs them summarised with each metrics record; `evaluate` summarises them at the end.
@@ -343,40 +344,8 @@ class Pipeline:
                 d.event,
                 source,
             )
-        result = StepResult(event, source, self.recommend(event, source), evaluated, drifts)
-        if promotion is not None:
-            result.promotions.append(
-                PromotionRecord(
-                    from_model=promotion.from_model,
-                    to_model=promotion.to_model,
-                    event=self.run_count,
-                    evaluated=promotion.evaluated,
-                    metric=f"{self.config.promotion_metric}@{self.config.top_k}",
-                    from_value=promotion.from_value,
-                    to_value=promotion.to_value,
-                    lead_events=promotion.lead_events,
-                    after_drift=promotion.after_drift,
-                    model_version=self.updates.model_version,
-                    source_topic=source.topic,
-                    source_partition=source.partition,
-                    source_offset=source.offset,
-                    timestamp=event.timestamp,
-                )
-            )
-        if reaction is not None:
-            result.reactions.append(
-                ReactionRecord(
-                    model=reaction.model,
-                    event=self.run_count,
-                    detected_at_event=reaction.detected_at_event,
-                    before=reaction.before,
-                    recent=reaction.recent,
-                    actions=reaction.actions,
-                    source_partition=source.partition,
-                    timestamp=event.timestamp,
-                )
-            )
-        return result
+        recommendation = self.recommend(event, source)
+        return StepResult(event, source, recommendation, evaluated, drifts, promotions, reactions)
 
     def recommend(self, event: Event, source: Source) -> Recommendation:
         """The served model's current top-K for the event's user, as a publishable record."""

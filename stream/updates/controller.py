@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from stream.evaluation import ModelEvaluator
-from stream.events import DriftRecord
+from stream.events import DriftRecord, PromotionRecord, ReactionRecord, Source
 from stream.models.blend import Blend
 from stream.updates.promotion import Promotion, PromotionPolicy, PromotionSettings
 from stream.updates.reaction import DriftReaction, Reaction, ReactionSettings
 
-__all__ = ["ModelUpdates", "model_versions", "rebuilds_of"]
+__all__ = ["Decisions", "ModelUpdates", "model_versions", "rebuilds_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,56 @@ def rebuilds_of(models: Mapping[str, object]) -> list[dict[str, Any]]:
                 found.append({"model": name, **entry})
     found.sort(key=lambda r: (r.get("event") or 0, r["model"]))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """What :meth:`ModelUpdates.after_one` decided for one event."""
+
+    updates: ModelUpdates
+    promotion: Promotion | None = None
+    reaction: Reaction | None = None
+
+    def records(
+        self, event_index: int, source: Source, timestamp: float, k: int
+    ) -> tuple[list[PromotionRecord], list[ReactionRecord]]:
+        """The decisions as publishable records (usually none)."""
+        promotions, reactions = [], []
+        p, r = self.promotion, self.reaction
+        if p is not None:
+            metric = self.updates.policy.settings.metric
+            promotions.append(
+                PromotionRecord(
+                    from_model=p.from_model,
+                    to_model=p.to_model,
+                    event=event_index,
+                    evaluated=p.evaluated,
+                    metric=f"{metric}@{k}",
+                    from_value=p.from_value,
+                    to_value=p.to_value,
+                    lead_events=p.lead_events,
+                    after_drift=p.after_drift,
+                    model_version=self.updates.model_version,
+                    source_topic=source.topic,
+                    source_partition=source.partition,
+                    source_offset=source.offset,
+                    timestamp=timestamp,
+                )
+            )
+        if r is not None:
+            reactions.append(
+                ReactionRecord(
+                    model=r.model,
+                    event=event_index,
+                    detected_at_event=r.detected_at_event,
+                    before=r.before,
+                    recent=r.recent,
+                    actions=r.actions,
+                    source_partition=source.partition,
+                    timestamp=timestamp,
+                )
+            )
+        return promotions, reactions
 
 
 class ModelUpdates:
@@ -123,10 +174,10 @@ class ModelUpdates:
         evaluated_count: int,
         evaluated: bool,
         drifts: list[DriftRecord],
-    ) -> tuple[Promotion | None, Reaction | None]:
+    ) -> Decisions:
         """Consult the reaction, then the policy, after one learned event."""
         if not evaluated:
-            return None, None
+            return Decisions(self)
         served = self.served
         detected = None
         for d in drifts:
@@ -166,7 +217,7 @@ class ModelUpdates:
                 " (after a drift reaction)" if promotion.after_drift else "",
                 self.model_version,
             )
-        return promotion, reaction
+        return Decisions(self, promotion, reaction)
 
     def state(self) -> dict[str, Hashable]:
         """A summary for checkpoint headers and logs."""

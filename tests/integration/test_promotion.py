@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from kafka_helpers import consume, produce
@@ -87,3 +88,33 @@ def test_the_worker_publishes_a_promotion_and_versioned_recommendations(
     assert sample("stream_served_model", model="popularity") == 0.0
     assert sample("stream_served_model_version") == 2.0
     assert summary.served_model("popularity") == "knn"
+
+
+def test_a_restarted_worker_serves_the_promoted_model_at_its_version(
+    kafka_bootstrap: str, kafka_settings: Callable[..., StreamSettings], tmp_path: Path
+) -> None:
+    s = kafka_settings(
+        metrics_port=0,
+        models=("popularity", "knn"),
+        recommender="popularity",
+        metric_window=100,
+        promotion_min_events=60,
+        checkpoint_dir=tmp_path / "checkpoints",
+        checkpoint_key="promotion-restart-test-key",
+    )
+    lines = pairs_lines()
+    keys = [json.loads(line)["user_id"].encode() for line in lines]
+    ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
+    produce(kafka_bootstrap, s.events_topic, lines, keys)
+    first = Worker(s).run(max_events=500, idle_timeout=60)
+    assert [p.to_model for p in first.promotions] == ["knn"]
+    # A new process (worker) restores the shard from the checkpoint written at shutdown.
+    second = Worker(s).run(max_events=len(lines) - 500, idle_timeout=60)
+    assert second.processed == len(lines) - 500 and second.promotions == []
+    recs = [
+        Recommendation.model_validate_json(r.value or b"")
+        for r in consume(kafka_bootstrap, s.recommendations_topic, n=len(lines))
+    ]
+    assert {(r.model, r.model_version) for r in recs[500:]} == {("knn", 2)}
+    # Without the checkpoint the second worker would have started over with popularity, v1.
+    assert recs[500].source_offset == 500

@@ -134,7 +134,9 @@ class Pipeline:
     interacted with and score whether the event's item is in it (only for items new to the
     user: re-interactions with a known item are not predictions) and, on rating events, the
     rating error of rating models; (2) feed those per-event streams to the drift detectors;
-    (3) learn every model; (4) publish the recommender's fresh top-K. Users a model cannot
+    (3) learn every model; (4) consult the model updates (:mod:`stream.updates`: promote a
+    challenger, react to drift on the served model); (5) publish the served model's fresh
+    top-K (``config.recommender`` until a promotion). Users a model cannot
     serve (cold start) are filled from a recency-weighted popularity model; items the user
     already interacted with are never recommended (so ``a`` gets nothing below).
 

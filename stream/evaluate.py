@@ -105,7 +105,6 @@ class EvaluationResult:
                     "from_value": p.from_value,
                     "to_value": p.to_value,
                     "lead_events": p.lead_events,
-                    "after_drift": p.after_drift,
                     "model_version": p.model_version,
                 }
                 for p in self.promotions
@@ -245,7 +244,7 @@ def updates_summary(result: EvaluationResult) -> str:
     for p in result.promotions[:10]:
         lines.append(
             f"  event {p.event:,}: {p.from_model} -> {p.to_model} ({p.metric} {p.from_value:.4f} "
-            f"-> {p.to_value:.4f}{', after drift' if p.after_drift else ''})"
+            f"-> {p.to_value:.4f})"
         )
     if len(result.promotions) > 10:
         lines.append("  ... (all in metrics.json)")

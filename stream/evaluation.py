@@ -131,13 +131,6 @@ class ModelEvaluator:
         win = self._rank.windowed
         return win[0], win[1], win[2]
 
-    def rank_totals(self) -> tuple[float, float, float, float]:
-        """(evaluations, sum of hits, sum of NDCG, sum of MRR) since the start: two snapshots
-        give the means between them in O(1)."""
-        rank = self._rank
-        n, cum = rank.n, rank.cumulative
-        return n, cum[0] * n, cum[1] * n, cum[2] * n
-
     def recent_hit_rate(self, n: int) -> float | None:
         """Hit rate over the last ``n`` evaluations of the window (fewer if it holds fewer)."""
         window = self._rank.window

@@ -361,7 +361,6 @@ class PromotionRecord(BaseModel):
     from_value: float
     to_value: float
     lead_events: int = Field(description="Evaluated events the challenger led by the margin.")
-    after_drift: bool = Field(False, description="Decided with the drift reaction's evidence.")
     model_version: int = Field(description="The served model_version from this event on.")
     source_topic: str | None = None
     source_partition: int | None = None

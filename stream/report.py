@@ -124,7 +124,7 @@ def _html(doc: dict[str, object], plots: list[tuple[str, str]], directory: Path)
         "".join(
             f"<li>event {p['event']:,}: promoted {html.escape(p['to'])} over "
             f"{html.escape(p['from'])} ({html.escape(p['metric'])} {p['from_value']:.4f} &rarr; "
-            f"{p['to_value']:.4f}{', after a drift reaction' if p['after_drift'] else ''})</li>"
+            f"{p['to_value']:.4f})</li>"
             for p in promotions
         )
         + "".join(

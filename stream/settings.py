@@ -245,15 +245,15 @@ class StreamSettings(BaseSettings):
     """Evaluated events a challenger must lead by the margin without a break (and evidence
     in both windows, up to STREAM_METRIC_WINDOW) before it is served."""
     drift_reaction: bool = True
-    """React when the served model's drift detector fires and its hit rate fell: re-weight
-    blends, speed up decays, request rebuilds, promote on less evidence for a while."""
+    """React when the served model's drift detector fires and its hit rate fell: decays sped
+    up for a while, full models asked to rebuild from the post-drift window."""
     drift_reaction_drop: float = Field(0.25, gt=0, lt=1)
     """Relative fall of the served model's recent HR@K (vs one window before the detection)
     that confirms a detection."""
     drift_reaction_cooldown: int = Field(10_000, ge=0)
     """Evaluated events after a reaction during which detections are ignored."""
     drift_reaction_span: int = Field(5_000, ge=1)
-    """Evaluated events a reaction lasts (shorter half-lives, reduced promotion evidence)."""
+    """Evaluated events a reaction lasts (the half-lives of decaying models divided by 4)."""
 
     # --- Checkpoints ------------------------------------------------------------------------
     checkpoint_dir: Path | None = None

@@ -18,8 +18,6 @@ __all__ = ["Decisions", "ModelUpdates", "model_versions", "rebuilds_of"]
 
 logger = logging.getLogger(__name__)
 
-_AFTER_DRIFT_EVIDENCE = 4  # a reaction lets the policy decide on a quarter of its evidence
-
 
 def _version(model: object) -> int | None:
     value = getattr(model, "version", None)
@@ -71,7 +69,6 @@ class Decisions:
                     from_value=p.from_value,
                     to_value=p.to_value,
                     lead_events=p.lead_events,
-                    after_drift=p.after_drift,
                     model_version=self.updates.model_version,
                     source_topic=source.topic,
                     source_partition=source.partition,
@@ -189,12 +186,6 @@ class ModelUpdates:
             before, recent, at = due
             reason = f"drift on {served} at event {at}: HR {recent:.4f} vs {before:.4f} before"
             actions = self.reaction.react(models, evaluated_count, reason)
-            s = self.policy.settings
-            after = max(1, s.min_events // _AFTER_DRIFT_EVIDENCE)
-            self.policy.boost(
-                evaluated_count + self.reaction.settings.span_events, after, evaluators
-            )
-            actions.append(f"promotion on {after} post-reaction evaluations of lead")
             reaction = Reaction(served, evaluated_count, at, before, recent, actions)
             self.reactions.append(reaction)
             logger.info("drift reaction: %s; %s", reason, "; ".join(actions))
@@ -207,14 +198,13 @@ class ModelUpdates:
             self.promotions.append(promotion)
             logger.info(
                 "promoted %s over %s: windowed %s %.4f vs %.4f, ahead by the margin for %d "
-                "evaluated events%s; model_version %d",
+                "evaluated events; model_version %d",
                 promotion.to_model,
                 promotion.from_model,
                 self.policy.settings.metric,
                 promotion.to_value,
                 promotion.from_value,
                 promotion.lead_events,
-                " (after a drift reaction)" if promotion.after_drift else "",
                 self.model_version,
             )
         return Decisions(self, promotion, reaction)

@@ -52,7 +52,6 @@ class Promotion:
     from_value: float
     to_value: float
     lead_events: int
-    after_drift: bool
 
 
 class PromotionPolicy:
@@ -93,35 +92,6 @@ class PromotionPolicy:
         # Challenger -> evaluated count at which its current unbroken lead began.
         self._leading_since: dict[str, int] = {}
         self.promotions = 0
-        # Until this evaluated count, decide on ``_boost_events`` of lead, on the means since
-        # the boost began (drift reaction); each model's totals at that moment.
-        self._boost_until = 0
-        self._boost_events = 0
-        self._boost_from: dict[str, tuple[float, float, float, float]] = {}
-
-    def boost(
-        self, until_evaluated: int, min_events: int, evaluators: Mapping[str, ModelEvaluator]
-    ) -> None:
-        """Until ``until_evaluated``, compare the models on their evaluations since now (the
-        window still holds the time before the drift) and promote after ``min_events`` of
-        them with an unbroken lead, so the best model *after* the drift can take over without
-        waiting two windows."""
-        self._boost_until = until_evaluated
-        self._boost_events = max(1, min_events)
-        self._boost_from = {n: e.rank_totals() for n, e in evaluators.items()}
-        self._leading_since.clear()  # leads measured before the drift prove nothing now
-
-    def _since_boost(self, name: str, evaluator: ModelEvaluator) -> tuple[float, float]:
-        """(evaluations, mean of the metric) since the boost began."""
-        start = self._boost_from.get(name, (0.0, 0.0, 0.0, 0.0))
-        now = evaluator.rank_totals()
-        n = now[0] - start[0]
-        if n <= 0:
-            return 0.0, 0.0
-        return n, (now[1 + self._index] - start[1 + self._index]) / n
-
-    def boosted(self, evaluated: int) -> bool:
-        return evaluated < self._boost_until
 
     def observe_one(
         self, evaluators: Mapping[str, ModelEvaluator], evaluated: int
@@ -129,15 +99,12 @@ class PromotionPolicy:
         """Update the leads after one evaluated event; a promotion when one is due."""
         if not self.settings.enabled:
             return None
-        boosted = evaluated < self._boost_until
-        need = self._boost_events if boosted else self.settings.min_events
-        evidence = need // 2 if boosted else min(need, evaluators[self.champion].window)
+        need = self.settings.min_events
+        evidence = min(need, evaluators[self.champion].window)
         index = self._index
 
-        def measured(name: str) -> tuple[float, float]:
+        def measured(name: str) -> tuple[int, float]:
             evaluator = evaluators[name]
-            if boosted:
-                return self._since_boost(name, evaluator)
             return evaluator.in_window, evaluator.windowed_rank()[index]
 
         n_champion, base = measured(self.champion)
@@ -166,10 +133,8 @@ class PromotionPolicy:
             from_value=base,
             to_value=value,
             lead_events=evaluated - leading[name] + 1,
-            after_drift=boosted,
         )
         self.champion = name
         self.promotions += 1
         leading.clear()
-        self._boost_until = 0  # one take-over per reaction; then the normal evidence again
         return decision

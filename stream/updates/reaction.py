@@ -14,9 +14,12 @@ What a reaction does, for ``span_events`` evaluated events (then the settings co
   half-life was measured to make the served blend worse after a drift (``benchmarks/updates.py``);
 - models with a decay (``set_half_life``: popularity, knn) forget ``speedup`` times faster;
 - models that rebuild from a window (``request_rebuild``) are asked to rebuild now, from the
-  post-drift events;
-- the promotion policy decides on a quarter of its evidence, so the best recent challenger can
-  take over (once).
+  post-drift events.
+
+A challenger that recovers faster than the served model takes over through the ordinary
+promotion policy. Promoting on less evidence after a reaction was tried and measured worse:
+right after a drift the model that fell least leads for a while (bpr, on the synthetic stream),
+is promoted, and then stays served after the blend has recovered past it.
 """
 
 from __future__ import annotations

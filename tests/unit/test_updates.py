@@ -116,17 +116,6 @@ def test_promotion_off_keeps_the_champion_and_the_metric_setting_is_used() -> No
         assert policy.champion == winner, metric
 
 
-def test_a_boost_promotes_on_less_evidence_once() -> None:
-    evs = evaluators("a", "b", window=1_000)
-    policy = PromotionPolicy(PromotionSettings(margin=0.1, min_events=2_000), "a", ["a", "b"])
-    drive_policy(policy, evs, {"a": 0.3, "b": 0.3}, 1_000)
-    policy.boost(until_evaluated=3_000, min_events=100, evaluators=evs)
-    done = drive_policy(policy, evs, {"a": 0.05, "b": 0.6}, 500, start=1_000)
-    assert len(done) == 1 and done[0][2] == "b"
-    assert done[0][0] - 1_000 < 300  # not the 2,000 events (and full windows) of the default
-    assert not policy.boosted(1_500)  # one take-over per boost
-
-
 # --- the drift reaction ----------------------------------------------------------------------
 
 

@@ -203,7 +203,7 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
     header = ["model", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "MAE", "RMSE", "coverage", "events/s"]
     rows = []
     for name, m in result.models.items():
-        marker = " *" if name == result.default_model else ""
+        marker = " *" if name == (result.served_model or result.default_model) else ""
         rows.append(
             [
                 name + marker,
@@ -219,7 +219,7 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(
         f"{result.events:,} events, {result.total_events_per_second:,.0f} events/s overall "
-        f"(* = published recommender)",
+        f"(* = published recommender at the end)",
         file=out,
     )
     for row in [header, *rows]:

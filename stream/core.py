@@ -65,7 +65,7 @@ class PipelineConfig:
     promotion_margin: float = 0.10
     promotion_min_events: int = 2_000
     drift_reaction: bool = True
-    drift_reaction_drop: float = 0.25
+    drift_reaction_drop: float = 0.40
     drift_reaction_cooldown: int = 10_000
     drift_reaction_span: int = 5_000
 

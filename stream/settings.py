@@ -247,7 +247,7 @@ class StreamSettings(BaseSettings):
     drift_reaction: bool = True
     """React when the served model's drift detector fires and its hit rate fell: decays sped
     up for a while, full models asked to rebuild from the post-drift window."""
-    drift_reaction_drop: float = Field(0.25, gt=0, lt=1)
+    drift_reaction_drop: float = Field(0.40, gt=0, lt=1)
     """Relative fall of the served model's recent HR@K (vs one window before the detection)
     that confirms a detection."""
     drift_reaction_cooldown: int = Field(10_000, ge=0)

@@ -45,7 +45,7 @@ class ReactionSettings:
     """The reaction's knobs (``STREAM_DRIFT_REACTION*``)."""
 
     enabled: bool = True
-    drop: float = 0.25
+    drop: float = 0.40
     recent_events: int = 300
     arm_events: int = 1_000
     cooldown_events: int = 10_000

@@ -175,7 +175,7 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
         f"{unsafe} NOT YET SAFE (uncommitted, consumed again next run)"
         if unsafe
         else "all committed",
-        summary.accuracy_line(settings.recommender),
+        summary.accuracy_line(summary.served_model(settings.recommender)),
     )
     return 1 if unsafe else 0
 

@@ -55,6 +55,7 @@ from pydantic import SecretStr
 
 from stream.core import Pipeline
 from stream.settings import SettingsError, StreamSettings
+from stream.updates import model_versions
 
 __all__ = [
     "FORMAT_VERSION",
@@ -246,7 +247,7 @@ def read_info(path: Path | str, key: SecretStr | str | bytes | None = None) -> C
 # code; the error names anything refused, for a new model to be added here deliberately.
 _CLASS_MODULES = (
     "stream.core", "stream.models", "stream.evaluation", "stream.drift", "stream.events",
-    "river", "numpy", "collections", "random", "datetime",
+    "stream.updates", "river", "numpy", "collections", "random", "datetime",
 )  # fmt: skip
 _DENIED_MODULES = (
     "river.datasets", "river.stream", "river.compat", "river.evaluate",
@@ -391,6 +392,9 @@ def _header(tp: TopicPartition, pipeline: Pipeline, next_offset: int) -> dict[st
             "recommender": pipeline.config.recommender,
             # What the state is tied to: a restore compares it with the current settings.
             "settings": getattr(pipeline, "built_with", None) or None,
+            "served": pipeline.served,
+            "updates": pipeline.updates.state(),
+            "model_versions": model_versions(pipeline.models),
             "metrics": record.model_dump(mode="json", exclude={"drifts", "created_at"}),
             "payload": {"format": "pickle", "protocol": PICKLE_PROTOCOL},
         }

@@ -180,6 +180,9 @@ def _partition_detail(info: CheckpointInfo) -> dict[str, Any]:
         "items": h.get("items"),
         "models": h.get("models", []),
         "recommender": h.get("recommender"),
+        "served": h.get("served"),
+        "updates": h.get("updates"),
+        "model_versions": h.get("model_versions"),
         "metrics": h.get("metrics"),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from stream.events import (
     Event,
     MetricsRecord,
     ModelMetrics,
+    PromotionRecord,
+    ReactionRecord,
     Recommendation,
     Source,
 )
@@ -29,6 +32,7 @@ from stream.models import MODEL_SETTINGS, Blend, Recommender, Scored, build_mode
 from stream.models.blend import DEPTH
 from stream.models.popularity import Popularity
 from stream.settings import StreamSettings
+from stream.updates import ModelUpdates, PromotionSettings, ReactionSettings
 
 __all__ = [
     "PIPELINE_SETTINGS",
@@ -61,6 +65,14 @@ PIPELINE_SETTINGS: tuple[str, ...] = (
     "drift_min_events",
     "popularity_half_life",  # the cold-start fallback's, even without a popularity model
     "seed",
+    "promotion",
+    "promotion_metric",
+    "promotion_margin",
+    "promotion_min_events",
+    "drift_reaction",
+    "drift_reaction_drop",
+    "drift_reaction_cooldown",
+    "drift_reaction_span",
 )
 """Settings a :class:`Pipeline` holds on to once built (besides each model's own,
 ``MODEL_SETTINGS``); everything else (topics, rating range, cadences) is read live."""
@@ -106,6 +118,14 @@ class PipelineConfig:
     drift_min_events: int = 500
     popularity_half_life: float = 5_000.0
     seed: int = 42
+    promotion: bool = True
+    promotion_metric: str = "hr"
+    promotion_margin: float = 0.10
+    promotion_min_events: int = 2_000
+    drift_reaction: bool = True
+    drift_reaction_drop: float = 0.40
+    drift_reaction_cooldown: int = 10_000
+    drift_reaction_span: int = 5_000
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> PipelineConfig:
@@ -125,6 +145,30 @@ class PipelineConfig:
             drift_min_events=settings.drift_min_events,
             popularity_half_life=settings.popularity_half_life,
             seed=settings.seed,
+            promotion=settings.promotion,
+            promotion_metric=settings.promotion_metric,
+            promotion_margin=settings.promotion_margin,
+            promotion_min_events=settings.promotion_min_events,
+            drift_reaction=settings.drift_reaction,
+            drift_reaction_drop=settings.drift_reaction_drop,
+            drift_reaction_cooldown=settings.drift_reaction_cooldown,
+            drift_reaction_span=settings.drift_reaction_span,
+        )
+
+    def promotion_settings(self) -> PromotionSettings:
+        return PromotionSettings(
+            enabled=self.promotion,
+            metric=self.promotion_metric,  # type: ignore[arg-type]
+            margin=self.promotion_margin,
+            min_events=self.promotion_min_events,
+        )
+
+    def reaction_settings(self) -> ReactionSettings:
+        return ReactionSettings(
+            enabled=self.drift_reaction,
+            drop=self.drift_reaction_drop,
+            cooldown_events=self.drift_reaction_cooldown,
+            span_events=self.drift_reaction_span,
         )
 
 
@@ -137,6 +181,8 @@ class StepResult:
     recommendation: Recommendation | None  # None for control events (forget)
     evaluated: bool
     drifts: list[DriftRecord] = field(default_factory=list)
+    promotions: list[PromotionRecord] = field(default_factory=list)
+    reactions: list[ReactionRecord] = field(default_factory=list)
 
 
 class Pipeline:
@@ -146,7 +192,9 @@ class Pipeline:
     interacted with and score whether the event's item is in it (only for items new to the
     user: re-interactions with a known item are not predictions) and, on rating events, the
     rating error of rating models; (2) feed those per-event streams to the drift detectors;
-    (3) learn every model; (4) publish the recommender's fresh top-K. Users a model cannot
+    (3) learn every model; (4) consult the model updates (:mod:`stream.updates`: promote a
+    challenger, react to drift on the served model); (5) publish the served model's fresh
+    top-K (``config.recommender`` until a promotion). Users a model cannot
     serve (cold start) are filled from a recency-weighted popularity model; items the user
     already interacted with are never recommended (so ``a`` gets nothing below).
 
@@ -215,6 +263,19 @@ class Pipeline:
         self.learned: dict[str, int] = dict.fromkeys(models, 0)
         # CPU seconds spent in each model (ranking for evaluation + learning), for events/s.
         self.model_seconds: dict[str, float] = dict.fromkeys(models, 0.0)
+        # Which model is served (champion / challenger) and the reaction to drift.
+        self.updates = ModelUpdates(
+            config.promotion_settings(),
+            config.reaction_settings(),
+            config.recommender,
+            config.metric_window,
+            models,
+        )
+
+    @property
+    def served(self) -> str:
+        """The model whose top-K is published now (``config.recommender`` until a promotion)."""
+        return self.updates.served
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Pipeline:
@@ -339,6 +400,10 @@ class Pipeline:
         for name in self.models:
             self.learned[name] += 1
         self._remember(user, item)
+        # Champion / challenger and the drift reaction (stream/updates), before recommending.
+        promotions, reactions = self.updates.after_one(
+            self.models, self.evaluators, self.evaluated_count, evaluated, drifts
+        ).records(self.run_count, source, event.timestamp, self.config.top_k)
 
         # One line per detection only at DEBUG: a long log has hundreds of them. The worker
         # logs them summarised with each metrics record; `evaluate` summarises them at the end.
@@ -351,11 +416,12 @@ class Pipeline:
                 d.event,
                 source,
             )
-        return StepResult(event, source, self.recommend(event, source), evaluated, drifts)
+        recommendation = self.recommend(event, source)
+        return StepResult(event, source, recommendation, evaluated, drifts, promotions, reactions)
 
     def recommend(self, event: Event, source: Source) -> Recommendation:
-        """The recommender's current top-K for the event's user, as a publishable record."""
-        name = self.config.recommender
+        """The served model's current top-K for the event's user, as a publishable record."""
+        name = self.updates.served
         ranked = self.serve(name, event.user_id, self.history.get(event.user_id, {}))
         # One validation of plain data: pydantic checks the K items in one call (~35% cheaper
         # than building K RecommendedItem objects; model_construct is slower still).
@@ -367,6 +433,7 @@ class Pipeline:
                     for s in ranked
                 ],
                 "model": name,
+                "model_version": self.updates.current_version(self.models),
                 "source_topic": source.topic,
                 "source_partition": source.partition,
                 "source_offset": source.offset,
@@ -404,7 +471,7 @@ class Pipeline:
 
     @property
     def n_items(self) -> int:
-        return max(self.fallback.n_items, self.models[self.config.recommender].n_items)
+        return max(self.fallback.n_items, self.models[self.updates.served].n_items)
 
     def _coverage(self, evaluator: ModelEvaluator) -> float | None:
         known = self.n_items
@@ -425,6 +492,7 @@ class Pipeline:
             drifts=list(drifts or []),
             users=self.n_users,
             items=self.n_items,
+            served={self.updates.served: 1},
         )
 
 
@@ -495,4 +563,14 @@ def merge_metrics(records: list[MetricsRecord]) -> MetricsRecord:
         drifts=[d for r in records for d in r.drifts],
         users=sum(r.users for r in records),
         items=max(r.items for r in records),
+        promotions=[p for r in records for p in r.promotions],
+        reactions=[x for r in records for x in r.reactions],
+        served=_summed([r.served for r in records]),
     )
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)

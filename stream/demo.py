@@ -99,13 +99,13 @@ def _progress(worker: Worker, total: int, done: threading.Event) -> None:
         rec = s.last_metrics
         hit = None
         if rec is not None:
-            m = rec.window_metrics.get(worker.settings.recommender)
+            m = rec.window_metrics.get(s.served_model(worker.settings.recommender))
             hit = None if m is None else m.hit_rate
         rate = s.consumed / max(time.monotonic() - started, 1e-9)
         print(
             f"  {s.consumed:>7,}/{total:,} records  {rate:>6,.0f}/s  "
             f"dead letters {s.dead_lettered}  drifts {len(s.drifts)}  "
-            f"HR@{worker.settings.top_k} ({worker.settings.recommender}, window) "
+            f"HR@{worker.settings.top_k} ({s.served_model(worker.settings.recommender)}, window) "
             f"{'-' if hit is None else f'{hit:.3f}'}",
             flush=True,
         )
@@ -135,7 +135,7 @@ def _summary(worker: Worker, summary: RunSummary, elapsed: float, produced: int)
             drifts=summary.drifts,
         )
     )
-    print(summary.accuracy_line(s.recommender))
+    print(summary.accuracy_line(summary.served_model(s.recommender)))
 
 
 NEXT_STEPS = """\

@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stream.core import Pipeline
-from stream.events import DriftRecord, Event, ModelMetrics
+from stream.events import DriftRecord, Event, ModelMetrics, PromotionRecord, ReactionRecord
 from stream.settings import StreamSettings, load_settings
+from stream.updates import model_versions, rebuilds_of
 
-__all__ = ["EvaluationResult", "drift_summary", "evaluate", "print_table", "run_evaluate"]
+__all__ = [
+    "EvaluationResult",
+    "drift_summary",
+    "evaluate",
+    "print_table",
+    "run_evaluate",
+    "updates_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,13 @@ class EvaluationResult:
     # Per model: the event index and windowed HR@K / RMSE sampled along the stream.
     series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     rejected: int = 0
+    # Every SERIES_EVERY events: (event, served model, {model: windowed HR@K}).
+    served_series: list[tuple[int, str, dict[str, float | None]]] = field(default_factory=list)
+    promotions: list[PromotionRecord] = field(default_factory=list)
+    reactions: list[ReactionRecord] = field(default_factory=list)
+    rebuilds: list[dict[str, Any]] = field(default_factory=list)
+    served_model: str = ""  # served at the end (``default_model`` unless promoted)
+    model_versions: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` document (keys are a contract: ``hr@10``, ``ndcg@10``, ...)."""
@@ -75,7 +90,42 @@ class EvaluationResult:
                 for d in self.drifts
             ],
             "rejected": self.rejected,
+            "served_model": self.served_model or self.default_model,
+            "series": [
+                {"event": n, "model": name, f"hr@{k}": hr, "served": name == served}
+                for n, served, values in self.served_series
+                for name, hr in values.items()
+            ],
+            "promotions": [
+                {
+                    "event": p.event,
+                    "from": p.from_model,
+                    "to": p.to_model,
+                    "metric": p.metric,
+                    "from_value": p.from_value,
+                    "to_value": p.to_value,
+                    "lead_events": p.lead_events,
+                    "model_version": p.model_version,
+                }
+                for p in self.promotions
+            ],
+            "reactions": [
+                {
+                    "event": r.event,
+                    "model": r.model,
+                    "detected_at_event": r.detected_at_event,
+                    "before": r.before,
+                    "recent": r.recent,
+                    "actions": r.actions,
+                }
+                for r in self.reactions
+            ],
+            "rebuilds": self.rebuilds,
+            "model_versions": self.model_versions,
         }
+
+
+SERIES_EVERY = 1_000  # events between two rows of metrics.json's ``series``
 
 
 def evaluate(
@@ -92,16 +142,25 @@ def evaluate(
     series: dict[str, dict[str, list[float | None]]] = {
         name: {"event": [], "hit_rate": [], "rmse": []} for name in pipe.models
     }
+    served_series: list[tuple[int, str, dict[str, float | None]]] = []
+    promotions: list[PromotionRecord] = []
+    reactions: list[ReactionRecord] = []
     started = time.perf_counter()
     for result in pipe.run(events, topic="file"):
         n = pipe.run_count
+        promotions += result.promotions
+        reactions += result.reactions
         if n % sample_every == 0:
             for name, evaluator in pipe.evaluators.items():
                 window = evaluator.windowed()
                 series[name]["event"].append(float(n))
                 series[name]["hit_rate"].append(window.hit_rate)
                 series[name]["rmse"].append(window.rmse)
+        if n % SERIES_EVERY == 0:
+            served_series.append((n, pipe.served, _windowed_hr(pipe)))
         del result
+    if pipe.run_count % SERIES_EVERY:
+        served_series.append((pipe.run_count, pipe.served, _windowed_hr(pipe)))
     elapsed = max(time.perf_counter() - started, 1e-9)
     record = pipe.metrics_record()
     return EvaluationResult(
@@ -117,7 +176,19 @@ def evaluate(
         total_events_per_second=pipe.run_count / elapsed,
         drifts=list(pipe.drift.detections),
         series=series,
+        served_series=served_series,
+        promotions=promotions,
+        reactions=reactions,
+        rebuilds=rebuilds_of(pipe.models),
+        served_model=pipe.served,
+        model_versions=model_versions(pipe.models),
     )
+
+
+def _windowed_hr(pipe: Pipeline) -> dict[str, float | None]:
+    return {
+        name: (e.windowed_rank()[0] if e.evaluated else None) for name, e in pipe.evaluators.items()
+    }
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -135,7 +206,7 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
     header = ["model", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "MAE", "RMSE", "coverage", "events/s"]
     rows = []
     for name, m in result.models.items():
-        marker = " *" if name == result.default_model else ""
+        marker = " *" if name == (result.served_model or result.default_model) else ""
         rows.append(
             [
                 name + marker,
@@ -151,7 +222,7 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(
         f"{result.events:,} events, {result.total_events_per_second:,.0f} events/s overall "
-        f"(* = published recommender)",
+        f"(* = published recommender at the end)",
         file=out,
     )
     for row in [header, *rows]:
@@ -162,7 +233,25 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
             ),
             file=out,
         )
+    print(updates_summary(result), file=out)
     print(drift_summary(result.drifts), file=out)
+
+
+def updates_summary(result: EvaluationResult) -> str:
+    """Promotions, drift reactions and rebuilds in a few lines."""
+    served = result.served_model or result.default_model
+    lines = [
+        f"served at the end: {served}; {len(result.promotions)} promotion(s), "
+        f"{len(result.reactions)} drift reaction(s), {len(result.rebuilds)} rebuild(s)"
+    ]
+    for p in result.promotions[:10]:
+        lines.append(
+            f"  event {p.event:,}: {p.from_model} -> {p.to_model} ({p.metric} {p.from_value:.4f} "
+            f"-> {p.to_value:.4f})"
+        )
+    if len(result.promotions) > 10:
+        lines.append("  ... (all in metrics.json)")
+    return "\n".join(lines)
 
 
 def drift_summary(drifts: list[DriftRecord], shown: int = 5) -> str:

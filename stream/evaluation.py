@@ -7,6 +7,7 @@ arithmetic as River's rolling ``stats.Mean``, fused into one update).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -119,6 +120,24 @@ class ModelEvaluator:
         self.rated += 1
         for metric in (self.mae, self.rmse, self.w_mae, self.w_rmse):
             metric.update(y_true, y_pred)
+
+    @property
+    def in_window(self) -> int:
+        """Evaluations the windowed ranking metrics cover now (at most ``window``)."""
+        return len(self._rank.window)
+
+    def windowed_rank(self) -> tuple[float, float, float]:
+        """Windowed (HR, NDCG, MRR) as plain floats: a cheap read for a per-event policy."""
+        win = self._rank.windowed
+        return win[0], win[1], win[2]
+
+    def recent_hit_rate(self, n: int) -> float | None:
+        """Hit rate over the last ``n`` evaluations of the window (fewer if it holds fewer)."""
+        window = self._rank.window
+        if not window or n <= 0:
+            return None
+        taken = min(n, len(window))
+        return sum(v[0] for v in itertools.islice(reversed(window), taken)) / taken
 
     def cumulative(self) -> ModelMetrics:
         return self._metrics(self._rank.cumulative, self.mae, self.rmse)

@@ -33,6 +33,8 @@ __all__ = [
     "EventType",
     "MetricsRecord",
     "ModelMetrics",
+    "PromotionRecord",
+    "ReactionRecord",
     "Recommendation",
     "RecommendedItem",
     "Rejected",
@@ -309,6 +311,11 @@ class Recommendation(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     model: str
+    model_version: int = Field(
+        1,
+        description="Version of what is served: 1 at start, +1 at each promotion and each time "
+        "the served model (or a blend component) swaps in a rebuilt version.",
+    )
     source_topic: str
     source_partition: int
     source_offset: int
@@ -343,6 +350,39 @@ class DriftRecord(BaseModel):
     detected_at: float = Field(default_factory=time.time)
 
 
+class PromotionRecord(BaseModel):
+    """The served recommender changed: ``to_model`` beat ``from_model`` on the windowed metric."""
+
+    from_model: str
+    to_model: str
+    event: int = Field(description="Index of the event in this shard's stream (1-based).")
+    evaluated: int = Field(description="Evaluated events of the shard at the promotion.")
+    metric: str = Field(description="Windowed metric compared: hr, ndcg or mrr (at K).")
+    from_value: float
+    to_value: float
+    lead_events: int = Field(description="Evaluated events the challenger led by the margin.")
+    model_version: int = Field(description="The served model_version from this event on.")
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    timestamp: float = Field(description="Event time of the event of the promotion.")
+    created_at: float = Field(default_factory=time.time)
+
+
+class ReactionRecord(BaseModel):
+    """The served model's drift detection was confirmed by a drop in its hit rate: reacted."""
+
+    model: str = Field(description="The served model whose detector fired.")
+    event: int = Field(description="Index of the event in this shard's stream (1-based).")
+    detected_at_event: int = Field(description="Event of the detection that armed the reaction.")
+    before: float = Field(description="Served windowed HR@K one window before the detection.")
+    recent: float = Field(description="Served HR@K over the recent evaluations (the evidence).")
+    actions: list[str] = Field(description="What was done (blend re-weighted, decays, ...).")
+    source_partition: int | None = None
+    timestamp: float = Field(description="Event time of the event of the reaction.")
+    created_at: float = Field(default_factory=time.time)
+
+
 class MetricsRecord(BaseModel):
     """Published to the metrics topic every ``metrics_every_events`` events and at shutdown."""
 
@@ -356,6 +396,15 @@ class MetricsRecord(BaseModel):
     drifts: list[DriftRecord] = Field(default_factory=list)
     users: int = 0
     items: int = 0
+    promotions: list[PromotionRecord] = Field(
+        default_factory=list, description="Promotions since the previous metrics record."
+    )
+    reactions: list[ReactionRecord] = Field(
+        default_factory=list, description="Drift reactions since the previous metrics record."
+    )
+    served: dict[str, int] = Field(
+        default_factory=dict, description="Served model -> shards (partitions) serving it."
+    )
     created_at: float = Field(default_factory=time.time)
 
 

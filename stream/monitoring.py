@@ -23,7 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from stream.events import DriftRecord, MetricsRecord
+from stream.events import DriftRecord, MetricsRecord, PromotionRecord, ReactionRecord
 
 __all__ = ["HealthState", "MetricsServer", "WorkerMetrics"]
 
@@ -133,6 +133,29 @@ class WorkerMetrics:
             "When the last checkpoint was written.",
             registry=registry,
         )
+        self.promotions = Counter(
+            "stream_promotions",
+            "Champion / challenger promotions of the served recommender.",
+            ["from", "to"],
+            registry=registry,
+        )
+        self.served = Gauge(
+            "stream_served_model",
+            "Shards (partitions) serving each model: 1 for the served one with one partition.",
+            ["model"],
+            registry=registry,
+        )
+        self.served_version = Gauge(
+            "stream_served_model_version",
+            "Highest model_version served (1 + promotions + rebuilt versions swapped in).",
+            registry=registry,
+        )
+        self.reactions = Counter(
+            "stream_drift_reactions",
+            "Drift reactions (a detection on the served model confirmed by a drop in its HR@K).",
+            ["model"],
+            registry=registry,
+        )
         # Pre-create label sets so dashboards show zeros instead of "no data".
         self.events.labels("unknown", "dead_lettered")
         self.ready.set(0)
@@ -142,8 +165,22 @@ class WorkerMetrics:
     def declare_models(self, models: list[str], metrics: list[str], detector: str) -> None:
         """Pre-create drift counters at zero, so ``increase()`` sees the first detection."""
         for model in models:
+            self.served.labels(model)
+            self.reactions.labels(model)
             for metric in metrics:
                 self.drifts.labels(model, metric, detector)
+
+    def observe_serving(self, served: Mapping[str, int], models: list[str], version: int) -> None:
+        """The served-model gauge (every model, 0 when not served) and the served version."""
+        for model in dict.fromkeys([*models, *served]):
+            self.served.labels(model).set(served.get(model, 0))
+        self.served_version.set(version)
+
+    def observe_promotion(self, promotion: PromotionRecord) -> None:
+        self.promotions.labels(promotion.from_model, promotion.to_model).inc()
+
+    def observe_reaction(self, reaction: ReactionRecord) -> None:
+        self.reactions.labels(reaction.model).inc()
 
     def observe_accuracy(self, record: MetricsRecord) -> None:
         k = str(record.k)

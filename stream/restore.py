@@ -61,6 +61,14 @@ _APPLIED_NOTES: dict[str, str] = {
     "blend_learning_rate": "the blend's weights learn at the new rate from the next event",
     "blend_half_life": "the blend's weights forget at the new rate from the next event",
     "seed": "seeds the models built from now on",
+    "promotion": "the promotion policy follows it from the next event",
+    "promotion_metric": "the promotion policy follows it from the next event",
+    "promotion_margin": "the promotion policy follows it from the next event",
+    "promotion_min_events": "the promotion policy follows it from the next event",
+    "drift_reaction": "the drift reaction follows it from the next event",
+    "drift_reaction_drop": "the drift reaction follows it from the next event",
+    "drift_reaction_cooldown": "the drift reaction follows it from the next event",
+    "drift_reaction_span": "the drift reaction follows it from the next event",
 }
 # Settings a learned model's state depends on, by model (the blend holds no state of its own).
 _LEARNED_WITH: dict[str, tuple[str, ...]] = {
@@ -319,6 +327,12 @@ def _rebuilt(old: Pipeline, settings: StreamSettings, plan: RestorePlan) -> Pipe
         pipeline.history[user] = seen
     pipeline.run_count = old.run_count
     pipeline.evaluated_count = old.evaluated_count
+    # The served model, its version and the reaction's state carry over, under the new settings.
+    config = pipeline.config
+    pipeline.updates = old.updates
+    pipeline.updates.reconfigure(
+        config.promotion_settings(), config.reaction_settings(), config.recommender, models
+    )
 
     # What was learned or measured before and still means the same thing now.
     remeasured = bool(changed & {"top_k", "metric_window"})

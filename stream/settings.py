@@ -284,6 +284,28 @@ class StreamSettings(BaseSettings):
     drift_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta / sensitivity.")
     drift_min_events: int = Field(500, ge=0, description="No drift is reported before this many.")
 
+    # --- Model updates: champion / challenger, drift reaction --------------------------------
+    promotion: bool = True
+    """Champion / challenger: serve whichever configured model wins on the windowed metric
+    (STREAM_RECOMMENDER is served first); off: always STREAM_RECOMMENDER."""
+    promotion_metric: Literal["hr", "ndcg", "mrr"] = "hr"
+    """Windowed metric (at K) a challenger must win on: hr, ndcg or mrr."""
+    promotion_margin: float = Field(0.10, ge=0, le=10)
+    """Relative lead a challenger needs over the served model (0.10: 10 % higher)."""
+    promotion_min_events: int = Field(2_000, ge=1, le=10_000_000)
+    """Evaluated events a challenger must lead by the margin without a break (and evidence
+    in both windows, up to STREAM_METRIC_WINDOW) before it is served."""
+    drift_reaction: bool = True
+    """React when the served model's drift detector fires and its hit rate fell: decays sped
+    up for a while, full models asked to rebuild from the post-drift window."""
+    drift_reaction_drop: float = Field(0.40, gt=0, lt=1)
+    """Relative fall of the served model's recent HR@K (vs one window before the detection)
+    that confirms a detection."""
+    drift_reaction_cooldown: int = Field(10_000, ge=0)
+    """Evaluated events after a reaction during which detections are ignored."""
+    drift_reaction_span: int = Field(5_000, ge=1)
+    """Evaluated events a reaction lasts (the half-lives of decaying models divided by 4)."""
+
     # --- Checkpoints ------------------------------------------------------------------------
     checkpoint_dir: Path | None = None
     """Directory of checkpoints (off when unset); put it on durable storage."""

@@ -25,7 +25,16 @@ from prometheus_client import CollectorRegistry
 from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline, merge_metrics
 from stream.drift import drift_counts
-from stream.events import DeadLetter, DriftRecord, MetricsRecord, Rejected, Source, decode_one
+from stream.events import (
+    DeadLetter,
+    DriftRecord,
+    MetricsRecord,
+    PromotionRecord,
+    ReactionRecord,
+    Rejected,
+    Source,
+    decode_one,
+)
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
 from stream.kafka.admin import COMPACTED, ensure_topics
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
@@ -69,11 +78,18 @@ class RunSummary:
     recommendations: int = 0
     metrics_records: int = 0
     drifts: list[DriftRecord] = field(default_factory=list)
+    promotions: list[PromotionRecord] = field(default_factory=list)
+    reactions: list[ReactionRecord] = field(default_factory=list)
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     stopped_by: str = ""
     last_metrics: MetricsRecord | None = None
     # Records consumed whose offsets were never committed: a restart consumes them again.
     uncommitted: int = 0
+
+    def served_model(self, default: str) -> str:
+        """The model served at the last metrics record (the most shards'), else ``default``."""
+        served = None if self.last_metrics is None else self.last_metrics.served
+        return max(served, key=lambda n: served[n]) if served else default
 
     def accuracy_line(self, model: str) -> str:
         """The served model's HR@K, windowed and cumulative, from the last metrics record.
@@ -140,6 +156,8 @@ class Worker:
         # Next offset to consume per partition, for what has been processed (not yet safe).
         self._positions: dict[TopicPartition, int] = {}
         self._pending_drifts: list[DriftRecord] = []
+        self._pending_promotions: list[PromotionRecord] = []
+        self._pending_reactions: list[ReactionRecord] = []
         self._stop_reason = ""
         # Set when what is in memory may no longer match the offsets: nothing more is
         # checkpointed or committed by this process (the restart re-consumes from the last
@@ -331,6 +349,14 @@ class Worker:
                     self.metrics.observe_drift(drift)
                     self._pending_drifts.append(drift)
                     self.summary.drifts.append(drift)
+                for reaction in result.reactions:
+                    self.metrics.observe_reaction(reaction)
+                    self._pending_reactions.append(reaction)
+                    self.summary.reactions.append(reaction)
+                for promotion in result.promotions:
+                    self.metrics.observe_promotion(promotion)
+                    self._pending_promotions.append(promotion)
+                    self.summary.promotions.append(promotion)
                 now = time.time()
                 self.metrics.event_lag.set(now - decoded.timestamp)
                 self.metrics.last_event.set(now)
@@ -338,7 +364,8 @@ class Worker:
         self._positions[tp] = record.offset + 1
         self._since_metrics += 1
         self._since_checkpoint += 1
-        if self._since_metrics >= s.metrics_every_events:
+        if self._since_metrics >= s.metrics_every_events or self._pending_promotions:
+            # A promotion is published at once: consumers see the switch when it happens.
             self._publish_metrics()
         self.metrics.processing.observe(time.perf_counter() - started)
 
@@ -555,7 +582,9 @@ class Worker:
         else:
             return
         record.drifts = self._pending_drifts
-        self._pending_drifts = []
+        record.promotions = self._pending_promotions
+        record.reactions = self._pending_reactions
+        self._pending_drifts, self._pending_promotions, self._pending_reactions = [], [], []
         if record.drifts:  # one line per metrics record, not one per detection
             logger.info(
                 "drift detected %d time(s) since the last metrics record: %s",
@@ -564,8 +593,13 @@ class Worker:
             )
         self._sink.send(self.settings.metrics_topic, None, record.model_dump_json().encode())
         self.metrics.observe_accuracy(record)
+        self._observe_serving(record)
         self.summary.metrics_records += 1
         self.summary.last_metrics = record
+
+    def _observe_serving(self, record: MetricsRecord) -> None:
+        version = max((p.updates.model_version for p in self.shards.values()), default=1)
+        self.metrics.observe_serving(record.served, list(self.settings.models), version)
 
     def _maybe_refresh_gauges(self) -> None:
         now = time.monotonic()
@@ -577,9 +611,9 @@ class Worker:
         self._last_gauges_at = now
         self.metrics.observe_lag(self._source.lag())
         if self.shards:
-            self.metrics.observe_accuracy(
-                merge_metrics([p.metrics_record() for p in self.shards.values()])
-            )
+            record = merge_metrics([p.metrics_record() for p in self.shards.values()])
+            self.metrics.observe_accuracy(record)
+            self._observe_serving(record)
 
     def _maybe_log_progress(self, now: float) -> None:
         elapsed = now - self._progress_at
@@ -600,8 +634,14 @@ class Worker:
             f"{s.processed:,}",
             f"{s.dead_lettered:,}",
             f"{lag:,}",
-            s.accuracy_line(self.settings.recommender),
+            s.accuracy_line(self._served_name()),
         )
+
+    def _served_name(self) -> str:
+        """The served model (of the first shard when shards differ)."""
+        for pipeline in self.shards.values():
+            return pipeline.served
+        return self.settings.recommender
 
     def _update_readiness(self) -> None:
         assert self._source is not None

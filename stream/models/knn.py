@@ -130,6 +130,13 @@ class ItemKNN(Recommender):
         self._version = 0
         self._cached: tuple[Hashable, int, _Scores | None] | None = None
 
+    def set_half_life(self, half_life: float | None) -> None:
+        """Decay at a new rate from the next event on (``None``: stop decaying)."""
+        if half_life is not None and not half_life > 0:
+            raise ValueError(f"half_life must be positive or None, got {half_life}")
+        self.half_life = half_life
+        self._growth = 1.0 if half_life is None else 2.0 ** (1.0 / half_life)
+
     @property
     def n_users(self) -> int:
         return len(self._history)

@@ -68,6 +68,13 @@ class Popularity(Recommender):
         self._ranked: list[Hashable] = []
         self._events = 0
 
+    def set_half_life(self, half_life: float) -> None:
+        """Decay at a new rate from the next event on (what was learned keeps its weight)."""
+        if not half_life > 0:
+            raise ValueError(f"half_life must be positive, got {half_life}")
+        self.half_life = half_life
+        self._growth = 2.0 ** (1.0 / half_life)
+
     @property
     def events(self) -> int:
         """Events learned from."""

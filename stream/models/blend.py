@@ -45,6 +45,17 @@ class Blend(Recommender):
         Whether :meth:`learn_one` feeds the components.
     rank_constant
         Damps the head of each ranking (60 is the usual choice for reciprocal-rank fusion).
+    learning_rate
+        Rate of the online weights (:meth:`observe_one`); 0 keeps ``weights`` fixed.
+    half_life
+        Evaluated events after which an outcome counts half in the online weights.
+    k
+        The K the components' outcomes are scored at (and, for a blend that learns its own
+        components, the depth it ranks them at to learn).
+
+    With online weights a stand-alone blend learns from its components' rankings without any
+    exclusions (it knows no user history); inside a pipeline the blend over the pipeline's
+    models learns from exactly the rankings they were evaluated on.
 
     Examples
     --------

@@ -65,6 +65,21 @@ class ItemKNN(Recommender):
         against 0.031 / 0.095 / 0.136 without decay, and 0.194 against 0.198 before it.
     seed
         Unused (the model is deterministic); accepted like every River ranker.
+    alpha
+        Asymmetric cosine: ``sim(h, j) = C_hj / (N_h ** alpha * N_j ** (1 - alpha))``; 0.5 is
+        the cosine above; larger values normalise more by the history item ``h``, less by
+        the candidate ``j`` (popular candidates are penalised less).
+    distance_decay
+        A co-occurrence of two items ``d`` positions apart in a user's recent history counts
+        ``distance_decay ** d`` (1: every pair counts alike).
+    recency
+        Scoring: the most recent history item counts 1, each older one ``recency`` times the
+        next (1: all alike).
+    directed
+        Count only ``h -> j`` for ``h`` before ``j`` (item-to-item transitions: the ``sequence``
+        model), not both ways.
+    binary
+        Every interaction counts 1 instead of its event weight.
 
     Examples
     --------

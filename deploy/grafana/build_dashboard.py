@@ -305,6 +305,39 @@ def _panels() -> list[dict[str, Any]]:
             ],
             "short",
         ),
+        _row("Model updates"),
+        _timeseries(
+            "Served model",
+            "1 for the model whose top-K is published (promotions switch it).",
+            [(f"max by (model) ({_sel('stream_served_model')})", "{{model}}")],
+            "short",
+            width=8,
+            maximum=1,
+        ),
+        _timeseries(
+            "Served model version",
+            "Grows by 1 at each promotion and each rebuilt version swapped into the served model.",
+            [(f"max({_sel('stream_served_model_version')})", "model_version")],
+            "short",
+            width=8,
+        ),
+        _timeseries(
+            "Promotions and drift reactions (cumulative)",
+            "Promotions by the models they switched between; reactions to drift of the served "
+            "model (faster decays, rebuilds of full models).",
+            [
+                (
+                    f"sum by (from, to) ({_sel('stream_promotions_total')})",
+                    "{{from}} -> {{to}}",
+                ),
+                (
+                    f"sum by (model) ({_sel('stream_drift_reactions_total')})",
+                    "reaction {{model}}",
+                ),
+            ],
+            "short",
+            width=8,
+        ),
         _row("Drift and data quality"),
         _timeseries(
             "Drift detections (cumulative)",

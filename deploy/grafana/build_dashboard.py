@@ -326,12 +326,13 @@ def _panels() -> list[dict[str, Any]]:
             "Promotions by the models they switched between; reactions to drift of the served "
             "model (faster decays, rebuilds of full models).",
             [
+                # `or vector(0)`: the labelled counters have no series before the first one.
                 (
-                    f"sum by (from, to) ({_sel('stream_promotions_total')})",
+                    f"sum by (from, to) ({_sel('stream_promotions_total')}) or vector(0)",
                     "{{from}} -> {{to}}",
                 ),
                 (
-                    f"sum by (model) ({_sel('stream_drift_reactions_total')})",
+                    f"sum by (model) ({_sel('stream_drift_reactions_total')}) or vector(0)",
                     "reaction {{model}}",
                 ),
             ],

@@ -26,7 +26,15 @@ from typing import Any
 
 from stream.checkpoint import CheckpointError, CheckpointStore, read_info
 from stream.core import PIPELINE_SETTINGS, Pipeline, PipelineConfig, built_with
-from stream.models import MODEL_SETTINGS, Blend, Recommender, build_blend, build_models
+from stream.models import (
+    MODEL_REGISTRY,
+    MODEL_SETTINGS,
+    Blend,
+    RebuiltRecommender,
+    Recommender,
+    build_blend,
+    build_models,
+)
 from stream.settings import SettingsError, StreamSettings
 
 __all__ = [
@@ -291,8 +299,20 @@ def apply_settings(
         )
     if not plan.applied:
         pipeline.built_with = built_with(settings)
-        return pipeline, plan
-    return _rebuilt(pipeline, settings, plan), plan
+    else:
+        pipeline = _rebuilt(pipeline, settings, plan)
+    _apply_build_schedule(pipeline, settings)
+    return pipeline, plan
+
+
+def _apply_build_schedule(pipeline: Pipeline, settings: StreamSettings) -> None:
+    """How a restored full model builds (STREAM_REBUILD_BACKGROUND / _NICE) is no part of
+    what it learned: the current settings apply, as a freshly built model would have them."""
+    for name, model in pipeline.models.items():
+        if isinstance(model, RebuiltRecommender) and name in MODEL_REGISTRY:
+            fresh = MODEL_REGISTRY[name](settings)
+            assert isinstance(fresh, RebuiltRecommender)
+            model.background, model.nice = fresh.background, fresh.nice
 
 
 def _rebuilt(old: Pipeline, settings: StreamSettings, plan: RestorePlan) -> Pipeline:

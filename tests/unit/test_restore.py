@@ -282,3 +282,23 @@ def test_model_settings_name_exactly_what_each_factory_reads(model: str) -> None
             continue
         differs = MODEL_REGISTRY[model](other)._get_params() != base
         assert differs == (name in MODEL_SETTINGS[model]), (model, name)
+
+
+def test_how_a_restored_full_model_builds_follows_the_current_settings() -> None:
+    from stream.models import RebuiltRecommender
+    from stream.restore import apply_settings
+
+    old = StreamSettings(
+        _env_file=None,
+        models=("popularity", "svd"),
+        recommender="svd",
+        rebuild_background=False,
+        rebuild_nice=15,
+    )
+    pipeline = Pipeline.from_settings(old)
+    new = old.model_copy(update={"rebuild_background": True, "rebuild_nice": 5})
+    restored, plan = apply_settings(pipeline, new)
+    model = restored.models["svd"]
+    assert isinstance(model, RebuiltRecommender)
+    assert (model.background, model.nice) == (True, 5)
+    assert not plan.refused

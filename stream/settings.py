@@ -20,6 +20,7 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rat
 ModelName = Literal[
     "popularity",
     "knn",
+    "knn_classic",
     "sequence",
     "bpr",
     "biased_mf",
@@ -155,8 +156,8 @@ class StreamSettings(BaseSettings):
     top_k: int = Field(10, ge=1, le=1_000)
     """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
     models: Annotated[tuple[ModelName, ...], NoDecode] = Field(
-        ("popularity", "knn", "sequence", "biased_mf", "blend"),
-        description="Models to run (comma list): popularity, knn, sequence, bpr, biased_mf, "
+        ("popularity", "knn", "knn_classic", "sequence", "biased_mf", "blend"),
+        description="Models to run (comma list): popularity, knn, knn_classic, sequence, bpr, biased_mf, "
         "funk_mf, svd, ease, userknn, blend.",
     )
     recommender: ModelName = Field(
@@ -214,6 +215,12 @@ class StreamSettings(BaseSettings):
     """A co-occurrence of items d positions apart in a user's sequence counts this ** d."""
     knn_recency: float = Field(0.85, gt=0, le=1)
     """Scoring: the most recent history item counts 1, each older one this times the next."""
+
+    # Classic item KNN (knn_classic: symmetric cosine, no recency weighting, no distance decay)
+    knn_classic_neighbors: int = Field(400, ge=1, le=10_000)
+    """knn_classic: neighbours kept per item (more than knn's: its signal is the long tail)."""
+    knn_classic_half_life: float | None = Field(None, gt=0)
+    """knn_classic: co-occurrences halve every this many events; unset = never."""
 
     # Sequence (item-to-item transitions: a directed KNN over the last few items)
     sequence_history: int = Field(5, ge=1, le=1_000)

@@ -39,6 +39,22 @@ def _knn(settings: StreamSettings) -> Recommender:
     )
 
 
+def _knn_classic(settings: StreamSettings) -> Recommender:
+    """Classic item-based CF: symmetric cosine, every recent item alike, more neighbours.
+
+    Beside ``knn`` (recency-aware) in the default blend, whose online weights decide per
+    stream how much each counts (see the README's quality suite).
+    """
+    return ItemKNN(
+        neighbors=settings.knn_classic_neighbors,
+        history=settings.knn_history,
+        half_life=settings.knn_classic_half_life,
+        seed=settings.seed,
+        alpha=0.5,
+        binary=not settings.knn_weighted,
+    )
+
+
 def _sequence(settings: StreamSettings) -> Recommender:
     """Item-to-item transitions: a directed KNN over the last few items of each user."""
     return ItemKNN(
@@ -138,6 +154,7 @@ def _blend_options(settings: StreamSettings) -> dict[str, Any]:
 MODEL_REGISTRY: dict[str, Callable[[StreamSettings], Recommender]] = {
     "popularity": _popularity,
     "knn": _knn,
+    "knn_classic": _knn_classic,
     "sequence": _sequence,
     "bpr": _bpr,
     "biased_mf": _mf("biased"),
@@ -179,6 +196,13 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
         "knn_alpha",
         "knn_distance_decay",
         "knn_recency",
+        "knn_weighted",
+        "seed",
+    ),
+    "knn_classic": (
+        "knn_classic_neighbors",
+        "knn_history",
+        "knn_classic_half_life",
         "knn_weighted",
         "seed",
     ),

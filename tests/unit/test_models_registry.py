@@ -24,6 +24,7 @@ def test_every_configurable_name_is_registered() -> None:
     assert set(MODEL_REGISTRY) == {
         "popularity",
         "knn",
+        "knn_classic",
         "sequence",
         "bpr",
         "biased_mf",

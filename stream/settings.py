@@ -157,8 +157,8 @@ class StreamSettings(BaseSettings):
     """K: items per recommendation, and the K of HR@K, NDCG@K, MRR@K."""
     models: Annotated[tuple[ModelName, ...], NoDecode] = Field(
         ("popularity", "knn", "knn_classic", "sequence", "biased_mf", "blend"),
-        description="Models to run (comma list): popularity, knn, knn_classic, sequence, bpr, biased_mf, "
-        "funk_mf, svd, ease, userknn, blend.",
+        description="Models to run (comma list): popularity, knn, knn_classic, sequence, bpr, "
+        "biased_mf, funk_mf, svd, ease, userknn, blend.",
     )
     recommender: ModelName = Field(
         "blend",

@@ -264,7 +264,8 @@ def _variant(name: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    "model", ["popularity", "knn", "knn_classic", "sequence", "bpr", "biased_mf", "funk_mf", "userknn"]
+    "model",
+    ["popularity", "knn", "knn_classic", "sequence", "bpr", "biased_mf", "funk_mf", "userknn"],
 )
 def test_model_settings_name_exactly_what_each_factory_reads(model: str) -> None:
     """A model is built from the settings MODEL_SETTINGS lists for it, and no others (River's

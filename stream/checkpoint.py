@@ -45,7 +45,7 @@ import re
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -581,6 +581,22 @@ class CheckpointStore:
         CheckpointError
             The pipeline cannot be pickled (a bug); no partial file is left behind.
         """
+        final = self.write(tp, pipeline, next_offset)
+        logger.debug("checkpoint %s written (next offset %d)", final, next_offset)
+        return final
+
+    def write(
+        self,
+        tp: TopicPartition,
+        pipeline: Pipeline,
+        next_offset: int,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> Path:
+        """:meth:`save` without logging (a forked child must not take logging's locks).
+
+        ``still_wanted`` is asked just before the rename: when it returns False the file is
+        not published (``CheckpointError``), e.g. a forked writer whose worker has died.
+        """
         if isinstance(next_offset, bool) or not isinstance(next_offset, int) or next_offset < 0:
             raise ValueError(f"next_offset must be a non-negative int, not {next_offset!r}")
         secret = self._secret("writing a checkpoint")
@@ -612,13 +628,14 @@ class CheckpointStore:
                 f.write(mac.digest())
                 f.flush()
                 os.fsync(f.fileno())
+            if still_wanted is not None and not still_wanted():
+                raise CheckpointError(f"checkpoint of {tp[0]}[{tp[1]}] no longer wanted")
             os.replace(tmp, final)
             _fsync_dir(directory)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        logger.debug("checkpoint %s written (next offset %d)", final, next_offset)
         self._rotate(directory)
         return final
 

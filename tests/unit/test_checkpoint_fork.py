@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_checkpoint import KEY, TP, make_events
 
 from stream.checkpoint import CheckpointStore, read_info
 from stream.checkpoint_fork import FORK_AVAILABLE, ForkedSaves, SaveOutcome
@@ -17,8 +18,6 @@ from stream.core import Pipeline
 from stream.events import Source
 from stream.models import rebuilt
 from stream.settings import SettingsError, StreamSettings, load_settings
-
-from test_checkpoint import KEY, TP, make_events
 
 pytestmark = pytest.mark.skipif(not FORK_AVAILABLE, reason="needs os.fork (Linux, macOS)")
 

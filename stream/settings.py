@@ -323,10 +323,12 @@ class StreamSettings(BaseSettings):
         "STREAM_MF_*, ...) changed since its checkpoint, instead of refusing to start.",
     )
     # --- Checkpoints off the event path (issue 11, item 4) ---------------------------------
-    checkpoint_mode: Literal["auto", "fork", "inline"] = "auto"
-    """How a checkpoint is written: fork (a forked child writes it while the loop goes on;
-    offsets are committed once it succeeded), inline (the loop writes it), auto (fork where
-    the platform has fork(), else inline)."""
+    checkpoint_mode: Literal["auto", "fork", "inline"] = Field(
+        "auto",
+        description="Who writes a checkpoint: fork (a forked child, while the loop goes on; "
+        "offsets are committed once it succeeded), inline (the loop), auto (fork where the "
+        "platform has fork(), else inline).",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -186,6 +187,11 @@ class Worker:
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
         self._last_flush_at = time.monotonic()
+        # Per-event counters of the current poll batch, added to Prometheus once per batch
+        # (a labelled inc() is ~3 us; the values are the same at every batch's end).
+        self._batch_processed: Counter[str] = Counter()
+        self._batch_published: Counter[str] = Counter()
+        self._batch_last_timestamp: float | None = None
         self.summary = RunSummary()
         self._progress_at = time.monotonic()
         self._progress_consumed = 0
@@ -279,8 +285,11 @@ class Worker:
                 batch = batch[:budget]
             if batch:
                 last_record_at = time.monotonic()
-                for record in batch:
-                    self._handle_one(record)
+                try:
+                    for record in batch:
+                        self._handle_one(record)
+                finally:
+                    self._observe_batch()
             # On every poll, empty ones too: an idle worker still reports on time.
             self._maybe_publish_metrics()
             self._collect_checkpoints()
@@ -355,7 +364,7 @@ class Worker:
                 )
             else:
                 self._publish_result(result.recommendation, decoded.user_id, source, record)
-                self.metrics.events.labels(decoded.event_type, "processed").inc()
+                self._batch_processed[decoded.event_type] += 1
                 self.summary.processed += 1
                 for drift in result.drifts:
                     self.metrics.observe_drift(drift)
@@ -369,9 +378,7 @@ class Worker:
                     self.metrics.observe_promotion(promotion)
                     self._pending_promotions.append(promotion)
                     self.summary.promotions.append(promotion)
-                now = time.time()
-                self.metrics.event_lag.set(now - decoded.timestamp)
-                self.metrics.last_event.set(now)
+                self._batch_last_timestamp = decoded.timestamp
         self._safe_from.setdefault(tp, record.offset)
         self._positions[tp] = record.offset + 1
         self._since_metrics += 1
@@ -400,7 +407,7 @@ class Worker:
             )
             return
         self.summary.recommendations += 1
-        self.metrics.recommendations.labels(recommendation.model).inc()  # type: ignore[attr-defined]
+        self._batch_published[recommendation.model] += 1  # type: ignore[attr-defined]
 
     def _dead_letter(self, rejected: Rejected, source: Source, event_type: str = "unknown") -> None:
         assert self._sink is not None
@@ -423,6 +430,20 @@ class Worker:
         self.metrics.dead_letters.labels(rejected.reason).inc()
         self.metrics.events.labels(event_type, "dead_lettered").inc()
         self.summary.dead_lettered += 1
+
+    def _observe_batch(self) -> None:
+        """Add the poll batch's counts to Prometheus; the event lag of its last event."""
+        for event_type, n in self._batch_processed.items():
+            self.metrics.events.labels(event_type, "processed").inc(n)
+        for model, n in self._batch_published.items():
+            self.metrics.recommendations.labels(model).inc(n)
+        self._batch_processed.clear()
+        self._batch_published.clear()
+        if self._batch_last_timestamp is not None:
+            now = time.time()
+            self.metrics.event_lag.set(now - self._batch_last_timestamp)
+            self.metrics.last_event.set(now)
+            self._batch_last_timestamp = None
 
     def _shard(self, tp: TopicPartition) -> Pipeline:
         shard = self.shards.get(tp)

@@ -79,7 +79,7 @@ from stream.events import Event, Source, decode_one
 from stream.kafka.admin import ensure_topics
 from stream.models import build_models
 from stream.settings import StreamSettings
-from stream.worker import Worker
+from stream.worker import Worker, json_bytes
 
 __all__ = ["LatencyResult", "ThroughputResult", "main"]
 
@@ -335,7 +335,7 @@ def measure_core(settings: StreamSettings, records: list[Record]) -> dict[str, f
     size = 0
     for out in outputs:
         if out.recommendation is not None:
-            size += len(out.recommendation.model_dump_json().encode())
+            size += len(json_bytes(out.recommendation))
     encode_s = time.perf_counter() - started
     n = len(events)
     return {

@@ -459,7 +459,9 @@ def measure_latency(
 ) -> LatencyResult:
     """Run a fresh worker in a thread (``workers`` > 1: that many processes in one group)
     while a child process sends paced events and times them."""
-    settings = _settings(bootstrap, "latency", **(overrides or {}))
+    settings = _settings(
+        bootstrap, "latency", **{**(overrides or {}), "events_partitions": partitions}
+    )
     _topics(settings, partitions)
     worker: Worker | None = None
     group: _WorkerGroup | None = None
@@ -586,7 +588,7 @@ def run(
     )
 
     for p in partitions:
-        settings = _settings(bootstrap, f"throughput-p{p}", **overrides)
+        settings = _settings(bootstrap, f"throughput-p{p}", **{**overrides, "events_partitions": p})
         print(f"(b) worker end to end, {p} partition(s), {workers} worker(s) ...", flush=True)
         _topics(settings, p)
         _fill(bootstrap, settings.events_topic, records)

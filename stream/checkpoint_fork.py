@@ -21,6 +21,10 @@ A child dies with its parent (``PR_SET_PDEATHSIG`` on Linux, and a parent check 
 rename elsewhere): a worker killed with SIGKILL leaves at most a temporary file (removed by a
 later rotation), never a checkpoint renamed after a restarted worker wrote its own.
 
+While a child lives, the parent's objects of the moment are frozen out of the cyclic GC
+(``gc.freeze``, undone when the last child ends): a full collection would otherwise write to
+every object's header and so copy the whole shared heap.
+
 The total work still grows with the state: it is done by the child, on the other core, and the
 child's memory grows while it runs (pages it touches are copied, up to the size of the state).
 """
@@ -138,6 +142,10 @@ class ForkedSaves:
             raise RuntimeError(f"a checkpoint of {tp[0]}[{tp[1]}] is already being written")
         started = time.perf_counter()
         read_fd, write_fd = os.pipe()
+        # While a child lives, a full collection in the parent would write to the header of
+        # every object and so copy every page of the heap (copy-on-write): the objects of the
+        # moment are set aside from collections until the last child has ended.
+        gc.freeze()
         try:
             with warnings.catch_warnings():
                 # Python >= 3.12 warns that a multi-threaded process forks: the child here runs
@@ -147,6 +155,7 @@ class ForkedSaves:
         except BaseException:
             os.close(read_fd)
             os.close(write_fd)
+            self._unfreeze()
             raise
         if pid == 0:  # the child
             os.close(read_fd)
@@ -170,7 +179,12 @@ class ForkedSaves:
                 continue
             del self._children[tp]
             done.append(self._outcome(child, status))
+        self._unfreeze()
         return done
+
+    def _unfreeze(self) -> None:
+        if not self._children:
+            gc.unfreeze()
 
     def close(self) -> None:
         """Kill and reap every child still writing (their temporary files stay until rotated)."""
@@ -182,6 +196,7 @@ class ForkedSaves:
             with contextlib.suppress(OSError):
                 os.close(child.report_fd)
         self._children.clear()
+        self._unfreeze()
 
     @staticmethod
     def _outcome(child: _Child, status: int) -> SaveOutcome:

@@ -169,3 +169,14 @@ def test_the_write_and_the_restore_run_without_the_cyclic_gc(
     assert store.load(TP) is not None
     assert seen == [("dump", False), ("load", False)]
     assert gc.isenabled()
+
+
+def test_the_heap_is_set_aside_from_collections_while_a_child_writes(tmp_path: Path) -> None:
+    """A full collection in the parent would copy every page of the heap the child shares."""
+    forks = ForkedSaves(CheckpointStore(tmp_path, KEY))
+    pipeline = learned_pipeline(StreamSettings(seed=4), 30)
+    assert gc.get_freeze_count() == 0
+    forks.start(TP, pipeline, 30)
+    assert gc.get_freeze_count() > 0
+    wait_one(forks)
+    assert gc.get_freeze_count() == 0

@@ -329,6 +329,13 @@ class StreamSettings(BaseSettings):
         description="On restore, rebuild empty a model whose own settings (STREAM_KNN_*, "
         "STREAM_MF_*, ...) changed since its checkpoint, instead of refusing to start.",
     )
+    # --- Checkpoints off the event path (issue 11, item 4) ---------------------------------
+    checkpoint_mode: Literal["auto", "fork", "inline"] = Field(
+        "auto",
+        description="Who writes a checkpoint: fork (a forked child, while the loop goes on; "
+        "offsets are committed once it succeeded), inline (the loop), auto (fork where the "
+        "platform has fork(), else inline).",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -379,6 +386,15 @@ class StreamSettings(BaseSettings):
     def _servers_not_empty(cls, value: str) -> str:
         if not [s for s in value.split(",") if s.strip()]:
             raise ValueError("must name at least one host:port")
+        return value
+
+    @field_validator("checkpoint_mode")
+    @classmethod
+    def _fork_exists(cls, value: str) -> str:
+        import os
+
+        if value == "fork" and not hasattr(os, "fork"):
+            raise ValueError("fork is not available on this platform; use inline or auto")
         return value
 
     @model_validator(mode="before")

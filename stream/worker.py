@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from stream.checkpoint import CheckpointStore
+from stream.checkpoint_fork import FORK_AVAILABLE, ForkedSaves, SaveOutcome
 from stream.core import Pipeline, merge_metrics
 from stream.drift import drift_counts
 from stream.events import (
@@ -44,7 +47,7 @@ from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
 from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
 
-__all__ = ["RunSummary", "Worker", "topic_layout"]
+__all__ = ["RunSummary", "Worker", "json_bytes", "topic_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,13 @@ TopicPartition = tuple[str, int]
 # Consecutive failed checkpoints of one partition after which the worker reports not ready
 # (one failure can be a blip; the next one means nothing is being made safe).
 CHECKPOINT_FAILURES_UNREADY = 2
+
+
+def json_bytes(record: BaseModel) -> bytes:
+    """``record.model_dump_json().encode()``, the same bytes, without the str round trip and
+    the keyword handling (8.4 instead of 10.0 us for a 10-item recommendation, once per event:
+    ``benchmarks/worker_edges.py``)."""
+    return record.__pydantic_serializer__.to_json(record)
 
 
 def topic_layout(s: StreamSettings) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
@@ -153,6 +163,13 @@ class Worker:
         self._new_pipeline = pipeline_factory or (lambda: Pipeline.from_settings(settings))
         self.shards: dict[TopicPartition, Pipeline] = {}
         self.checkpoints = CheckpointStore.from_settings(settings)
+        # Checkpoints written by forked children (STREAM_CHECKPOINT_MODE), None: inline.
+        self._forks: ForkedSaves | None = None
+        if self.checkpoints is not None and (
+            settings.checkpoint_mode == "fork"
+            or (settings.checkpoint_mode == "auto" and FORK_AVAILABLE)
+        ):
+            self._forks = ForkedSaves(self.checkpoints)
         # Next offset to consume per partition, for what has been processed (not yet safe).
         self._positions: dict[TopicPartition, int] = {}
         self._pending_drifts: list[DriftRecord] = []
@@ -178,6 +195,11 @@ class Worker:
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
         self._last_flush_at = time.monotonic()
+        # Per-event counters of the current poll batch, added to Prometheus once per batch
+        # (a labelled inc() is ~3 us; the values are the same at every batch's end).
+        self._batch_processed: Counter[str] = Counter()
+        self._batch_published: Counter[str] = Counter()
+        self._batch_last_timestamp: float | None = None
         self.summary = RunSummary()
         self._progress_at = time.monotonic()
         self._progress_consumed = 0
@@ -271,10 +293,14 @@ class Worker:
                 batch = batch[:budget]
             if batch:
                 last_record_at = time.monotonic()
-                for record in batch:
-                    self._handle_one(record)
+                try:
+                    for record in batch:
+                        self._handle_one(record)
+                finally:
+                    self._observe_batch()
             # On every poll, empty ones too: an idle worker still reports on time.
             self._maybe_publish_metrics()
+            self._collect_checkpoints()
             if batch:
                 self._make_safe(force_checkpoint=False)
             else:
@@ -288,6 +314,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         try:
+            self._collect_checkpoints(block=True)
             if self._sink is not None and self._source is not None and self.summary.consumed:
                 self._publish_metrics()
                 self._make_safe(force_checkpoint=True)
@@ -304,6 +331,8 @@ class Worker:
             if self._server is not None:
                 self._server.stop()
             self._set_ready(False, "stopped")
+            if self._forks is not None:
+                self._forks.close()
             if self.summary.uncommitted:
                 logger.error(
                     "%d consumed record(s) are not yet safe: their offsets were not committed "
@@ -343,7 +372,7 @@ class Worker:
                 )
             else:
                 self._publish_result(result.recommendation, decoded.user_id, source, record)
-                self.metrics.events.labels(decoded.event_type, "processed").inc()
+                self._batch_processed[decoded.event_type] += 1
                 self.summary.processed += 1
                 for drift in result.drifts:
                     self.metrics.observe_drift(drift)
@@ -357,9 +386,7 @@ class Worker:
                     self.metrics.observe_promotion(promotion)
                     self._pending_promotions.append(promotion)
                     self.summary.promotions.append(promotion)
-                now = time.time()
-                self.metrics.event_lag.set(now - decoded.timestamp)
-                self.metrics.last_event.set(now)
+                self._batch_last_timestamp = decoded.timestamp
         self._safe_from.setdefault(tp, record.offset)
         self._positions[tp] = record.offset + 1
         self._since_metrics += 1
@@ -379,7 +406,7 @@ class Worker:
             # A forgotten user: a tombstone removes their recommendations from a compacted topic.
             self._sink.send(s.recommendations_topic, key, None)
             return
-        value = recommendation.model_dump_json().encode()  # type: ignore[attr-defined]
+        value = json_bytes(recommendation)  # type: ignore[arg-type]
         try:
             self._sink.send(s.recommendations_topic, key, value)
         except OutputTooLargeError as exc:
@@ -388,7 +415,7 @@ class Worker:
             )
             return
         self.summary.recommendations += 1
-        self.metrics.recommendations.labels(recommendation.model).inc()  # type: ignore[attr-defined]
+        self._batch_published[recommendation.model] += 1  # type: ignore[attr-defined]
 
     def _dead_letter(self, rejected: Rejected, source: Source, event_type: str = "unknown") -> None:
         assert self._sink is not None
@@ -411,6 +438,20 @@ class Worker:
         self.metrics.dead_letters.labels(rejected.reason).inc()
         self.metrics.events.labels(event_type, "dead_lettered").inc()
         self.summary.dead_lettered += 1
+
+    def _observe_batch(self) -> None:
+        """Add the poll batch's counts to Prometheus; the event lag of its last event."""
+        for event_type, n in self._batch_processed.items():
+            self.metrics.events.labels(event_type, "processed").inc(n)
+        for model, n in self._batch_published.items():
+            self.metrics.recommendations.labels(model).inc(n)
+        self._batch_processed.clear()
+        self._batch_published.clear()
+        if self._batch_last_timestamp is not None:
+            now = time.time()
+            self.metrics.event_lag.set(now - self._batch_last_timestamp)
+            self.metrics.last_event.set(now)
+            self._batch_last_timestamp = None
 
     def _shard(self, tp: TopicPartition) -> Pipeline:
         shard = self.shards.get(tp)
@@ -449,6 +490,9 @@ class Worker:
         self._last_flush_at = time.monotonic()  # after the flush, which may have waited
         if self.checkpoints is None:
             self._commit(dict(self._positions))
+        elif checkpoint_due and self._forks is not None and not force_checkpoint:
+            # Committed by _collect_checkpoints once each child has written its file.
+            self._checkpoint(list(self._positions), background=True)
         elif checkpoint_due:
             self._commit(self._checkpoint(list(self._positions)))
 
@@ -520,9 +564,16 @@ class Worker:
                     return False
                 pending.pop(0)
 
-    def _checkpoint(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def _checkpoint(
+        self, partitions: list[TopicPartition], background: bool = False
+    ) -> dict[TopicPartition, int]:
+        """Write (``background``: start writing) a checkpoint of each partition; returns the
+        offsets now covered by a written checkpoint (none of those started in the background)."""
         assert self.checkpoints is not None
         written: dict[TopicPartition, int] = {}
+        if self._forks is not None and not background:
+            # A save in flight ends first: files of a partition are written one at a time.
+            self._collect_checkpoints(block=True, partitions=partitions)
         for tp in partitions:
             if tp not in self.shards or tp not in self._positions:
                 continue
@@ -531,18 +582,24 @@ class Worker:
                 # second identical file would only push an older good one out of the rotation.
                 written[tp] = self._positions[tp]
                 continue
+            if background:
+                assert self._forks is not None
+                if self._forks.busy(tp):
+                    continue  # never two snapshots of a partition at once
+                try:
+                    pause = self._forks.start(tp, self.shards[tp], self._positions[tp])
+                except OSError as exc:
+                    self._checkpoint_failed(tp, f"cannot fork: {type(exc).__name__}: {exc}")
+                else:
+                    logger.debug("checkpoint of %s[%d] forked (pause %.1f ms)", *tp, pause * 1e3)
+                continue
             try:
                 self.checkpoints.save(tp, self.shards[tp], self._positions[tp])
             except OSError as exc:
-                logger.error("checkpoint of %s[%d] failed; offsets not committed: %s", *tp, exc)
-                self.metrics.checkpoints.labels("failed").inc()
-                failures = self._checkpoint_failures.get(tp, (0, ""))[0] + 1
-                self._last_checkpoint_error = f"checkpoint failed: {type(exc).__name__}: {exc}"
-                self._checkpoint_failures[tp] = (failures, f"{type(exc).__name__}: {exc}")
+                self._checkpoint_failed(tp, f"{type(exc).__name__}: {exc}")
                 continue
-            self.metrics.checkpoints.labels("ok").inc()
-            self._checkpoint_failures.pop(tp, None)
-            written[tp] = self._checkpointed[tp] = self._positions[tp]
+            self._checkpoint_ok(tp, self._positions[tp])
+            written[tp] = self._positions[tp]
         if written:
             self.metrics.checkpoint_last.set(time.time())
         self._since_checkpoint = 0
@@ -551,6 +608,50 @@ class Worker:
         if failing:
             self._set_ready(False, failing)
         return written
+
+    def _checkpoint_failed(self, tp: TopicPartition, error: str) -> None:
+        logger.error("checkpoint of %s[%d] failed; offsets not committed: %s", *tp, error)
+        self.metrics.checkpoints.labels("failed").inc()
+        failures = self._checkpoint_failures.get(tp, (0, ""))[0] + 1
+        self._last_checkpoint_error = f"checkpoint failed: {error}"
+        self._checkpoint_failures[tp] = (failures, error)
+
+    def _checkpoint_ok(self, tp: TopicPartition, next_offset: int) -> None:
+        self.metrics.checkpoints.labels("ok").inc()
+        self._checkpoint_failures.pop(tp, None)
+        self._checkpointed[tp] = next_offset
+
+    def _collect_checkpoints(
+        self, block: bool = False, partitions: list[TopicPartition] | None = None
+    ) -> None:
+        """Record the forked saves that ended and commit the offsets each written file covers.
+
+        Its outputs were flushed before the fork, so the offset is safe once the file exists.
+        """
+        if self._forks is None:
+            return
+        outcomes: list[SaveOutcome] = self._forks.poll(block, partitions)
+        safe: dict[TopicPartition, int] = {}
+        for outcome in outcomes:
+            tp = outcome.tp
+            if outcome.error is not None:
+                self._checkpoint_failed(tp, outcome.error)
+                continue
+            logger.debug(
+                "checkpoint of %s[%d] at offset %d written by a child in %.0f ms (pause %.1f ms)",
+                *tp, outcome.next_offset, outcome.seconds * 1e3, outcome.pause_seconds * 1e3,
+            )  # fmt: skip
+            self._checkpoint_ok(tp, outcome.next_offset)
+            if tp in self._positions:
+                safe[tp] = outcome.next_offset
+        if safe:
+            self.metrics.checkpoint_last.set(time.time())
+            if not self._unsafe and self._source is not None:
+                self._commit(safe)
+        if outcomes:
+            failing = self._failing_checkpoints()
+            if failing:
+                self._set_ready(False, failing)
 
     def _failing_checkpoints(self) -> str:
         """Why readiness is false because checkpoints keep failing ("" while they do not)."""
@@ -705,6 +806,9 @@ class Worker:
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
+        if self._forks is not None:
+            # No child may still write a partition this worker no longer owns.
+            self._collect_checkpoints(block=True, partitions=partitions)
         for tp in partitions:
             self._checkpointed.pop(tp, None)
             self._checkpoint_failures.pop(tp, None)

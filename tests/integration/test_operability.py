@@ -168,9 +168,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("mode", ["fork", "inline"])
 def test_failing_checkpoints_turn_readiness_false_and_the_exit_status_non_zero(
-    kafka_bootstrap: str, kafka_settings: MakeSettings, tmp_path: Path
+    kafka_bootstrap: str, kafka_settings: MakeSettings, tmp_path: Path, mode: str
 ) -> None:
+    """fork: the child writing a checkpoint fails (its directory is gone mid-run) and that
+    shows exactly as an inline write's failure does."""
     s = kafka_settings()
     directory = tmp_path / "checkpoints"
     port = free_port()
@@ -181,6 +184,7 @@ def test_failing_checkpoints_turn_readiness_false_and_the_exit_status_non_zero(
         STREAM_CHECKPOINT_EVERY_SECONDS="0.3",
         STREAM_METRICS_PORT=str(port),
         STREAM_METRICS_HOST="127.0.0.1",
+        STREAM_CHECKPOINT_MODE=mode,
     )
     ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
     produce(kafka_bootstrap, s.events_topic, *synthetic(300))

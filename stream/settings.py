@@ -217,9 +217,9 @@ class StreamSettings(BaseSettings):
     """Scoring: the most recent history item counts 1, each older one this times the next."""
 
     # Classic item KNN (knn_classic: symmetric cosine, no recency weighting, no distance decay)
-    knn_classic_neighbors: int = Field(400, ge=1, le=10_000)
-    """knn_classic: neighbours kept per item (more than knn's: its signal is the long tail)."""
-    knn_classic_half_life: float | None = Field(None, gt=0)
+    knn_classic_neighbors: int = Field(100, ge=1, le=10_000)
+    """knn_classic: neighbours kept per item."""
+    knn_classic_half_life: float | None = Field(20_000.0, gt=0)
     """knn_classic: co-occurrences halve every this many events; unset = never."""
 
     # Sequence (item-to-item transitions: a directed KNN over the last few items)

@@ -169,10 +169,10 @@ class Retention:
                 items.move_to_end(item)
             else:
                 items[item] = None
-                if len(items) > cap:
-                    for _ in range(min(len(items) - cap + cap // 32, len(items) - 1)):
-                        over_items.append(items.popitem(last=False)[0])
-                    self.evicted_items += len(over_items)
+            if len(items) > cap:  # also when a restore adopted more than a lowered cap
+                for _ in range(min(len(items) - cap + cap // 32, len(items) - 1)):
+                    over_items.append(items.popitem(last=False)[0])
+                self.evicted_items += len(over_items)
         return over_users, over_items
 
     def discard_user(self, user: Hashable) -> None:

@@ -428,7 +428,8 @@ class RebuiltRecommender(Recommender):
     @property
     def n_items(self) -> int:
         """Items the current build can recommend."""
-        return len(self._snapshot.items)
+        index = self._snapshot.index
+        return len(self._snapshot.items) - sum(i in index for i in self._evicted)
 
     def forget_item(self, item: Hashable) -> None:
         self.forget_items((item,))

@@ -242,8 +242,10 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
         )
     print(updates_summary(result), file=out)
     memory = result.memory
-    if memory.get("users_expired_ttl") or memory.get("users_expired_cap") or memory.get(
-        "items_evicted"
+    if (
+        memory.get("users_expired_ttl")
+        or memory.get("users_expired_cap")
+        or memory.get("items_evicted")
     ):
         print(
             f"memory limits: {memory['users']:,} users and {memory['items']:,} items held at "

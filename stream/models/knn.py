@@ -356,7 +356,7 @@ class ItemKNN(Recommender):
             for r in hist.keys() & dead:
                 del hist[r]
         co = self._co
-        for i, row in enumerate(co):
+        for row in co:
             for j in row.keys() & dead:
                 del row[j]
         n = len(self._items)

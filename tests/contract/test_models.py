@@ -4,9 +4,9 @@ Each model of ``MODEL_REGISTRY`` (the ``blend`` entry is a stand-alone blend tha
 own components) runs a learn -> predict -> rank loop on a small seeded stream and must:
 return at most ``k`` distinct, unseen items sorted by score; not grow for unknown users or
 items; survive pickling and River's ``clone`` with identical predictions; be deterministic
-under a seed; forget a user completely, and an item (``forget_item``, the item cap); and rank in ``top_k``
-order. River's own estimator
-checks (``river.checks``) run on them too, since our models are River rankers.
+under a seed; forget a user completely, and an item (``forget_item``, the item cap); and
+rank in ``top_k`` order. River's own estimator checks (``river.checks``) run on them too,
+since our models are River rankers.
 
 River's ``reco.BiasedMF`` itself is not run here: it has no ``top_k`` and grows its tables on
 every prediction for an unknown user or item (``defaultdict``); ``MatrixFactorization`` is

@@ -251,7 +251,7 @@ def test_a_reused_row_carries_nothing_of_the_forgotten_item(directed: bool) -> N
     assert forgot._index["new"] == row_b  # the row was reused
     assert forgot.n_items == never.n_items
     _refreshed(forgot), _refreshed(never)
-    users = sorted({u for u, _ in before + after}) + ["stranger"]
+    users = [*sorted({u for u, _ in before + after}), "stranger"]
     items = sorted({i for _, i in before + after} - {"b"})
     for user in users:
         for item in items:

@@ -174,8 +174,11 @@ def test_the_settings_take_effect_from_the_environment(monkeypatch: pytest.Monke
 
 
 def test_off_by_default_and_a_ttl_of_zero_is_off() -> None:
-    for p in (Pipeline.from_settings(settings()), Pipeline.from_settings(settings(user_ttl_seconds=0))):
-        run(p, stream(300, users=50, t0=0.0) + [ev("x", "i1", 1e9)])
+    for p in (
+        Pipeline.from_settings(settings()),
+        Pipeline.from_settings(settings(user_ttl_seconds=0)),
+    ):
+        run(p, [*stream(300, users=50, t0=0.0), ev("x", "i1", 1e9)])
         assert not p.retention.active and len(p.history) == 51
         assert p.retention.held_users == 0  # nothing tracked when off
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
@@ -31,6 +32,7 @@ from stream.events import (
 from stream.models import MODEL_SETTINGS, Blend, Recommender, Scored, build_models, learns
 from stream.models.blend import DEPTH
 from stream.models.popularity import Popularity
+from stream.retention import Retention
 from stream.settings import StreamSettings
 from stream.updates import ModelUpdates, PromotionSettings, ReactionSettings
 
@@ -271,6 +273,8 @@ class Pipeline:
             config.metric_window,
             models,
         )
+        # Users expire and items are evicted under the memory limits (off until configured).
+        self.retention = Retention()
 
     @property
     def served(self) -> str:
@@ -281,6 +285,7 @@ class Pipeline:
     def from_settings(cls, settings: StreamSettings) -> Pipeline:
         pipeline = cls(PipelineConfig.from_settings(settings), build_models(settings))
         pipeline.built_with = built_with(settings)
+        pipeline.bound_memory(settings)
         return pipeline
 
     # --- per event ------------------------------------------------------------------------
@@ -349,7 +354,12 @@ class Pipeline:
         if event.event_type in CONTROL_TYPES:
             self.forget_user(event.user_id)
             return StepResult(event, source, None, False)
-        user, item = event.user_id, event.item
+        # One shared string per item id: every history entry would otherwise hold its event's
+        # own copy (~50 bytes each, measured in benchmarks/memory.py).
+        user, item = event.user_id, sys.intern(event.item)
+        retention = self.retention
+        if retention.active:  # an expired user is a cold user for this very event
+            self._drop_users(retention.expired_before(user, event.timestamp), "ttl")
         seen = self.history.get(user)
         excluded: dict[Hashable, None] = seen if seen is not None else {}
         y = self.target(event)
@@ -400,6 +410,10 @@ class Pipeline:
         for name in self.models:
             self.learned[name] += 1
         self._remember(user, item)
+        if retention.active:
+            over_users, over_items = retention.seen_one(user, item, event.timestamp)
+            self._drop_users(over_users, "cap")
+            self._drop_items(over_items)
         # Champion / challenger and the drift reaction (stream/updates), before recommending.
         promotions, reactions = self.updates.after_one(
             self.models, self.evaluators, self.evaluated_count, evaluated, drifts
@@ -452,9 +466,8 @@ class Pipeline:
 
     def forget_user(self, user: Hashable) -> None:
         """Remove a user from the history and from every model (privacy requests)."""
-        self.history.pop(user, None)
-        for _, model in self._learners:
-            model.forget_user(user)
+        self._drop_user(user)
+        self.retention.discard_user(user)
         # Logs outlive the erasure: they get a pseudonym, never the id itself.
         logger.info("forgot a user (id sha256 %s)", user_digest(user))
 
@@ -493,7 +506,59 @@ class Pipeline:
             users=self.n_users,
             items=self.n_items,
             served={self.updates.served: 1},
+            users_expired_ttl=self.retention.expired_ttl,
+            users_expired_cap=self.retention.expired_cap,
+            items_evicted=self.retention.evicted_items,
         )
+
+    # --- bounded memory (stream/retention.py decides, this removes) ------------------------
+
+    def bound_memory(self, settings: StreamSettings) -> None:
+        """Apply STREAM_USER_TTL_SECONDS / STREAM_MAX_USERS / STREAM_MAX_ITEMS.
+
+        Read live (not part of what a model learned): a restored pipeline takes the current
+        values, and the users and items it holds are adopted as seen at the newest event.
+        """
+        self.retention.configure(
+            settings.user_ttl_seconds,
+            settings.max_users,
+            settings.max_items,
+            users=self.history,
+            items=reversed(self.fallback.known_items()) if settings.max_items else (),
+        )
+
+    def _drop_user(self, user: Hashable) -> None:
+        self.history.pop(user, None)
+        for _, model in self._learners:
+            model.forget_user(user)
+
+    def _drop_users(self, users: list[Hashable], reason: str) -> None:
+        """Expired users: forgotten like a privacy request, counted instead of logged each."""
+        if not users:
+            return
+        for user in users:
+            self._drop_user(user)
+        logger.debug("expired %d users (%s)", len(users), reason)
+
+    def _drop_items(self, items: list[Hashable]) -> None:
+        """Evict items from every model, every user's history and the coverage counts."""
+        if not items:
+            return
+        gone = set(items)
+        for _, model in self._learners:
+            model.forget_items(gone)
+        for seen in self.history.values():
+            for item in seen.keys() & gone:
+                del seen[item]
+        for evaluator in self.evaluators.values():
+            evaluator.served -= gone
+        logger.debug("evicted %d items (cap)", len(items))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A checkpoint from before the memory limits: nothing tracked yet.
+        self.__dict__.update(state)
+        if "retention" not in state:
+            self.retention = Retention()
 
 
 def user_digest(user: Hashable) -> str:
@@ -566,6 +631,9 @@ def merge_metrics(records: list[MetricsRecord]) -> MetricsRecord:
         promotions=[p for r in records for p in r.promotions],
         reactions=[x for r in records for x in r.reactions],
         served=_summed([r.served for r in records]),
+        users_expired_ttl=sum(r.users_expired_ttl for r in records),
+        users_expired_cap=sum(r.users_expired_cap for r in records),
+        items_evicted=sum(r.items_evicted for r in records),
     )
 
 

@@ -56,6 +56,9 @@ class EvaluationResult:
     rebuilds: list[dict[str, Any]] = field(default_factory=list)
     served_model: str = ""  # served at the end (``default_model`` unless promoted)
     model_versions: dict[str, int] = field(default_factory=dict)
+    # Users / items held at the end and what the memory limits removed (STREAM_USER_TTL_SECONDS,
+    # STREAM_MAX_USERS, STREAM_MAX_ITEMS): the counts of the metrics record.
+    memory: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` document (keys are a contract: ``hr@10``, ``ndcg@10``, ...)."""
@@ -90,6 +93,7 @@ class EvaluationResult:
                 for d in self.drifts
             ],
             "rejected": self.rejected,
+            "memory": self.memory,
             "served_model": self.served_model or self.default_model,
             "series": [
                 {"event": n, "model": name, f"hr@{k}": hr, "served": name == served}
@@ -182,6 +186,9 @@ def evaluate(
         rebuilds=rebuilds_of(pipe.models),
         served_model=pipe.served,
         model_versions=model_versions(pipe.models),
+        memory=record.model_dump(
+            include={"users", "items", "users_expired_ttl", "users_expired_cap", "items_evicted"}
+        ),
     )
 
 
@@ -234,6 +241,19 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
             file=out,
         )
     print(updates_summary(result), file=out)
+    memory = result.memory
+    if (
+        memory.get("users_expired_ttl")
+        or memory.get("users_expired_cap")
+        or memory.get("items_evicted")
+    ):
+        print(
+            f"memory limits: {memory['users']:,} users and {memory['items']:,} items held at "
+            f"the end; {memory['users_expired_ttl']:,} users expired by the TTL, "
+            f"{memory['users_expired_cap']:,} by the cap; {memory['items_evicted']:,} items "
+            "evicted",
+            file=out,
+        )
     print(drift_summary(result.drifts), file=out)
 
 

@@ -405,6 +405,13 @@ class MetricsRecord(BaseModel):
     served: dict[str, int] = Field(
         default_factory=dict, description="Served model -> shards (partitions) serving it."
     )
+    users_expired_ttl: int = Field(
+        0, description="Users expired so far by STREAM_USER_TTL_SECONDS (cumulative)."
+    )
+    users_expired_cap: int = Field(
+        0, description="Users expired so far by STREAM_MAX_USERS (cumulative)."
+    )
+    items_evicted: int = Field(0, description="Items evicted so far by STREAM_MAX_ITEMS.")
     created_at: float = Field(default_factory=time.time)
 
 

@@ -161,6 +161,23 @@ class WorkerMetrics:
         self.ready.set(0)
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome)
+        # Bounded memory (STREAM_USER_TTL_SECONDS, STREAM_MAX_USERS, STREAM_MAX_ITEMS).
+        self.users_expired = Counter(
+            "stream_users_expired",
+            "Users forgotten by every model because of the memory limits (ttl: inactive "
+            "longer than STREAM_USER_TTL_SECONDS in event time; cap: past STREAM_MAX_USERS).",
+            ["reason"],
+            registry=registry,
+        )
+        self.items_evicted = Counter(
+            "stream_items_evicted",
+            "Least recently seen items evicted from every model past STREAM_MAX_ITEMS.",
+            registry=registry,
+        )
+        for reason in ("ttl", "cap"):
+            self.users_expired.labels(reason)
+        # The records carry running totals: what was counted so far, to add the difference.
+        self._memory_counts: dict[str, int] = {}
 
     def declare_models(self, models: list[str], metrics: list[str], detector: str) -> None:
         """Pre-create drift counters at zero, so ``increase()`` sees the first detection."""
@@ -194,6 +211,24 @@ class WorkerMetrics:
                 self.rmse.labels(name).set(m.rmse or 0.0)
         self.users.set(record.users)
         self.items.set(record.items)
+        self.observe_memory(record)
+
+    def observe_memory(self, record: MetricsRecord) -> None:
+        """Expiry counters from a record's running totals (of every shard, merged).
+
+        A total that went down (a shard revoked, a restore) is taken as the new base. The
+        users held are ``stream_known_users`` (set with the accuracy).
+        """
+        for key, counter in (
+            ("users_expired_ttl", self.users_expired.labels("ttl")),
+            ("users_expired_cap", self.users_expired.labels("cap")),
+            ("items_evicted", self.items_evicted),
+        ):
+            total = getattr(record, key)
+            added = total - self._memory_counts.get(key, 0)
+            if added > 0:
+                counter.inc(added)
+            self._memory_counts[key] = total
 
     def observe_drift(self, drift: DriftRecord) -> None:
         self.drifts.labels(drift.model, drift.metric, drift.detector).inc()

@@ -302,6 +302,7 @@ def apply_settings(
     else:
         pipeline = _rebuilt(pipeline, settings, plan)
     _apply_build_schedule(pipeline, settings)
+    pipeline.bound_memory(settings)  # the memory limits are read live, like the schedule
     return pipeline, plan
 
 
@@ -350,6 +351,7 @@ def _rebuilt(old: Pipeline, settings: StreamSettings, plan: RestorePlan) -> Pipe
     # The served model, its version and the reaction's state carry over, under the new settings.
     config = pipeline.config
     pipeline.updates = old.updates
+    pipeline.retention = old.retention  # who was seen when (the memory limits)
     pipeline.updates.reconfigure(
         config.promotion_settings(), config.reaction_settings(), config.recommender, models
     )

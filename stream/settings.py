@@ -337,6 +337,26 @@ class StreamSettings(BaseSettings):
         "platform has fork(), else inline).",
     )
 
+    # --- Bounded memory (issue 11): users expire, items are capped ------------------------
+    user_ttl_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="A user whose last event is this many seconds older than the newest "
+        "event seen (event time) is forgotten by every model; unset or 0 = never.",
+    )
+    max_users: int | None = Field(
+        None,
+        ge=1,
+        description="Users held per pipeline (shard); past it the least recently seen is "
+        "forgotten by every model; unset = no cap.",
+    )
+    max_items: int | None = Field(
+        None,
+        ge=1,
+        description="Items held per pipeline (shard); past it the least recently seen are "
+        "evicted from every model and history; unset = no cap.",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:

@@ -82,6 +82,21 @@ class Recommender(Ranker):  # type: ignore[misc]
     def forget_user(self, user: Hashable) -> None:
         """Remove everything the model keeps about ``user`` (privacy requests)."""
 
+    def forget_item(self, item: Hashable) -> None:
+        """Remove everything the model keeps about ``item`` (the item cap, STREAM_MAX_ITEMS).
+
+        Afterwards the model neither recommends ``item`` nor holds a reference to it (in a
+        user's history, a neighbour list, a similarity); seen again, it is a new item. The
+        default raises: a model keeping per-item state must say how it lets go of it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot forget an item")
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """:meth:`forget_item` for each of ``items``; models whose references to an item
+        take a sweep of their state override it to sweep once for all of them."""
+        for item in items:
+            self.forget_item(item)
+
     @property
     @abc.abstractmethod
     def n_users(self) -> int:

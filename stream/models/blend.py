@@ -281,3 +281,12 @@ class Blend(Recommender):
     def forget_user(self, user: Hashable) -> None:
         for component in self.components.values():
             component.forget_user(user)
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Forwarded to the components (a blend keeps nothing per item itself)."""
+        items = list(items)
+        for component in self.components.values():
+            component.forget_items(items)

@@ -175,3 +175,21 @@ class BPR(Recommender):
     def forget_user(self, user: Hashable) -> None:
         """Delete the user's latent vector (item factors are aggregates and stay)."""
         self._users.pop(user, None)
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Drop the items' factors and biases; the last row moves into a freed one (the
+        arrays stay dense: nothing else refers to rows)."""
+        for item in items:
+            row = self._index.pop(item, None)
+            if row is None:
+                continue
+            last = len(self._items) - 1
+            moved = self._items.pop()
+            if row != last:
+                self._items[row] = moved
+                self._index[moved] = row
+                self._q[row], self._b[row] = self._q[last], self._b[last]
+            self._q[last], self._b[last] = 0.0, 0.0

@@ -140,6 +140,7 @@ class ItemKNN(Recommender):
         self._nbr_len: IntArray = np.zeros(0, dtype=np.intp)
         # Per user: item row -> weight, most recent last.
         self._history: dict[Hashable, dict[int, float]] = {}
+        self._free: list[int] = []  # rows of forgotten items, reused (see forget_items)
         # The pipeline ranks the same user several times between two events (evaluation,
         # blend): the last user's scores are kept until the model changes.
         self._version = 0
@@ -158,7 +159,7 @@ class ItemKNN(Recommender):
 
     @property
     def n_items(self) -> int:
-        return len(self._items)
+        return len(self._items) - len(self._free)
 
     # --- learning -----------------------------------------------------------------------
 
@@ -218,6 +219,8 @@ class ItemKNN(Recommender):
 
     def _row(self, item: Hashable) -> int:
         row = self._index.get(item)
+        if row is None and self._free:
+            return self._reuse_row(item)
         if row is None:
             row = len(self._items)
             self._index[item] = row
@@ -331,6 +334,59 @@ class ItemKNN(Recommender):
         self._version += 1
         # The score cache names its user: it would carry them into the next checkpoint.
         self._cached = None
+
+    # --- forgetting items (STREAM_MAX_ITEMS) ----------------------------------------------
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Remove the items and every reference to their rows, then free the rows.
+
+        One sweep for all of them: the users' histories, the co-occurrence rows of every
+        other item (the only place a directed model keeps transitions *into* an item), and
+        the neighbour lists, which are recomputed where they named a removed row. So a row
+        handed to a new item later carries nothing of the old one.
+        """
+        rows = [r for r in (self._index.pop(i, None) for i in items) if r is not None]
+        if not rows:
+            return
+        dead = set(rows)
+        for hist in self._history.values():
+            for r in hist.keys() & dead:
+                del hist[r]
+        co = self._co
+        for row in co:
+            for j in row.keys() & dead:
+                del row[j]
+        n = len(self._items)
+        removed = np.zeros(n, dtype=bool)
+        removed[rows] = True
+        for r in rows:
+            co[r] = {}
+            self._pending[r] = 0
+            self._items[r] = None
+            self._because[r] = ""
+        self._norms[rows] = 0.0
+        self._nbr_rows[rows] = np.array(rows, dtype=np.intp)[:, None]
+        self._nbr_sims[rows] = 0.0
+        self._nbr_len[rows] = 0
+        for i in np.flatnonzero(removed[self._nbr_rows[:n]].any(axis=1)).tolist():
+            self._refresh(i)
+        self._free.extend(rows)
+        self._version += 1
+        self._cached = None
+
+    def _reuse_row(self, item: Hashable) -> int:
+        row: int = self._free.pop()
+        self._index[item] = row
+        self._items[row] = item
+        self._because[row] = f"because you interacted with {item}"
+        return row
+
+    def __setstate__(self, state: dict[str, typing.Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_free", [])  # a checkpoint from before forget_items
 
 
 class _Scores(NamedTuple):

@@ -237,3 +237,32 @@ class MatrixFactorization(Recommender):
         self.river_model.u_latents.pop(user, None)
         if self._biased:
             self.river_model.u_biases.pop(user, None)
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Pop the items from River's tables and from the numpy copy.
+
+        The copy stays dense: the last row moves into the freed one (nothing else refers to
+        rows), so ranking and negative sampling never meet a hole.
+        """
+        mf = self.river_model
+        for item in items:
+            mf.i_latents.pop(item, None)
+            if self._biased:
+                mf.i_biases.pop(item, None)
+            row = self._index.pop(item, None)
+            if row is None:
+                continue
+            last = len(self._items) - 1
+            moved = self._items.pop()
+            if row != last:
+                self._items[row] = moved
+                self._index[moved] = row
+                self._vectors[row] = self._vectors[last]
+                if self._biased:
+                    self._biases[row] = self._biases[last]
+            self._vectors[last] = 0.0
+            if self._biased:
+                self._biases[last] = 0.0

@@ -161,3 +161,18 @@ class Popularity(Recommender):
 
     def forget_user(self, user: Hashable) -> None:
         """Nothing to do: only aggregated counts are kept, no per-user data."""
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Drop the items' counts (one pass over the ranking for all of them)."""
+        gone = {item for item in items if self._counts.pop(item, None) is not None}
+        if gone:
+            kept = [(k, i) for k, i in zip(self._keys, self._ranked, strict=True) if i not in gone]
+            self._keys = [k for k, _ in kept]
+            self._ranked = [i for _, i in kept]
+
+    def known_items(self) -> list[Hashable]:
+        """Every item the model counts, the most popular now first."""
+        return list(self._ranked)

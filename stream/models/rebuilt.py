@@ -229,6 +229,9 @@ class RebuiltRecommender(Recommender):
         self._requested: str | None = None
         self._changes = 0  # bumps on every change that can move a score (cache key)
         self._cached: tuple[Hashable, int, FloatArray | None] | None = None
+        # Items forgotten (forget_items) -> the event count then: masked in the current build
+        # until a build started after that replaces it.
+        self._evicted: dict[Hashable, int] = {}
 
     # --- the build ----------------------------------------------------------------------
 
@@ -317,6 +320,7 @@ class RebuiltRecommender(Recommender):
             )
             return
         self._snapshot = build.result  # the swap: one assignment of an immutable snapshot
+        self._evicted = {i: at for i, at in self._evicted.items() if at >= build.started_at}
         self.version += 1
         self._changes += 1
         self.rebuilds.append(
@@ -382,7 +386,11 @@ class RebuiltRecommender(Recommender):
         known = rows < n
         if not known.any():
             return None
-        return snapshot.score(rows[known], weights[known])
+        scores = snapshot.score(rows[known], weights[known])
+        if self._evicted:
+            index = snapshot.index
+            scores[[index[i] for i in self._evicted if i in index]] = 0.0
+        return scores
 
     def predict_one(
         self, user: Hashable, item: Hashable, x: dict[str, typing.Any] | None = None
@@ -420,7 +428,33 @@ class RebuiltRecommender(Recommender):
     @property
     def n_items(self) -> int:
         """Items the current build can recommend."""
-        return len(self._snapshot.items)
+        index = self._snapshot.index
+        return len(self._snapshot.items) - sum(i in index for i in self._evicted)
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Drop the items from the histories and the window (one sweep for all of them); the
+        current build still holds them, so they are masked in it until the next build."""
+        gone = set(items)
+        if not gone:
+            return
+        for hist in self._history.values():
+            for item in hist.keys() & gone:
+                del hist[item]
+        if any(i in gone for _, i in self._window):
+            self._window = deque((p for p in self._window if p[1] not in gone), maxlen=self.window)
+        index = self._snapshot.index
+        for item in gone:
+            if item in index:
+                self._evicted[item] = self._events
+        self._changes += 1
+        self._cached = None
+
+    def __setstate__(self, state: dict[str, typing.Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_evicted", {})  # a checkpoint from before forget_items
 
     # --- pickling -----------------------------------------------------------------------
 

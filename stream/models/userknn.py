@@ -75,6 +75,7 @@ class UserKNN(Recommender):
         self._items: list[Hashable] = []
         self._user_row: dict[Hashable, int] = {}
         self._free_rows: list[int] = []  # rows of forgotten users, reused
+        self._free_items: list[int] = []  # rows of forgotten items, reused
         self._recent: dict[Hashable, dict[int, None]] = {}  # per user: item rows, oldest first
         self._hist: IntArray = np.zeros((0, history), dtype=np.intp)  # user row -> item rows
         self._hist_len: IntArray = np.zeros(0, dtype=np.intp)
@@ -89,12 +90,17 @@ class UserKNN(Recommender):
 
     @property
     def n_items(self) -> int:
-        return len(self._items)
+        return len(self._items) - len(self._free_items)
 
     # --- learning -----------------------------------------------------------------------
 
     def _item(self, item: Hashable) -> int:
         row = self._index.get(item)
+        if row is None and self._free_items:
+            row = self._free_items.pop()
+            self._index[item] = row
+            self._items[row] = item
+            return row
         if row is None:
             row = len(self._items)
             self._index[item] = row
@@ -220,3 +226,34 @@ class UserKNN(Recommender):
         self._free_rows.append(r)
         self._version += 1
         self._cached = None
+
+    def forget_item(self, item: Hashable) -> None:
+        self.forget_items((item,))
+
+    def forget_items(self, items: Iterable[Hashable]) -> None:
+        """Remove the items from every user's history (one sweep) and free their rows."""
+        rows = [r for r in (self._index.pop(i, None) for i in items) if r is not None]
+        if not rows:
+            return
+        dead = set(rows)
+        user_row, hist, hist_len = self._user_row, self._hist, self._hist_len
+        for user, recent in self._recent.items():
+            hit = recent.keys() & dead
+            if hit:
+                for j in hit:
+                    del recent[j]
+                r, n = user_row[user], len(recent)
+                hist[r, :n] = list(recent)
+                hist[r, n:] = -1
+                hist_len[r] = n
+        for r in rows:
+            self._items[r] = None
+        self._takers[rows] = -1
+        self._ring[rows] = 0
+        self._free_items.extend(rows)
+        self._version += 1
+        self._cached = None
+
+    def __setstate__(self, state: dict[str, typing.Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_free_items", [])  # a checkpoint from before forget_items

@@ -4,8 +4,9 @@ Each model of ``MODEL_REGISTRY`` (the ``blend`` entry is a stand-alone blend tha
 own components) runs a learn -> predict -> rank loop on a small seeded stream and must:
 return at most ``k`` distinct, unseen items sorted by score; not grow for unknown users or
 items; survive pickling and River's ``clone`` with identical predictions; be deterministic
-under a seed; forget a user completely; and rank in ``top_k`` order. River's own estimator
-checks (``river.checks``) run on them too, since our models are River rankers.
+under a seed; forget a user completely, and an item (``forget_item``, the item cap); and
+rank in ``top_k`` order. River's own estimator checks (``river.checks``) run on them too,
+since our models are River rankers.
 
 River's ``reco.BiasedMF`` itself is not run here: it has no ``top_k`` and grows its tables on
 every prediction for an unknown user or item (``defaultdict``); ``MatrixFactorization`` is
@@ -271,3 +272,39 @@ def test_river_estimator_checks(name: str) -> None:
     for check in checks:
         if check.__name__ not in model._unit_test_skips():
             check(model.clone())
+
+
+GONE = "gone-item-zz"
+
+
+def test_forget_item_leaves_no_reference(name: str) -> None:
+    """``forget_item`` (the item cap): the item is never ranked or scored again, no state
+    holds it (its id is nowhere in the pickle once the rest of the stream was learned, which
+    also rebuilds the full models), and seen again it is a new item."""
+    stream = [(u, GONE if t % 7 == 0 else i, y, x) for t, (u, i, y, x) in enumerate(STREAM)]
+    model = learned(name, stream)
+    items = model.n_items
+    assert GONE.encode() in pickle.dumps(model) or items == 0
+    model.forget_item(GONE)
+    assert model.n_items == max(items - 1, 0)
+    for user in [*USERS, "stranger"]:
+        assert GONE not in [s.item for s in model.top_k(user, len(ITEMS) + 5)]
+        assert model.predict_one(user, GONE) == model.predict_one(user, "unknown")
+    model.forget_item(GONE)  # twice, or an unknown item, is harmless
+    model.forget_item("never-seen")
+    for user, item, y, x in STREAM:
+        model.learn_one(user, item, y, x)
+    assert GONE.encode() not in pickle.dumps(model)
+    check_ranking(model.top_k(USERS[0], K), K, set())
+    if not hasattr(model, "request_rebuild"):  # a full model knows items from its last build
+        known = model.n_items
+        model.learn_one(USERS[0], GONE, 1.0, {"event_type": "view", "implicit": True})
+        assert model.n_items == known + 1
+
+
+def test_forget_items_is_forget_item_of_each(name: str) -> None:
+    one, many = learned(name), learned(name)
+    for item in ITEMS[:3]:
+        one.forget_item(item)
+    many.forget_items(ITEMS[:3])
+    assert snapshot(one) == snapshot(many)

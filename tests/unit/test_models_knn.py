@@ -214,3 +214,79 @@ def test_binary_counts_every_interaction_once() -> None:
     learn(model, "a", "x", "purchase")  # a stronger event on a known item adds nothing
     learn(model, "b", "x", "view")
     assert model.predict_one("b", "y") == pytest.approx(1 / math.sqrt(2 * 1))
+
+
+def _refreshed(model: ItemKNN) -> ItemKNN:
+    """Every neighbour list recomputed from the current counts (staleness aside)."""
+    for row in range(len(model._items)):
+        model._refresh(row)
+    return model
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_a_reused_row_carries_nothing_of_the_forgotten_item(directed: bool) -> None:
+    """Forget ``b`` (strongly tied to ``a``), then a new item takes ``b``'s row: the model
+    scores exactly like one that never saw ``b``, and ``a`` and the new item stay unrelated
+    (no similarity, in either direction, leaks from the old item to the new one)."""
+    rng = random.Random(5)
+    before = [(f"u{rng.randrange(30)}", rng.choice("aabcdefg")) for _ in range(600)]
+    before += [(f"w{n}", item) for n in range(20) for item in ("a", "b")]  # a <-> b, strong
+    after = [(f"v{n}", "new") for n in range(5)]  # the first new item: it takes b's row
+    after += [(f"u{rng.randrange(30)}", rng.choice("cdefgz")) for _ in range(300)]
+    after += [("v0", "c")]
+
+    def model() -> ItemKNN:
+        return ItemKNN(neighbors=4, history=50, half_life=None, directed=directed)
+
+    forgot, never = model(), model()
+    for user, item in before:
+        learn(forgot, user, item)
+        if item != "b":
+            learn(never, user, item)
+    row_b = forgot._index["b"]
+    forgot.forget_item("b")
+    for user, item in after:
+        learn(forgot, user, item)
+        learn(never, user, item)
+    assert forgot._index["new"] == row_b  # the row was reused
+    assert forgot.n_items == never.n_items
+    _refreshed(forgot), _refreshed(never)
+    users = [*sorted({u for u, _ in before + after}), "stranger"]
+    items = sorted({i for _, i in before + after} - {"b"})
+    for user in users:
+        for item in items:
+            assert forgot.predict_one(user, item) == pytest.approx(never.predict_one(user, item))
+        ranked = {s.item: s.score for s in forgot.top_k(user, 20)}
+        assert ranked == pytest.approx({s.item: s.score for s in never.top_k(user, 20)})
+    a, new = forgot._index["a"], forgot._index["new"]
+    assert new not in forgot._co[a] and a not in forgot._co[new]
+    assert new not in forgot._nbr_rows[a, : forgot._nbr_len[a]].tolist()
+    learn(forgot, "only-a", "a")
+    assert "new" not in [s.item for s in forgot.top_k("only-a", 20)]
+
+
+def test_forget_item_drops_it_from_histories_and_neighbour_lists() -> None:
+    model = ItemKNN(neighbors=3, history=5, half_life=None, directed=True)
+    for user in ("x", "y", "z"):
+        for item in ("a", "b", "c"):
+            learn(model, user, item)
+    b = model._index["b"]
+    model.forget_items(["b", "unknown"])
+    assert all(b not in hist for hist in model._history.values())
+    assert all(b not in row for row in model._co)
+    assert b not in model._nbr_rows[[model._index["a"], model._index["c"]]].tolist()[0]
+    assert model.n_items == 2 and "b" not in model._index and model._free == [b]
+
+
+def test_a_checkpoint_from_before_forget_items_still_loads() -> None:
+    import pickle
+
+    model = ItemKNN(neighbors=3, history=5)
+    for user, item in [("x", "a"), ("x", "b"), ("y", "a")]:
+        learn(model, user, item)
+    del model.__dict__["_free"]  # as pickled before the item cap existed
+    old = pickle.loads(pickle.dumps(model))
+    assert old._free == [] and old.n_items == 2
+    old.forget_item("a")
+    learn(old, "y", "c")
+    assert old.n_items == 2 and old._index["c"] == 0

@@ -215,6 +215,10 @@ class Pipeline:
     (3, 3)
     """
 
+    # The shard's model-sync progress (a stream.sync.SyncState, set by the sync; pickled
+    # with the pipeline). Class-level so older checkpoints read None.
+    sync_state: Any = None
+
     def __init__(
         self,
         config: PipelineConfig,

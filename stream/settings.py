@@ -306,6 +306,15 @@ class StreamSettings(BaseSettings):
     drift_reaction_span: int = Field(5_000, ge=1)
     """Evaluated events a reaction lasts (the half-lives of decaying models divided by 4)."""
 
+    # --- Model sync across shards (issue 12, stream/sync) ------------------------------------
+    model_sync_events: int = Field(
+        100,
+        ge=0,
+        le=10_000_000,
+        description="Events a shard (partition) learns between two item-state deltas it "
+        "shares with the other shards (`stream evaluate --partitions`); 0: no sync.",
+    )
+
     # --- Checkpoints ------------------------------------------------------------------------
     checkpoint_dir: Path | None = None
     """Directory of checkpoints (off when unset); put it on durable storage."""

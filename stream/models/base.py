@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from river.reco.base import Ranker
 
-__all__ = ["Recommender", "Scored", "scored_many"]
+__all__ = ["Recommender", "Scored", "delta_item", "scored_many"]
 
 
 def interaction_weight(y: float, x: dict[str, typing.Any] | None) -> float:
@@ -101,3 +101,13 @@ class Recommender(Ranker):  # type: ignore[misc]
         seen = set(ranked)
         # Items the model does not know keep their (arbitrary but stable) order at the end.
         return ranked + sorted((i for i in items if i not in seen), key=str)
+
+
+def delta_item(item: typing.Any) -> Hashable:
+    """An item id as read back from an item-state delta (:mod:`stream.sync`): JSON has no
+    tuples, so a list becomes one again.
+
+    >>> delta_item(["a", 1]), delta_item("x")
+    (('a', 1), 'x')
+    """
+    return tuple(item) if isinstance(item, list) else typing.cast(Hashable, item)

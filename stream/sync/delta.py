@@ -43,6 +43,7 @@ class ShardDelta:
     last_offset: int
     events: int
     models: dict[str, dict[str, Any]]
+    created: float = 0.0  # the sender's wall clock when it collected the delta (sync lag)
 
     @property
     def source(self) -> tuple[str, int]:
@@ -57,6 +58,7 @@ class ShardDelta:
             "last_offset": self.last_offset,
             "events": self.events,
             "models": self.models,
+            "t": self.created,
         }
         text = json.dumps(body, separators=(",", ":"), allow_nan=False)
         return zlib.compress(text.encode("utf-8"), 6)
@@ -78,6 +80,7 @@ class ShardDelta:
                 int(body["last_offset"]),
                 int(body["events"]),
                 dict(body["models"]),
+                float(body.get("t", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DeltaError(f"delta without a valid {exc}") from exc

@@ -570,6 +570,10 @@ def merge_metrics(records: list[MetricsRecord]) -> MetricsRecord:
         promotions=[p for r in records for p in r.promotions],
         reactions=[x for r in records for x in r.reactions],
         served=_summed([r.served for r in records]),
+        partitions={
+            t: sorted({p for r in records for p in r.partitions.get(t, ())})
+            for t in dict.fromkeys(t for r in records for t in r.partitions)
+        },
     )
 
 

@@ -14,7 +14,9 @@ checkpoints are on, only for offsets a written checkpoint covers.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,6 +206,11 @@ class Worker:
         )
 
     # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        """This worker in metrics records: ``client_id@host:pid``."""
+        return f"{self.settings.client_id}@{socket.gethostname()}:{os.getpid()}"
 
     @property
     def server_port(self) -> int | None:
@@ -601,6 +608,10 @@ class Worker:
             record = self._new_pipeline().metrics_record()
         else:
             return
+        record.worker_id = self.worker_id
+        record.partitions = {}
+        for topic, partition in sorted(self.shards):
+            record.partitions.setdefault(topic, []).append(partition)
         record.drifts = self._pending_drifts
         record.promotions = self._pending_promotions
         record.reactions = self._pending_reactions

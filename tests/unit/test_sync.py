@@ -178,3 +178,14 @@ def test_evaluate_partitions_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "400 events" in capsys.readouterr().out
     assert main(["evaluate", str(log), "--format", "jsonl", "--partitions", "0", "-q"]) == 2
     assert "--partitions" in capsys.readouterr().err
+
+
+def test_merged_metrics_records_cover_the_union_of_their_partitions() -> None:
+    from stream.core import merge_metrics
+
+    records = [Pipeline.from_settings(_settings()).metrics_record() for _ in range(2)]
+    records[0].partitions, records[0].worker_id = {"events": [0, 2]}, "a@h:1"
+    records[1].partitions, records[1].worker_id = {"events": [1, 3], "other": [0]}, "b@h:2"
+    merged = merge_metrics(records)
+    assert merged.partitions == {"events": [0, 1, 2, 3], "other": [0]}
+    assert merged.worker_id is None  # several workers

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from river.reco.base import Ranker
 
-__all__ = ["Recommender", "Scored", "delta_item", "scored_many"]
+__all__ = ["Recommender", "Scored", "delta_item", "delta_value", "scored_many"]
 
 
 def interaction_weight(y: float, x: dict[str, typing.Any] | None) -> float:
@@ -111,3 +111,15 @@ def delta_item(item: typing.Any) -> Hashable:
     (('a', 1), 'x')
     """
     return tuple(item) if isinstance(item, list) else typing.cast(Hashable, item)
+
+
+def delta_value(value: float, digits: int = 10) -> float:
+    """A float of an item-state delta, cut to ``digits`` significant digits: the deltas go
+    through Kafka as text, and the last digits of a float64 weigh more than the rest after
+    compression (10 digits leave a relative error of 5e-11 per entry; factor changes, which
+    asynchronous SGD makes approximate anyway, use 6).
+
+    >>> delta_value(1 / 3), delta_value(1 / 3, 6)
+    (0.3333333333, 0.333333)
+    """
+    return float(f"{value:.{digits}g}")

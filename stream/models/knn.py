@@ -10,7 +10,14 @@ from typing import NamedTuple
 import numpy as np
 
 from stream.models._ranking import FloatArray, IntArray, grow, select
-from stream.models.base import Recommender, Scored, delta_item, interaction_weight, scored_many
+from stream.models.base import (
+    Recommender,
+    Scored,
+    delta_item,
+    delta_value,
+    interaction_weight,
+    scored_many,
+)
 
 __all__ = ["ItemKNN"]
 
@@ -376,8 +383,8 @@ class ItemKNN(Recommender):
         inverse = 1.0 / self._scale
         return {
             "ticks": changes.ticks,
-            "norms": [[i, v * inverse] for i, v in changes.norms.items()],
-            "co": [[i, j, v * inverse] for (i, j), v in changes.co.items()],
+            "norms": [[i, delta_value(v * inverse)] for i, v in changes.norms.items()],
+            "co": [[i, j, delta_value(v * inverse)] for (i, j), v in changes.co.items()],
         }
 
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:

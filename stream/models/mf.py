@@ -12,7 +12,7 @@ import numpy as np
 from river import optim, reco
 
 from stream.models._ranking import FloatArray, grow, select
-from stream.models.base import Recommender, Scored, delta_item, scored_many
+from stream.models.base import Recommender, Scored, delta_item, delta_value, scored_many
 
 __all__ = ["MatrixFactorization"]
 
@@ -269,7 +269,7 @@ class MatrixFactorization(Recommender):
         for item, (vector, bias) in pending.items():
             change = np.asarray(mf.i_latents[item], dtype=np.float64) - vector
             db = float(mf.i_biases[item]) - bias if self._biased else 0.0
-            items.append([item, change.tolist(), db])
+            items.append([item, [delta_value(c, 6) for c in change.tolist()], delta_value(db, 6)])
         out: dict[str, typing.Any] = {"items": items}
         if self._biased:
             n0, sum0 = self._sync_mean

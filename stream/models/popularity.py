@@ -7,7 +7,13 @@ import logging
 import typing
 from collections.abc import Hashable, Iterable
 
-from stream.models.base import Recommender, Scored, delta_item, interaction_weight
+from stream.models.base import (
+    Recommender,
+    Scored,
+    delta_item,
+    delta_value,
+    interaction_weight,
+)
 
 __all__ = ["Popularity"]
 
@@ -187,7 +193,10 @@ class Popularity(Recommender):
         scale = self._scale
         ticks = self._events - self._sync_events
         self._sync_events = self._events
-        return {"ticks": ticks, "counts": [[i, c / scale] for i, c in pending.items()]}
+        return {
+            "ticks": ticks,
+            "counts": [[i, delta_value(c / scale)] for i, c in pending.items()],
+        }
 
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """Add another shard's :meth:`item_delta`: advance the decay clock by its events,

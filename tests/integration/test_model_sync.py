@@ -16,6 +16,7 @@ from recovery_helpers import WorkerProcess, checkpoint_offsets, offline_shard, w
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline
+from stream.events import MetricsRecord
 from stream.kafka.admin import ensure_topics
 from stream.models import ItemKNN, MatrixFactorization, Popularity
 from stream.sync import ShardDelta, ShardSync
@@ -193,6 +194,16 @@ def test_two_workers_with_sync_killed_at_random_end_with_the_one_partition_item_
             if wrong:
                 mismatches.append((p, part, len(wrong), list(wrong.items())[:3]))
     assert not mismatches, mismatches
+    # Metrics records say which worker published them and which partitions they cover.
+    metrics = [
+        MetricsRecord.model_validate_json(r.value)
+        for r in consume(kafka_bootstrap, settings.metrics_topic)
+        if r.value is not None
+    ]
+    assert metrics and all(m.worker_id for m in metrics)
+    assert len({m.worker_id for m in metrics}) >= 2
+    covered_by = {p for m in metrics for p in m.partitions.get(topic, [])}
+    assert covered_by == set(range(PARTITIONS))
     print(
         f"\n{KILLS} kills (checkpointed events at each: {at_kills}), {finals} final round(s), "
         f"{len(deltas)} deltas ({len(published)} distinct) on the topic, {duplicates} dropped "

@@ -43,7 +43,9 @@ class UpdatesReader(Protocol):
 
     def caught_up(self) -> bool: ...
 
-    def lag(self) -> int | None: ...
+    def highwaters(self) -> dict[int, int]: ...
+
+    def behind(self, marks: dict[int, int]) -> bool: ...
 
 
 class _Record(Protocol):
@@ -106,10 +108,11 @@ class WorkerSync:
         self.catch_up()
         # And up to the latest high watermark: the deltas a killed owner of this partition
         # published are on the topic by now (its session timed out before the reassignment).
+        # (Up to the marks of a fetch made now: the other shards keep publishing.)
         deadline = time.monotonic() + 10.0
-        for _ in range(3):
-            self.poll(timeout_ms=100)
-        while self.reader.lag() != 0 and time.monotonic() < deadline:
+        self.poll(timeout_ms=100)
+        marks = self.reader.highwaters()
+        while self.reader.behind(marks) and time.monotonic() < deadline:
             self.poll(timeout_ms=100)
         shard = ShardSync(pipeline, *tp)
         self.shards[tp] = shard
@@ -175,9 +178,11 @@ class WorkerSync:
         if shard.events_pending >= self.every_events:
             self.publish(tp)
 
-    def poll(self, timeout_ms: int = 0) -> None:
-        """Apply what the other shards published; share the shards whose interval is over."""
-        for record in self.reader.poll(timeout_ms):
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Apply what the other shards published; share the shards whose interval is over.
+        Returns the records read."""
+        records = self.reader.poll(timeout_ms)
+        for record in records:
             if record.value is None:
                 continue
             self.stats.received += 1
@@ -201,6 +206,7 @@ class WorkerSync:
                 self.publish(tp)
             lag = max(lag, shard.events_pending)
         self.stats.lag_events = lag
+        return len(records)
 
     def publish(self, tp: TopicPartition) -> None:
         """Collect and send the shard's delta now (when it learned anything)."""

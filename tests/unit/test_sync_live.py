@@ -47,8 +47,11 @@ class _Reader:
     def caught_up(self) -> bool:
         return self.position >= len(self.topic.values)
 
-    def lag(self) -> int | None:
-        return len(self.topic.values) - self.position
+    def highwaters(self) -> dict[int, int]:
+        return {0: len(self.topic.values)}
+
+    def behind(self, marks: dict[int, int]) -> bool:
+        return self.position < marks.get(0, 0)
 
 
 SETTINGS = StreamSettings(

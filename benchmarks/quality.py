@@ -19,6 +19,7 @@ ML-100K also HR@10 >= 0.21 and the rating model's RMSE <= 0.9479 (at ``--scale``
     python benchmarks/quality.py [--streams a,b] [--scale F] [--seed N] [--set NAME=VALUE ...]
                                  [--json PATH|-] [--markdown]
                                  [--drift] [--rating] [--mf-search] [--skip-suite]
+                                 [--partitions 1,4,8]
 
 ``--drift`` adds the drift and false-alarm runs, ``--rating`` the ML-100K rating error
 against River (``--mf-search`` with the MF settings search); see :mod:`quality_sections`.
@@ -408,6 +409,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=int, default=2_000, help="metric_window of drift runs")
     parser.add_argument("--rating", action="store_true", help="ML-100K rating error vs River")
     parser.add_argument("--mf-search", action="store_true", help="with --rating: MF search")
+    parser.add_argument(
+        "--partitions", default=None, metavar="P,Q",
+        help="also the default configuration split into P shards sharing item state "
+        "(evaluate --partitions), e.g. 1,4,8; see quality_partitions.py",
+    )  # fmt: skip
     return parser
 
 
@@ -451,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             report["streams"][name] = _stream_json(run)
         _print_summary(runs, ns.scale, ns.markdown)
+    if ns.partitions:
+        from quality_partitions import partitions_section
+
+        report["partitions"] = partitions_section(
+            names, ns.seed, ns.scale, overrides, ns.partitions
+        )
     if ns.drift:
         report.update(_drift_sections(ns, overrides))
     if ns.rating or ns.mf_search:

@@ -102,6 +102,13 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--event-type", help="csv: event type when there is no event_type column")
     e.add_argument("--delimiter", default=",", help="csv: field delimiter ('tab' ok)")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="split the file into P shards as Kafka splits the events topic (user key), one "
+        "model per shard sharing item state every STREAM_MODEL_SYNC_EVENTS events",
+    )
 
     c = sub.add_parser("checkpoint", help="list, inspect, export or prune stored checkpoints")
     checkpoint_arguments(c)

@@ -248,8 +248,8 @@ def read_info(path: Path | str, key: SecretStr | str | bytes | None = None) -> C
 # code; the error names anything refused, for a new model to be added here deliberately.
 _CLASS_MODULES = (
     "stream.core", "stream.models", "stream.evaluation", "stream.drift", "stream.events",
-    "stream.updates", "stream.retention", "river", "numpy", "collections", "random",
-    "datetime",
+    "stream.updates", "stream.retention", "stream.sync", "river", "numpy", "collections",
+    "random", "datetime",
 )  # fmt: skip
 _DENIED_MODULES = (
     "river.datasets", "river.stream", "river.compat", "river.evaluate",

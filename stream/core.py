@@ -217,6 +217,10 @@ class Pipeline:
     (3, 3)
     """
 
+    # The shard's model-sync progress (a stream.sync.SyncState, set by the sync; pickled
+    # with the pipeline). Class-level so older checkpoints read None.
+    sync_state: Any = None
+
     def __init__(
         self,
         config: PipelineConfig,
@@ -634,6 +638,10 @@ def merge_metrics(records: list[MetricsRecord]) -> MetricsRecord:
         users_expired_ttl=sum(r.users_expired_ttl for r in records),
         users_expired_cap=sum(r.users_expired_cap for r in records),
         items_evicted=sum(r.items_evicted for r in records),
+        partitions={
+            t: sorted({p for r in records for p in r.partitions.get(t, ())})
+            for t in dict.fromkeys(t for r in records for t in r.partitions)
+        },
     )
 
 

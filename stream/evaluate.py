@@ -27,6 +27,7 @@ __all__ = [
     "EvaluationResult",
     "drift_summary",
     "evaluate",
+    "evaluate_partitioned",
     "print_table",
     "run_evaluate",
     "updates_summary",
@@ -59,6 +60,8 @@ class EvaluationResult:
     # Users / items held at the end and what the memory limits removed (STREAM_USER_TTL_SECONDS,
     # STREAM_MAX_USERS, STREAM_MAX_ITEMS): the counts of the metrics record.
     memory: dict[str, int] = field(default_factory=dict)
+    # ``evaluate --partitions``: partitions, sync_events, delta_records, delta_bytes.
+    sync: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` document (keys are a contract: ``hr@10``, ``ndcg@10``, ...)."""
@@ -126,6 +129,7 @@ class EvaluationResult:
             ],
             "rebuilds": self.rebuilds,
             "model_versions": self.model_versions,
+            **({"sync": self.sync} if self.sync else {}),
         }
 
 
@@ -189,6 +193,70 @@ def evaluate(
         memory=record.model_dump(
             include={"users", "items", "users_expired_ttl", "users_expired_cap", "items_evicted"}
         ),
+    )
+
+
+def evaluate_partitioned(
+    events: Iterable[Event],
+    settings: StreamSettings,
+    partitions: int,
+    sync_events: int | None = None,
+    topic: str = "file",
+) -> EvaluationResult:
+    """Test-then-learn over ``events`` split into ``partitions`` shards as Kafka splits the
+    events topic (kafka-python's default partitioner on the user id), one pipeline per
+    shard as the worker runs them, sharing item state through :mod:`stream.sync`.
+
+    Each shard shares a delta every ``sync_events`` events it learned (default
+    ``settings.model_sync_events``; 0: isolated shards) and the others apply it at once,
+    through the same encoding, merge rules and dedupe as the worker. The metrics of the
+    shards are merged (:func:`~stream.core.merge_metrics`) as the worker merges them.
+    """
+    from stream.core import merge_metrics
+    from stream.sync.offline import LocalShards
+
+    if settings.rebuild_background is None:
+        settings = settings.model_copy(update={"rebuild_background": False})
+    every = settings.model_sync_events if sync_events is None else sync_events
+    if partitions == 1:
+        every = 0  # nobody to share with
+    shards = LocalShards(lambda: Pipeline.from_settings(settings), partitions, every, topic)
+    promotions: list[PromotionRecord] = []
+    reactions: list[ReactionRecord] = []
+    started = time.perf_counter()
+    n = 0
+    for event in events:
+        result = shards.process_one(event)
+        n += 1
+        promotions += result.promotions
+        reactions += result.reactions
+        del result
+    shards.share_all()
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    pipes = shards.pipelines
+    record = merge_metrics([p.metrics_record() for p in pipes])
+    seconds: dict[str, float] = {}
+    for pipe in pipes:
+        for name, sec in pipe.model_seconds.items():
+            if name in pipe.models:
+                seconds[name] = seconds.get(name, 0.0) + sec
+    return EvaluationResult(
+        events=n,
+        k=settings.top_k,
+        default_model=settings.recommender,
+        models=record.cumulative_metrics,
+        events_per_second={name: n / max(sec, 1e-9) for name, sec in seconds.items()},
+        total_events_per_second=n / elapsed,
+        drifts=[d for p in pipes for d in p.drift.detections],
+        promotions=promotions,
+        reactions=reactions,
+        served_model=max(record.served, key=lambda m: record.served[m]),
+        sync={
+            "partitions": partitions,
+            "sync_events": every,
+            "delta_records": shards.delta_records,
+            "delta_bytes": shards.delta_bytes,
+        },
     )
 
 
@@ -306,6 +374,9 @@ def run_evaluate(ns: argparse.Namespace) -> int:
 
     settings = load_settings()
     path: Path = ns.path
+    if ns.partitions < 1:
+        print(f"error: --partitions must be at least 1, got {ns.partitions}", file=sys.stderr)
+        return 2
     if not path.is_file():
         what = "not a file" if path.exists() else "no such file"
         print(f"error: {what}: {path}", file=sys.stderr)
@@ -332,7 +403,10 @@ def run_evaluate(ns: argparse.Namespace) -> int:
             reader, enabled=progress, total=lambda: reader.expected, desc="evaluating"
         )
         with redirect:
-            result = evaluate(events, settings)
+            if ns.partitions > 1:
+                result = evaluate_partitioned(events, settings, ns.partitions)
+            else:
+                result = evaluate(events, settings)
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

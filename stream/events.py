@@ -413,6 +413,14 @@ class MetricsRecord(BaseModel):
     )
     items_evicted: int = Field(0, description="Items evicted so far by STREAM_MAX_ITEMS.")
     created_at: float = Field(default_factory=time.time)
+    worker_id: str | None = Field(
+        None, description="The worker that published it (client id, host, pid); None offline."
+    )
+    partitions: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Topic -> the partitions (shards) the record covers, so records of several "
+        "workers can be told apart and merged.",
+    )
 
 
 class DeadLetter(BaseModel):

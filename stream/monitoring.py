@@ -25,7 +25,7 @@ from prometheus_client import (
 
 from stream.events import DriftRecord, MetricsRecord, PromotionRecord, ReactionRecord
 
-__all__ = ["HealthState", "MetricsServer", "WorkerMetrics"]
+__all__ = ["HealthState", "MetricsServer", "SyncMetrics", "WorkerMetrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -322,3 +322,51 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class SyncMetrics:
+    """The model sync's figures (``stream_sync_*``), from the running totals of a
+    :class:`stream.sync.live.SyncStats` (counters grow by what changed since the last call)."""
+
+    _COUNTERS = {
+        "published": ("stream_sync_deltas_published_total", "item-state deltas published"),
+        "published_bytes": ("stream_sync_published_bytes_total", "bytes of deltas published"),
+        "received": ("stream_sync_deltas_received_total", "deltas read from the topic"),
+        "received_bytes": ("stream_sync_received_bytes_total", "bytes of deltas read"),
+        "applied": ("stream_sync_deltas_applied_total", "deltas applied to a shard"),
+        "duplicates": (
+            "stream_sync_deltas_duplicate_total",
+            "deltas dropped by a shard as already applied (same source, offsets)",
+        ),
+        "invalid": ("stream_sync_deltas_invalid_total", "undecodable model-updates records"),
+        "replayed": (
+            "stream_sync_deltas_replayed_total",
+            "own deltas re-learned after a restart and not published again",
+        ),
+    }
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counters = {
+            field: Counter(name.removesuffix("_total"), doc, registry=registry)
+            for field, (name, doc) in self._COUNTERS.items()
+        }
+        self._seen: dict[str, float] = dict.fromkeys(self._COUNTERS, 0.0)
+        self.lag_events = Gauge(
+            "stream_sync_lag_events",
+            "events a shard of this worker learned and has not shared yet (highest)",
+            registry=registry,
+        )
+        self.lag_seconds = Gauge(
+            "stream_sync_lag_seconds",
+            "from another shard collecting a delta to this worker applying it (last applied)",
+            registry=registry,
+        )
+
+    def observe(self, stats: Any) -> None:
+        for field, counter in self._counters.items():
+            value = float(getattr(stats, field))
+            if value > self._seen[field]:
+                counter.inc(value - self._seen[field])
+                self._seen[field] = value
+        self.lag_events.set(stats.lag_events)
+        self.lag_seconds.set(stats.lag_seconds)

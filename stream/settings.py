@@ -313,6 +313,31 @@ class StreamSettings(BaseSettings):
     drift_reaction_span: int = Field(5_000, ge=1)
     """Evaluated events a reaction lasts (the half-lives of decaying models divided by 4)."""
 
+    # --- Model sync across shards (issue 12, stream/sync) ------------------------------------
+    model_sync_events: int = Field(
+        100,
+        ge=0,
+        le=10_000_000,
+        description="Events a shard (partition) learns between two item-state deltas it "
+        "shares with the other shards (the worker and `stream evaluate --partitions`); "
+        "0: no sync, each partition its own model.",
+    )
+    model_sync: bool = Field(
+        False,
+        description="The worker's shards share item state through STREAM_MODEL_UPDATES_TOPIC "
+        "(every STREAM_MODEL_SYNC_EVENTS events or STREAM_MODEL_SYNC_MS); off: each partition "
+        "learns alone.",
+    )
+    model_sync_ms: int = Field(
+        1_000,
+        ge=1,
+        le=3_600_000,
+        description="The worker also shares a shard's delta this often (milliseconds) when it "
+        "learned anything since its last one.",
+    )
+    model_updates_topic: str = Field("model-updates", min_length=1)
+    """Topic of the item-state deltas the worker's shards share (one partition)."""
+
     # --- Checkpoints ------------------------------------------------------------------------
     checkpoint_dir: Path | None = None
     """Directory of checkpoints (off when unset); put it on durable storage."""

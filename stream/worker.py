@@ -14,7 +14,9 @@ checkpoints are on, only for offsets a written checkpoint covers.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,12 +42,14 @@ from stream.events import (
 )
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
 from stream.kafka.admin import COMPACTED, ensure_topics
+from stream.kafka.reader import TopicReader
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
 from stream.log_sampler import LogSampler
-from stream.monitoring import HealthState, MetricsServer, WorkerMetrics
+from stream.monitoring import HealthState, MetricsServer, SyncMetrics, WorkerMetrics
 from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
+from stream.sync.live import WorkerSync
 
 __all__ = ["RunSummary", "Worker", "json_bytes", "topic_layout"]
 
@@ -73,6 +77,8 @@ def topic_layout(s: StreamSettings) -> tuple[dict[str, int], dict[str, dict[str,
         s.metrics_topic: 1,
         s.dead_letter_topic: 1,
     }
+    if s.model_sync and s.model_sync_events:
+        sizes[s.model_updates_topic] = 1  # one partition: every shard reads it in one order
     # Latest top-K per user: compaction keeps one record per key and the tombstone of a
     # forgotten user deletes theirs (``stream serve`` reads the topic as a table).
     return sizes, {s.recommendations_topic: COMPACTED}
@@ -189,6 +195,10 @@ class Worker:
         self._server: MetricsServer | None = None
         self._source: EventSource | None = None
         self._sink: RecordSink | None = None
+        self._sync: WorkerSync | None = None  # the model sync (stream.sync), when on
+        self._sync_reader: TopicReader | None = None
+        # Registered with the sync off too (at 0): the dashboard's sync panels have data.
+        self._sync_metrics = SyncMetrics(self.registry)
         self._since_metrics = 0
         self._last_metrics_at = time.monotonic()
         self._last_gauges_at = 0.0
@@ -218,6 +228,11 @@ class Worker:
         )
 
     # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        """This worker in metrics records: ``client_id@host:pid``."""
+        return f"{self.settings.client_id}@{socket.gethostname()}:{os.getpid()}"
 
     @property
     def server_port(self) -> int | None:
@@ -258,6 +273,8 @@ class Worker:
                 configs=configs,
             )
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
+            if s.model_sync and s.model_sync_events:
+                self._start_sync()
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
             )
@@ -291,6 +308,8 @@ class Worker:
                 last_record_at = time.monotonic()
             if budget is not None:
                 batch = batch[:budget]
+            if self._sync is not None:
+                self._sync.poll()
             if batch:
                 last_record_at = time.monotonic()
                 try:
@@ -317,6 +336,8 @@ class Worker:
             self._collect_checkpoints(block=True)
             if self._sink is not None and self._source is not None and self.summary.consumed:
                 self._publish_metrics()
+                if self._sync is not None and not self._unsafe:
+                    self._sync.publish_all()  # flushed before the final checkpoint
                 self._make_safe(force_checkpoint=True)
         except Exception:
             logger.exception("final flush/commit failed; uncommitted events will be re-consumed")
@@ -328,6 +349,8 @@ class Worker:
             self._drop(list(self._positions))
             if self._sink is not None:
                 self._sink.close()
+            if self._sync_reader is not None:
+                self._sync_reader.close()
             if self._server is not None:
                 self._server.stop()
             self._set_ready(False, "stopped")
@@ -371,6 +394,8 @@ class Worker:
                     decoded.event_type,
                 )
             else:
+                if self._sync is not None:
+                    self._sync.after_one(tp, record.offset)
                 self._publish_result(result.recommendation, decoded.user_id, source, record)
                 self._batch_processed[decoded.event_type] += 1
                 self.summary.processed += 1
@@ -457,6 +482,8 @@ class Worker:
         shard = self.shards.get(tp)
         if shard is None:
             shard = self.shards[tp] = self._new_pipeline()
+            if self._sync is not None:
+                self._sync.attach(tp, shard)
         return shard
 
     # --- batches, metrics, safety ------------------------------------------------------------
@@ -682,6 +709,10 @@ class Worker:
             record = self._new_pipeline().metrics_record()
         else:
             return
+        record.worker_id = self.worker_id
+        record.partitions = {}
+        for topic, partition in sorted(self.shards):
+            record.partitions.setdefault(topic, []).append(partition)
         record.drifts = self._pending_drifts
         record.promotions = self._pending_promotions
         record.reactions = self._pending_reactions
@@ -711,6 +742,8 @@ class Worker:
         self._maybe_log_progress(now)
         self._last_gauges_at = now
         self.metrics.observe_lag(self._source.lag())
+        if self._sync is not None:
+            self._sync_metrics.observe(self._sync.stats)
         if self.shards:
             record = merge_metrics([p.metrics_record() for p in self.shards.values()])
             self.metrics.observe_accuracy(record)
@@ -782,6 +815,8 @@ class Worker:
                     "; ".join(str(c) for c in plan.applied),
                 )
             self.shards[tp] = pipeline
+            if self._sync is not None:
+                self._sync.attach(tp, pipeline)
             self._positions[tp] = self._checkpointed[tp] = self._safe_from[tp] = offset
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
@@ -795,6 +830,10 @@ class Worker:
             self._drop(partitions)
             return
         try:
+            if self._sync is not None:
+                for tp in partitions:
+                    if tp in self._sync.shards:
+                        self._sync.publish(tp)
             self._sink.flush()
             if self.checkpoints is not None:
                 safe = self._checkpoint([tp for tp in partitions if tp in self._positions])
@@ -813,8 +852,26 @@ class Worker:
             self._checkpointed.pop(tp, None)
             self._checkpoint_failures.pop(tp, None)
             self.shards.pop(tp, None)
+            if self._sync is not None:
+                self._sync.detach(tp)
             position = self._positions.pop(tp, None)
             safe_from = self._safe_from.pop(tp, None)
             if position is not None and safe_from is not None:
                 self.summary.uncommitted += max(0, position - safe_from)
         self.metrics.forget_partitions(partitions)
+
+    # --- model sync (stream.sync) ---------------------------------------------------------
+
+    def _start_sync(self) -> None:
+        """Read the model-updates topic from its beginning; publish through the sink."""
+        s, sink = self.settings, self._sink
+        assert sink is not None
+        self._sync_reader = TopicReader(
+            s, s.model_updates_topic, from_beginning=True, topic_wait_s=s.broker_wait_seconds
+        )
+
+        def send(key: bytes, value: bytes) -> None:
+            sink.send(s.model_updates_topic, key, value)
+
+        self._sync = WorkerSync(s, self._sync_reader, send)
+        self._sync.catch_up()

@@ -399,6 +399,45 @@ def _panels() -> list[dict[str, Any]]:
             "short",
             draw="bars",
         ),
+        _row("Model sync"),
+        _timeseries(
+            "Sync lag",
+            "Model sync (STREAM_MODEL_SYNC): seconds from another shard collecting a delta to "
+            "this worker applying it, and events a shard learned and has not shared yet "
+            "(alert: lag above 60 s for 5 minutes). 0 with the sync off.",
+            [
+                (f"max by (instance) ({_sel('stream_sync_lag_seconds')})", "s {{instance}}"),
+                (f"max by (instance) ({_sel('stream_sync_lag_events')})", "events {{instance}}"),
+            ],
+            "short",
+            width=8,
+        ),
+        _timeseries(
+            "Deltas per second",
+            "Item-state deltas published and read, and the bytes they weigh (per second).",
+            [
+                (f"sum({_rate('stream_sync_deltas_published_total')})", "published"),
+                (f"sum({_rate('stream_sync_deltas_received_total')})", "received"),
+                (f"sum({_rate('stream_sync_published_bytes_total')})", "bytes published"),
+                (f"sum({_rate('stream_sync_received_bytes_total')})", "bytes received"),
+            ],
+            "short",
+            width=8,
+        ),
+        _timeseries(
+            "Deltas applied / dropped",
+            "Deltas applied to a shard, dropped as duplicates (already applied: a re-read after a "
+            "restart), own deltas re-learned after a restart and not published again, and "
+            "undecodable records.",
+            [
+                (f"sum({_rate('stream_sync_deltas_applied_total')})", "applied"),
+                (f"sum({_rate('stream_sync_deltas_duplicate_total')})", "duplicates"),
+                (f"sum({_rate('stream_sync_deltas_replayed_total')})", "replayed"),
+                (f"sum({_rate('stream_sync_deltas_invalid_total')})", "undecodable"),
+            ],
+            "cps",
+            width=8,
+        ),
     ]
 
 

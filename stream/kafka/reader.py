@@ -177,6 +177,15 @@ class TopicReader:
             return None
         return sum(max(0, high - self._positions.get(p, 0)) for p, high in self._highwater.items())
 
+    def behind(self, marks: dict[int, int]) -> bool:
+        """Whether any partition is still before its offset in ``marks`` (e.g. the
+        :meth:`highwaters` of an earlier moment)."""
+        return any(self._positions.get(p, 0) < mark for p, mark in marks.items())
+
+    def highwaters(self) -> dict[int, int]:
+        """The latest known high watermark of each partition (from fetch responses)."""
+        return dict(self._highwater)
+
     def close(self) -> None:
         """Close the consumer (nothing to commit)."""
         self._consumer.close()

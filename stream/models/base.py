@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from river.reco.base import Ranker
 
-__all__ = ["Recommender", "Scored", "scored_many"]
+__all__ = ["Recommender", "Scored", "delta_item", "delta_value", "scored_many"]
 
 
 def interaction_weight(y: float, x: dict[str, typing.Any] | None) -> float:
@@ -116,3 +116,25 @@ class Recommender(Ranker):  # type: ignore[misc]
         seen = set(ranked)
         # Items the model does not know keep their (arbitrary but stable) order at the end.
         return ranked + sorted((i for i in items if i not in seen), key=str)
+
+
+def delta_item(item: typing.Any) -> Hashable:
+    """An item id as read back from an item-state delta (:mod:`stream.sync`): JSON has no
+    tuples, so a list becomes one again.
+
+    >>> delta_item(["a", 1]), delta_item("x")
+    (('a', 1), 'x')
+    """
+    return tuple(item) if isinstance(item, list) else typing.cast(Hashable, item)
+
+
+def delta_value(value: float, digits: int = 10) -> float:
+    """A float of an item-state delta, cut to ``digits`` significant digits: the deltas go
+    through Kafka as text, and the last digits of a float64 weigh more than the rest after
+    compression (10 digits leave a relative error of 5e-11 per entry; factor changes, which
+    asynchronous SGD makes approximate anyway, use 6).
+
+    >>> delta_value(1 / 3), delta_value(1 / 3, 6)
+    (0.3333333333, 0.333333)
+    """
+    return float(f"{value:.{digits}g}")

@@ -10,7 +10,14 @@ from typing import NamedTuple
 import numpy as np
 
 from stream.models._ranking import FloatArray, IntArray, grow, select
-from stream.models.base import Recommender, Scored, interaction_weight, scored_many
+from stream.models.base import (
+    Recommender,
+    Scored,
+    delta_item,
+    delta_value,
+    interaction_weight,
+    scored_many,
+)
 
 __all__ = ["ItemKNN"]
 
@@ -91,6 +98,10 @@ class ItemKNN(Recommender):
     >>> model.top_k("stranger", 3)
     []
     """
+
+    # Changes to share with other shards since the last :meth:`item_delta`, or None while
+    # no delta is asked for; class-level so older pickles read None.
+    _item_sync: _KnnChanges | None = None
 
     def __init__(
         self,
@@ -173,6 +184,9 @@ class ItemKNN(Recommender):
         weight = interaction_weight(y, x)
         self._version += 1
         j = self._row(item)
+        sync = self._item_sync  # changes shared with other shards (stream.sync)
+        if sync is not None and item not in sync.norms:
+            sync.norms[item] = 0.0
         if weight <= 0.0:
             return
         if self.binary:
@@ -182,6 +196,8 @@ class ItemKNN(Recommender):
             if self._scale > _RENORMALISE_AT:
                 self._renormalise()
         scale = self._scale
+        if sync is not None:
+            sync.ticks += 1
         hist = self._history.get(user)
         if hist is None:
             hist = self._history[user] = {}
@@ -190,6 +206,9 @@ class ItemKNN(Recommender):
         if new > old:
             delta = (new - old) * scale
             self._norms[j] += (new * new - old * old) * scale
+            if sync is not None:
+                sync.norms[item] += (new * new - old * old) * scale
+                shared, items = sync.co, self._items
             co, pending, apart, directed = self._co, self._pending, self._apart, self.directed
             row_j = co[j]
             cap = 4 * self.neighbors
@@ -197,6 +216,9 @@ class ItemKNN(Recommender):
             for i, w_i in hist.items():
                 add = delta * w_i * apart[d]
                 d -= 1
+                if sync is not None:
+                    pair = (items[i], item)
+                    shared[pair] = shared.get(pair, 0.0) + add
                 if not directed:
                     row_j[i] = row_j.get(i, 0.0) + add
                 row_i = co[i]
@@ -271,6 +293,8 @@ class ItemKNN(Recommender):
                 row[j] /= scale
         # Neighbour lists hold C / N ** (1 - alpha): they move by scale ** alpha (and stay fresh).
         self._nbr_sims[: len(self._items)] /= scale**self.alpha
+        if self._item_sync is not None:
+            self._item_sync.rescale(1.0 / scale)
         self._scale = 1.0
 
     # --- scoring ------------------------------------------------------------------------
@@ -348,9 +372,15 @@ class ItemKNN(Recommender):
         the neighbour lists, which are recomputed where they named a removed row. So a row
         handed to a new item later carries nothing of the old one.
         """
+        items = list(items)
         rows = [r for r in (self._index.pop(i, None) for i in items) if r is not None]
         if not rows:
             return
+        changes = self._item_sync
+        if changes is not None:  # unshared changes of an evicted item leave with it
+            gone = set(items)
+            changes.norms = {i: v for i, v in changes.norms.items() if i not in gone}
+            changes.co = {p: v for p, v in changes.co.items() if not gone.intersection(p)}
         dead = set(rows)
         for hist in self._history.values():
             for r in hist.keys() & dead:
@@ -387,6 +417,85 @@ class ItemKNN(Recommender):
     def __setstate__(self, state: dict[str, typing.Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_free", [])  # a checkpoint from before forget_items
+
+    # --- sharing item state across shards (stream.sync) ---------------------------------
+
+    def item_delta(self) -> dict[str, typing.Any]:
+        """What this shard added to the item state since the last call, as plain data
+        (tracking starts on the first call, which returns everything learned so far).
+
+        ``norms`` are ``[item, added N_i]``, ``co`` are ``[i, j, added C_ij]`` (for an
+        undirected model ``C_ji`` gets the same), both scale-free (as of this shard's clock
+        now), and ``ticks`` the events that advanced the decay clock. The neighbour lists
+        and the users' histories are not shared: the lists are derived from the rows, the
+        histories stay with their user's shard.
+        """
+        changes = self._item_sync
+        if changes is None:
+            changes = _KnnChanges()
+            items = self._items
+            for row, item in enumerate(items):
+                changes.norms[item] = float(self._norms[row])
+                for col, value in self._co[row].items():
+                    if self.directed or col >= row:  # undirected: each pair once
+                        changes.co[(item, items[col])] = value
+                    elif (items[col], item) not in changes.co:
+                        changes.co[(items[col], item)] = value
+        self._item_sync = _KnnChanges()
+        inverse = 1.0 / self._scale
+        return {
+            "ticks": changes.ticks,
+            "norms": [[i, delta_value(v * inverse)] for i, v in changes.norms.items()],
+            "co": [[i, j, delta_value(v * inverse)] for (i, j), v in changes.co.items()],
+        }
+
+    def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """Add another shard's :meth:`item_delta` (not part of this shard's next delta):
+        advance the decay clock by its events, add its norms and co-occurrences, then prune
+        and refresh the neighbour lists of the rows it touched as learning would."""
+        ticks = int(delta["ticks"])
+        if ticks and self._growth != 1.0:
+            self._scale *= self._growth**ticks
+            if self._scale > _RENORMALISE_AT:
+                self._renormalise()
+        scale, row_of, co, pending = self._scale, self._row, self._co, self._pending
+        for item, value in delta["norms"]:
+            row = row_of(delta_item(item))  # first: a new row grows the arrays
+            self._norms[row] += float(value) * scale
+        touched: set[int] = set()
+        for a, b, value in delta["co"]:
+            i, j = row_of(delta_item(a)), row_of(delta_item(b))
+            add = float(value) * scale
+            co[i][j] = co[i].get(j, 0.0) + add
+            pending[i] += 1
+            touched.add(i)
+            if not self.directed:
+                co[j][i] = co[j].get(i, 0.0) + add
+                pending[j] += 1
+                touched.add(j)
+        cap = 4 * self.neighbors
+        for i in touched:
+            if len(co[i]) > cap:
+                self._prune(i)
+            if pending[i] >= _STALE_FRACTION * len(co[i]):
+                self._refresh(i)
+        self._version += 1
+        self._cached = None
+
+
+class _KnnChanges:
+    """Item-state changes of an :class:`ItemKNN` since its last delta (scaled like its state)."""
+
+    __slots__ = ("co", "norms", "ticks")
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.norms: dict[Hashable, float] = {}
+        self.co: dict[tuple[Hashable, Hashable], float] = {}
+
+    def rescale(self, factor: float) -> None:
+        self.norms = {i: v * factor for i, v in self.norms.items()}
+        self.co = {p: v * factor for p, v in self.co.items()}
 
 
 class _Scores(NamedTuple):

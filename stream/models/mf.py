@@ -12,7 +12,7 @@ import numpy as np
 from river import optim, reco
 
 from stream.models._ranking import FloatArray, grow, select
-from stream.models.base import Recommender, Scored, scored_many
+from stream.models.base import Recommender, Scored, delta_item, delta_value, scored_many
 
 __all__ = ["MatrixFactorization"]
 
@@ -79,6 +79,11 @@ class MatrixFactorization(Recommender):
     """
 
     predicts_ratings = True
+
+    # Per item changed since the last :meth:`item_delta`: its (vector, bias) before the
+    # change; None while no delta is asked for (class-level so older pickles read None).
+    _item_sync: dict[Hashable, tuple[FloatArray, float]] | None = None
+    _sync_mean: tuple[float, float] = (0.0, 0.0)  # (n, sum) of the global mean at the last one
 
     def __init__(
         self,
@@ -192,6 +197,12 @@ class MatrixFactorization(Recommender):
             self._vectors = grow(self._vectors, row + 1)
             if self._biased:
                 self._biases = grow(self._biases, row + 1)
+        sync = self._item_sync
+        if sync is not None and item not in sync:  # the value before this shard's change
+            sync[item] = (
+                self._vectors[row].copy(),
+                float(self._biases[row]) if self._biased else 0.0,
+            )
         self._vectors[row] = self.river_model.i_latents[item]
         if self._biased:
             self._biases[row] = self.river_model.i_biases[item]
@@ -249,6 +260,8 @@ class MatrixFactorization(Recommender):
         """
         mf = self.river_model
         for item in items:
+            if self._item_sync is not None:  # unshared changes of an evicted item leave with it
+                self._item_sync.pop(item, None)
             mf.i_latents.pop(item, None)
             if self._biased:
                 mf.i_biases.pop(item, None)
@@ -266,3 +279,66 @@ class MatrixFactorization(Recommender):
             self._vectors[last] = 0.0
             if self._biased:
                 self._biases[last] = 0.0
+
+    # --- sharing item state across shards (stream.sync) ---------------------------------
+
+    def item_delta(self) -> dict[str, typing.Any]:
+        """This shard's changes to the item state since the last call, as plain data
+        (tracking starts on the first call, which returns everything learned so far).
+
+        ``items`` are ``[item, vector change, bias change]`` (an item new here: its whole
+        vector), ``mean`` is ``[weight, sum]`` added to the global mean (``biased``). The
+        receiver adds them to its own values: asynchronous SGD, each shard learning on item
+        factors at most one sync interval behind the others'. User factors are not shared.
+        """
+        mf, pending = self.river_model, self._item_sync
+        if pending is None:
+            zero = np.zeros(self.n_factors)
+            pending = dict.fromkeys(self._items, (zero, 0.0))
+        self._item_sync = {}
+        items = []
+        for item, (vector, bias) in pending.items():
+            change = np.asarray(mf.i_latents[item], dtype=np.float64) - vector
+            db = float(mf.i_biases[item]) - bias if self._biased else 0.0
+            items.append([item, [delta_value(c, 6) for c in change.tolist()], delta_value(db, 6)])
+        out: dict[str, typing.Any] = {"items": items}
+        if self._biased:
+            n0, sum0 = self._sync_mean
+            n, total = _mean_state(mf.global_mean)
+            self._sync_mean = (n, total)
+            out["mean"] = [n - n0, total - sum0]
+        return out
+
+    def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """Add another shard's :meth:`item_delta` to this shard's item factors, biases and
+        global mean (not part of this shard's next delta)."""
+        mf, pending = self.river_model, self._item_sync
+        for raw, change, db in delta["items"]:
+            item = delta_item(raw)
+            vector = np.asarray(change, dtype=np.float64)
+            if item in mf.i_latents:
+                mf.i_latents[item] = mf.i_latents[item] + vector
+            else:  # new here: the sender's vector (its initialisation and what it learned)
+                mf.i_latents[item] = vector
+            if self._biased:
+                mf.i_biases[item] = mf.i_biases.get(item, 0.0) + float(db)
+            if pending is not None and item in pending:  # keep only this shard's own change
+                before, bias = pending[item]
+                pending[item] = (before + vector, bias + float(db))
+            self._item_sync = None
+            try:
+                self._mirror(item)
+            finally:
+                self._item_sync = pending
+        if self._biased and "mean" in delta:
+            weight, total = (float(v) for v in delta["mean"])
+            if weight > 0:
+                mf.global_mean.update(total / weight, weight)
+                n0, sum0 = self._sync_mean
+                self._sync_mean = (n0 + weight, sum0 + total)
+
+
+def _mean_state(mean: Any) -> tuple[float, float]:
+    """``(weight, weighted sum)`` of a ``river.stats.Mean`` (its public ``n`` and ``get``)."""
+    n = float(mean.n)
+    return n, n * float(mean.get())

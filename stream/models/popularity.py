@@ -7,7 +7,13 @@ import logging
 import typing
 from collections.abc import Hashable, Iterable
 
-from stream.models.base import Recommender, Scored, interaction_weight
+from stream.models.base import (
+    Recommender,
+    Scored,
+    delta_item,
+    delta_value,
+    interaction_weight,
+)
 
 __all__ = ["Popularity"]
 
@@ -53,6 +59,11 @@ class Popularity(Recommender):
     >>> [s.item for s in model.top_k("anyone", 2, exclude={"c"})]
     ['a', 'b']
     """
+
+    # Item counts added since the last :meth:`item_delta` (scaled like ``_counts``), or None
+    # while no delta is asked for; class-level so older pickles read None.
+    _item_sync: dict[Hashable, float] | None = None
+    _sync_events = 0  # ``_events`` at the last delta
 
     def __init__(self, half_life: float = 5_000.0) -> None:
         super().__init__(seed=None)
@@ -101,6 +112,9 @@ class Popularity(Recommender):
         self._scale *= self._growth
         if self._scale > _RENORMALISE_AT:
             self._renormalise()
+        sync = self._item_sync
+        if sync is not None:  # changes shared with other shards (stream.sync)
+            sync[item] = sync.get(item, 0.0) + weight * self._scale
         keys, ranked = self._keys, self._ranked
         old = self._counts.get(item)
         if old is None:
@@ -129,6 +143,8 @@ class Popularity(Recommender):
         scale = self._scale
         self._keys = [key / scale for key in self._keys]
         self._counts = {item: count / scale for item, count in self._counts.items()}
+        if self._item_sync is not None:
+            self._item_sync = {item: count / scale for item, count in self._item_sync.items()}
         self._scale = 1.0
 
     def score_of(self, item: Hashable) -> float:
@@ -168,6 +184,9 @@ class Popularity(Recommender):
     def forget_items(self, items: Iterable[Hashable]) -> None:
         """Drop the items' counts (one pass over the ranking for all of them)."""
         gone = {item for item in items if self._counts.pop(item, None) is not None}
+        if self._item_sync is not None:  # unshared counts of an evicted item leave with it
+            for item in gone:
+                self._item_sync.pop(item, None)
         if gone:
             kept = [(k, i) for k, i in zip(self._keys, self._ranked, strict=True) if i not in gone]
             self._keys = [k for k, _ in kept]
@@ -176,3 +195,55 @@ class Popularity(Recommender):
     def known_items(self) -> list[Hashable]:
         """Every item the model counts, the most popular now first."""
         return list(self._ranked)
+
+    # --- sharing item state across shards (stream.sync) ---------------------------------
+
+    def item_delta(self) -> dict[str, typing.Any]:
+        """What this shard added since the last call, as plain data (tracking starts on the
+        first call, which returns what was learned so far).
+
+        ``counts`` are ``[item, count]`` pairs in "decayed count as of now" (scale-free), and
+        ``ticks`` the events learned since the last call: the receiver advances its decay
+        clock by them, so every shard's clock is the total number of events learned by all.
+        """
+        pending = dict(self._counts) if self._item_sync is None else self._item_sync
+        self._item_sync = {}
+        scale = self._scale
+        ticks = self._events - self._sync_events
+        self._sync_events = self._events
+        return {
+            "ticks": ticks,
+            "counts": [[i, delta_value(c / scale)] for i, c in pending.items()],
+        }
+
+    def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """Add another shard's :meth:`item_delta`: advance the decay clock by its events,
+        then add its counts (they are not part of this shard's next delta)."""
+        self._scale *= self._growth ** int(delta["ticks"])
+        if self._scale > _RENORMALISE_AT:
+            self._renormalise()
+        scale = self._scale
+        for item, count in delta["counts"]:
+            self._add_scaled(delta_item(item), float(count) * scale)
+
+    def _add_scaled(self, item: Hashable, amount: float) -> None:
+        """``_counts[item] += amount``, keeping ``_keys`` / ``_ranked`` sorted."""
+        keys, ranked = self._keys, self._ranked
+        old = self._counts.get(item)
+        if old is None:
+            at = bisect.bisect_right(keys, -amount)
+            keys.insert(at, -amount)
+            ranked.insert(at, item)
+            self._counts[item] = amount
+            return
+        if amount == 0.0:
+            return
+        new = old + amount
+        here = bisect.bisect_left(keys, -old)
+        while ranked[here] != item:
+            here += 1
+        del keys[here], ranked[here]
+        at = bisect.bisect_right(keys, -new)
+        keys.insert(at, -new)
+        ranked.insert(at, item)
+        self._counts[item] = new

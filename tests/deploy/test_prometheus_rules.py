@@ -38,6 +38,7 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
     "StreamDriftDetected": ("[15m])) > 0", "[15m])) >= 0"),  # the quiet model fires
     "StreamModelAccuracyLow": ("< 0.05", "< 0.5"),  # the good model (30%) fires
     "StreamCheckpointFailing": ('outcome="failed"', 'outcome=~".+"'),  # ok checkpoints fire
+    "StreamModelSyncLagging": ("> 60", "> 20"),  # the 30 s worker fires
 }
 
 

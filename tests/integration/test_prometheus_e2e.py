@@ -82,6 +82,8 @@ ALERT_SIGNALS: dict[str, list[str]] = {
     # The `failed` series exists only once a checkpoint failed, unless the worker pre-creates
     # it; the counter itself (any outcome) must be exported as soon as checkpoints are on.
     "StreamCheckpointFailing": ["stream_checkpoints_total"],
+    # Exported at 0 with the model sync off, as here.
+    "StreamModelSyncLagging": ["max by (job, instance) (stream_sync_lag_seconds)"],
 }
 # Alerts that must be firing at the end of the run (the full expression is then non-empty too).
 MUST_FIRE = {"StreamDriftDetected"}

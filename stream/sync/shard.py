@@ -1,0 +1,152 @@
+"""One shard's side of the sync: collect its deltas, apply the others', drop duplicates.
+
+The state that must survive a restart (:class:`SyncState`: per source shard the last source
+offset applied, and this shard's own progress) lives on the :class:`~stream.core.Pipeline`
+itself (``pipeline.sync_state``), so the checkpoint that pickles the pipeline holds it
+together with the model state it describes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from stream.core import Pipeline
+from stream.models import learns
+from stream.sync.delta import ShardDelta
+
+__all__ = ["Outcome", "ShardSync", "SharedItemState", "SyncState", "shared_models"]
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["applied", "duplicate", "own"]
+
+_FALLBACK = "_fallback_popularity"
+
+
+@runtime_checkable
+class SharedItemState(Protocol):
+    """A model whose item state is shared across shards."""
+
+    def item_delta(self) -> dict[str, Any]: ...
+
+    def apply_item_delta(self, delta: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class SyncState:
+    """What a shard's checkpoint records about the sync.
+
+    ``applied`` maps each source shard ``(topic, partition)`` to the last source offset of
+    the last delta of it applied here; ``first_offset`` / ``last_offset`` / ``events`` cover
+    what this shard learned since its last delta; ``published`` is the last source offset
+    of this shard's own last delta (-1 before the first).
+    """
+
+    applied: dict[tuple[str, int], int] = field(default_factory=dict)
+    first_offset: int | None = None
+    last_offset: int | None = None
+    events: int = 0
+    published: int = -1
+    deltas_applied: int = 0
+    duplicates_dropped: int = 0
+
+
+def shared_models(pipeline: Pipeline) -> dict[str, SharedItemState]:
+    """The models of ``pipeline`` (and its cold-start popularity) whose item state is shared:
+    every model it learns that has ``item_delta`` / ``apply_item_delta``. Others (a blend's
+    weights, BPR, UserKNN, the rebuilt SVD / EASE) stay per shard."""
+    out: dict[str, SharedItemState] = {}
+    for name, model in pipeline.models.items():
+        if learns(name, model) and isinstance(model, SharedItemState):
+            out[name] = model
+    if pipeline.fallback is not pipeline.models.get("popularity"):
+        out[_FALLBACK] = pipeline.fallback
+    return out
+
+
+class ShardSync:
+    """The sync of one shard (one partition's pipeline) of the source ``topic``.
+
+    Call :meth:`note_one` after each event the pipeline processed, :meth:`collect_one`
+    when the interval is over (it returns the delta to publish, or None when there is
+    nothing new), and :meth:`apply_one` with every delta received.
+
+    Examples
+    --------
+    >>> from stream.events import Event, Source
+    >>> from stream.settings import StreamSettings
+    >>> s = StreamSettings(models=("popularity", "knn"), recommender="knn")
+    >>> a, b = (ShardSync(Pipeline.from_settings(s), "events", p) for p in (0, 1))
+    >>> e = Event(user_id="u", item_id="x", event_type="click", timestamp=0.0)
+    >>> _ = a.pipeline.process_one(e, Source("events", 0, 0)); a.note_one(0)
+    >>> delta = a.collect_one()
+    >>> b.apply_one(delta), b.apply_one(delta), a.apply_one(delta)
+    ('applied', 'duplicate', 'own')
+    >>> b.pipeline.models["popularity"].n_items
+    1
+    """
+
+    def __init__(self, pipeline: Pipeline, topic: str, partition: int) -> None:
+        self.pipeline = pipeline
+        self.topic, self.partition = topic, partition
+        state = getattr(pipeline, "sync_state", None)
+        if not isinstance(state, SyncState):
+            state = SyncState()
+            pipeline.sync_state = state
+            # Starts every model's tracking. A pipeline restored from a checkpoint taken
+            # without the sync shares what it learns from now on, not what it knew before.
+            for model in shared_models(pipeline).values():
+                model.item_delta()
+        self.state: SyncState = state
+
+    @property
+    def source(self) -> tuple[str, int]:
+        return self.topic, self.partition
+
+    def note_one(self, offset: int) -> None:
+        """Record that the pipeline learned the event at source ``offset``."""
+        state = self.state
+        if state.first_offset is None:
+            state.first_offset = offset
+        state.last_offset = offset
+        state.events += 1
+
+    @property
+    def events_pending(self) -> int:
+        """Events learned since the last delta."""
+        return self.state.events
+
+    def collect_one(self) -> ShardDelta | None:
+        """This shard's delta since the last one (None when it learned nothing since)."""
+        state = self.state
+        models = {name: m.item_delta() for name, m in shared_models(self.pipeline).items()}
+        if state.last_offset is None:
+            return None
+        first = state.first_offset if state.first_offset is not None else state.last_offset
+        delta = ShardDelta(
+            self.topic, self.partition, first, state.last_offset, state.events, models
+        )
+        state.published = state.last_offset
+        state.first_offset = state.last_offset = None
+        state.events = 0
+        return delta
+
+    def apply_one(self, delta: ShardDelta) -> Outcome:
+        """Apply another shard's delta, unless it is this shard's own or already applied."""
+        if delta.source == self.source:
+            return "own"
+        state = self.state
+        done = state.applied.get(delta.source, -1)
+        if delta.last_offset <= done:
+            state.duplicates_dropped += 1
+            return "duplicate"
+        shared = shared_models(self.pipeline)
+        for name, part in delta.models.items():
+            model = shared.get(name)
+            if model is not None:
+                model.apply_item_delta(part)
+        state.applied[delta.source] = delta.last_offset
+        state.deltas_applied += 1
+        return "applied"

@@ -1,0 +1,183 @@
+"""The worker's side of the sync without a broker (a list-backed model-updates topic): a shard
+restored from a checkpoint re-learns what followed it without publishing its deltas again,
+and applies nothing twice."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from stream.core import Pipeline
+from stream.events import Event, Source
+from stream.kafka.partitioner import partition_of
+from stream.models import Popularity
+from stream.settings import StreamSettings
+from stream.sync import ShardDelta
+from stream.sync.live import WorkerSync
+
+
+@dataclass
+class _Record:
+    value: bytes | None
+
+
+class _Topic:
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self.values.append(value)
+
+
+class _Reader:
+    """Reads a :class:`_Topic` from its beginning, as the worker's TopicReader does."""
+
+    def __init__(self, topic: _Topic) -> None:
+        self.topic, self.position = topic, 0
+
+    def poll(self, timeout_ms: int | None = None) -> list[_Record]:
+        out = [_Record(v) for v in self.topic.values[self.position :]]
+        self.position = len(self.topic.values)
+        return out
+
+    def caught_up(self) -> bool:
+        return self.position >= len(self.topic.values)
+
+    def highwaters(self) -> dict[int, int]:
+        return {0: len(self.topic.values)}
+
+    def behind(self, marks: dict[int, int]) -> bool:
+        return self.position < marks.get(0, 0)
+
+
+SETTINGS = StreamSettings(
+    _env_file=None,
+    models=("popularity", "knn"),
+    recommender="knn",
+    popularity_half_life=math.inf,
+    knn_half_life=None,
+    knn_neighbors=500,
+    model_sync=True,
+    model_sync_events=15,
+    model_sync_ms=3_600_000,
+)
+
+
+def _events(n: int) -> list[Event]:
+    rng = random.Random(1)
+    return [
+        Event(
+            user_id=f"u{rng.randrange(40)}",
+            item_id=f"i{rng.randrange(30)}",
+            event_type="click",
+            timestamp=float(t),
+        )
+        for t in range(n)
+    ]
+
+
+def _feed(
+    sync: WorkerSync, shards: dict[int, Pipeline], events: list[tuple[int, int, Event]]
+) -> None:
+    for p, offset, event in events:
+        shards[p].process_one(event, Source("events", p, offset))
+        sync.after_one(("events", p), offset)
+        sync.poll()
+
+
+def test_a_restored_shard_replays_its_published_deltas_and_everything_adds_up_once() -> None:
+    events = _events(400)
+    by_partition: dict[int, list[tuple[int, int, Event]]] = {0: [], 1: []}
+    for e in events:
+        p = partition_of(e.user_id, 2)
+        by_partition[p].append((p, len(by_partition[p]), e))
+    stream = sorted(by_partition[0] + by_partition[1], key=lambda x: x[2].timestamp)
+    topic = _Topic()
+    clock = [0.0]
+
+    # First life: both shards; shard 0 checkpointed midway, then the process dies.
+    first = WorkerSync(SETTINGS, _Reader(topic), topic.send, clock=lambda: clock[0])
+    shards = {p: Pipeline.from_settings(SETTINGS) for p in (0, 1)}
+    for p, pipe in shards.items():
+        first.attach(("events", p), pipe)
+    cut = len(stream) // 2
+    _feed(first, shards, stream[:cut])
+    checkpoint = pickle.dumps(shards[0])
+    at = max(o for p, o, _ in stream[:cut] if p == 0) + 1  # next offset of shard 0
+    _feed(first, shards, stream[cut:])
+    own_before = sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 0)
+
+    # Second life of shard 0 (shard 1 lives on in ``first``): restored, it re-learns.
+    second = WorkerSync(SETTINGS, _Reader(topic), topic.send, clock=lambda: clock[0])
+    restored = pickle.loads(checkpoint)
+    second.attach(("events", 0), restored)
+    replays = len(second._replay[("events", 0)])
+    assert replays, "deltas were published after the checkpoint"
+    _feed(second, {0: restored}, [x for x in by_partition[0] if x[1] >= at])
+    assert second.stats.replayed == replays and not second._replay
+    own_after = sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 0)
+    assert own_after == own_before  # nothing re-published (the tail was already shared)
+    assert second.stats.duplicates > 0  # shard 1's deltas the checkpoint held
+
+    # Once every delta is applied, every shard holds the one-partition counts.
+    second.publish_all()
+    first.publish_all()
+    first.poll()
+    second.poll()
+    one = Pipeline.from_settings(SETTINGS)
+    for _, _, e in stream:
+        one.process_one(e, Source("events", 0, 0))
+    want = one.models["popularity"]
+    assert isinstance(want, Popularity)
+    for pipe in (shards[1], restored):
+        got = pipe.models["popularity"]
+        assert isinstance(got, Popularity)
+        assert got._counts.keys() == want._counts.keys()
+        for item, count in want._counts.items():
+            assert got._counts[item] == pytest.approx(count)
+
+
+def test_the_interval_in_milliseconds_publishes_a_quiet_shard() -> None:
+    topic = _Topic()
+    clock = [100.0]
+    settings = SETTINGS.model_copy(update={"model_sync_events": 10_000, "model_sync_ms": 500})
+    sync = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: clock[0])
+    pipe = Pipeline.from_settings(settings)
+    sync.attach(("events", 0), pipe)
+    _feed(sync, {0: pipe}, [(0, 0, _events(1)[0])])
+    assert topic.values == [] and sync.stats.lag_events == 1
+    clock[0] += 0.6
+    sync.poll()
+    assert len(topic.values) == 1 and sync.stats.published == 1
+    sync.poll()
+    assert len(topic.values) == 1  # nothing new learned: nothing sent
+
+
+def test_a_delta_sent_after_the_checkpoint_without_a_new_event_is_not_sent_again() -> None:
+    """The time trigger shares what a checkpoint already holds as pending; the restored shard
+    drops that pending at once, and its next delta starts right after."""
+    topic = _Topic()
+    clock = [0.0]
+    settings = SETTINGS.model_copy(update={"model_sync_events": 10_000, "model_sync_ms": 500})
+    sync = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: clock[0])
+    pipe = Pipeline.from_settings(settings)
+    sync.attach(("events", 0), pipe)
+    events = _events(6)
+    _feed(sync, {0: pipe}, [(0, o, e) for o, e in enumerate(events[:4])])
+    checkpoint = pickle.dumps(pipe)
+    clock[0] += 1.0
+    sync.poll()  # the time trigger: [0..3], after the checkpoint
+    assert [ShardDelta.decode(v).last_offset for v in topic.values] == [3]
+
+    again = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: clock[0])
+    restored = pickle.loads(checkpoint)
+    again.attach(("events", 0), restored)
+    assert again.stats.replayed == 1 and not again._replay
+    _feed(again, {0: restored}, [(0, o, e) for o, e in enumerate(events[4:], start=4)])
+    again.publish_all()
+    ranges = [(d.first_offset, d.last_offset) for d in map(ShardDelta.decode, topic.values)]
+    assert ranges == [(0, 3), (4, 5)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import typing
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 from river.reco.base import Ranker
@@ -101,3 +101,36 @@ class Recommender(Ranker):  # type: ignore[misc]
         seen = set(ranked)
         # Items the model does not know keep their (arbitrary but stable) order at the end.
         return ranked + sorted((i for i in items if i not in seen), key=str)
+
+    def top_k_among(
+        self,
+        user: Hashable,
+        k: int,
+        candidates: Sequence[Hashable],
+        exclude: Iterable[Hashable] = (),
+    ) -> list[Scored]:
+        """The ``k`` best of ``candidates`` for ``user`` not in ``exclude``, best first.
+
+        The second stage of two-stage recommendation (:mod:`stream.retrieval`): the same
+        scores and order as :meth:`top_k`, restricted to ``candidates`` (so with every known
+        item as a candidate it equals :meth:`top_k`, and a deeper list begins with the
+        shallower one). This default ranks the whole catalogue and filters it, which is exact
+        but not cheaper than :meth:`top_k`; the models served by default (popularity, knn,
+        sequence, biased_mf / funk_mf, blend) score only the candidates instead.
+        """
+        if k <= 0 or not candidates:
+            return []
+        excluded = exclude if isinstance(exclude, set | frozenset | dict) else set(exclude)
+        wanted = {c for c in candidates if c not in excluded}
+        out: list[Scored] = []
+        if not wanted:
+            return out
+        for scored in self.top_k(user, self.n_items, excluded):
+            if scored.item in wanted:
+                out.append(scored)
+                if len(out) == k:
+                    break
+        return out
+
+    def forget_item(self, item: Hashable) -> None:  # noqa: B027 (a hook, empty on purpose)
+        """Remove ``item`` from the model (the item cap); by default there is nothing to do."""

@@ -281,3 +281,25 @@ class Blend(Recommender):
     def forget_user(self, user: Hashable) -> None:
         for component in self.components.values():
             component.forget_user(user)
+
+    def top_k_among(
+        self,
+        user: Hashable,
+        k: int,
+        candidates: typing.Sequence[Hashable],
+        exclude: Iterable[Hashable] = (),
+    ) -> list[Scored]:
+        """:meth:`top_k` with every component ranked over ``candidates`` only (a blend over
+        the pipeline's own models fuses the rankings the pipeline made instead)."""
+        if k <= 0:
+            return []
+        if not isinstance(exclude, set | frozenset | dict):
+            exclude = set(exclude)
+        depth = DEPTH * k
+        return self.fuse(
+            {
+                name: c.top_k_among(user, depth, candidates, exclude)
+                for name, c, _ in self._consulted
+            },
+            k,
+        )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
 from river import optim, reco
 
-from stream.models._ranking import FloatArray, grow, select
+from stream.models._ranking import FloatArray, best_rows, grow, select
 from stream.models.base import Recommender, Scored, scored_many
 
 __all__ = ["MatrixFactorization"]
@@ -237,3 +237,43 @@ class MatrixFactorization(Recommender):
         self.river_model.u_latents.pop(user, None)
         if self._biased:
             self.river_model.u_biases.pop(user, None)
+
+    def top_k_among(
+        self,
+        user: Hashable,
+        k: int,
+        candidates: Sequence[Hashable],
+        exclude: Iterable[Hashable] = (),
+    ) -> list[Scored]:
+        """:meth:`top_k` over ``candidates`` only: the same prediction for each (one product
+        of the candidates' factors with the user's), ranked with the same tie-break (row)."""
+        if k <= 0 or not candidates:
+            return []
+        excluded = exclude if isinstance(exclude, set | frozenset | dict) else set(exclude)
+        index = self._index
+        rows = np.unique(
+            np.fromiter(
+                (index[c] for c in candidates if c in index and c not in excluded),
+                dtype=np.intp,
+            )
+        )
+        if rows.shape[0] == 0:
+            return []
+        mf = self.river_model
+        u_vec = mf.u_latents.get(user)
+        if u_vec is not None:
+            scores = self._vectors[rows] @ u_vec
+            reason = _REASON_USER
+            if self._biased:
+                scores += self._biases[rows]
+                scores += mf.global_mean.get() + mf.u_biases[user]
+        elif self._biased:
+            scores = self._biases[rows] + mf.global_mean.get()
+            reason = _REASON_BIAS
+        else:
+            return []
+        best = best_rows(scores, k)
+        items = self._items
+        return scored_many(
+            [items[r] for r in rows[best].tolist()], scores[best].tolist(), repeat(reason, len(best))
+        )

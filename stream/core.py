@@ -372,8 +372,9 @@ class Pipeline:
             top = retriever.source_ranking(name, user, excluded, ranked)
         else:
             candidates = retriever.candidates_one(user, excluded, ranked)
+            # The candidates hold no excluded item: nothing left to exclude.
             top = ranked[name] = self.models[name].top_k_among(
-                user, self._depth[name], candidates, excluded
+                user, self._depth[name], candidates
             )
         return top
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _STALE_FRACTION = 0.25
 # Scores are a dense vector over the catalogue while it holds at most this many items per
 # (history x neighbors) contribution; beyond, a compact vector over the items reached.
-_DENSE_FACTOR = 8
+_DENSE_FACTOR = 16
 # With decay, stored weights carry a growing global factor; past this they are divided back.
 _RENORMALISE_AT = 2.0**64
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence, Sized
 from itertools import repeat
 from typing import Any, Literal
 
@@ -249,14 +249,12 @@ class MatrixFactorization(Recommender):
         of the candidates' factors with the user's), ranked with the same tie-break (row)."""
         if k <= 0 or not candidates:
             return []
-        excluded = exclude if isinstance(exclude, set | frozenset | dict) else set(exclude)
         index = self._index
-        rows = np.unique(
-            np.fromiter(
-                (index[c] for c in candidates if c in index and c not in excluded),
-                dtype=np.intp,
-            )
-        )
+        rows = np.fromiter(map(index.get, candidates, repeat(-1)), dtype=np.intp)
+        if not isinstance(exclude, Sized) or len(exclude):
+            masked = np.fromiter(map(index.get, exclude, repeat(-1)), dtype=np.intp)
+            rows = rows[~np.isin(rows, masked)]
+        rows = np.unique(rows[rows >= 0])  # by row: ties break as in top_k
         if rows.shape[0] == 0:
             return []
         mf = self.river_model

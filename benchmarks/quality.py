@@ -23,8 +23,9 @@ ML-100K also HR@10 >= 0.21 and the rating model's RMSE <= 0.9479 (at ``--scale``
 ``--retrieval`` adds, per stream, the default configuration (``StreamSettings`` defaults plus
 ``--set``) run once with ``retrieval=exact`` and once with ``retrieval=candidates``: every
 default model's HR@10 in both, and whether the default recommender keeps >= 98 % of its exact
-HR@10 (issue 11's target). ``--drift`` adds the drift and false-alarm runs, ``--rating`` the ML-100K rating error
-against River (``--mf-search`` with the MF settings search); see :mod:`quality_sections`.
+HR@10 (issue 11's target). ``--drift`` adds the drift and false-alarm runs, ``--rating`` the
+ML-100K rating error against River (``--mf-search`` with the MF settings search); see
+:mod:`quality_sections`.
 Prints figures; asserts nothing.
 """
 
@@ -410,7 +411,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the false-alarm runs")
     parser.add_argument("--window", type=int, default=2_000, help="metric_window of drift runs")
     parser.add_argument(
-        "--retrieval", action="store_true",
+        "--retrieval",
+        action="store_true",
         help="the default models under STREAM_RETRIEVAL=exact and =candidates, per stream",
     )
     parser.add_argument("--rating", action="store_true", help="ML-100K rating error vs River")
@@ -504,14 +506,29 @@ def retrieval_section(
                 entry["default_ratio"], entry["ok"] = ratio, ok
                 mark = _mark(ok)
             rows.append(
-                [name, model + ("*" if model == default else ""), fmt(a), fmt(b),
-                 fmt(ratio, 3), mark]
+                [
+                    name,
+                    model + ("*" if model == default else ""),
+                    fmt(a),
+                    fmt(b),
+                    fmt(ratio, 3),
+                    mark,
+                ]
             )
         entry["events_per_second"] = {
-            "exact": exact.total_events_per_second, "candidates": cand.total_events_per_second
+            "exact": exact.total_events_per_second,
+            "candidates": cand.total_events_per_second,
         }
-        rows.append([name, "(events/s)", f"{exact.total_events_per_second:,.0f}",
-                     f"{cand.total_events_per_second:,.0f}", "", ""])
+        rows.append(
+            [
+                name,
+                "(events/s)",
+                f"{exact.total_events_per_second:,.0f}",
+                f"{cand.total_events_per_second:,.0f}",
+                "",
+                "",
+            ]
+        )
         out[name] = entry
         print(f"  ... retrieval: {name} done", flush=True)
     print_table(

@@ -294,9 +294,7 @@ class Pipeline:
         self._sample = float(getattr(config, "challenger_sample", 1.0))
         self._retriever: CandidateRetriever | None = None
         if mode == "candidates":
-            sources: dict[str, Recommender] = {
-                n: m for n, m in self.models.items() if is_source(m)
-            }
+            sources: dict[str, Recommender] = {n: m for n, m in self.models.items() if is_source(m)}
             if self.fallback not in sources.values():
                 sources["_fallback_popularity"] = self.fallback
             self._retriever = CandidateRetriever(
@@ -348,8 +346,9 @@ class Pipeline:
         k = self.config.top_k
         blend = self._fusing.get(name)
         if blend is not None:
+            # Only what the fusion reads: a component too light to count is not ranked here.
             top = blend.fuse(
-                {c: self._ranked_one(c, user, excluded, ranked) for c, _ in blend.active}, k
+                {c: self._ranked_one(c, user, excluded, ranked) for c in blend.consulted}, k
             )
         else:
             top = self._ranked_one(name, user, excluded, ranked)[:k]
@@ -373,9 +372,7 @@ class Pipeline:
         else:
             candidates = retriever.candidates_one(user, excluded, ranked)
             # The candidates hold no excluded item: nothing left to exclude.
-            top = ranked[name] = self.models[name].top_k_among(
-                user, self._depth[name], candidates
-            )
+            top = ranked[name] = self.models[name].top_k_among(user, self._depth[name], candidates)
         return top
 
     def _top_up(

@@ -132,5 +132,5 @@ class Recommender(Ranker):  # type: ignore[misc]
                     break
         return out
 
-    def forget_item(self, item: Hashable) -> None:  # noqa: B027 (a hook, empty on purpose)
+    def forget_item(self, item: Hashable) -> None:
         """Remove ``item`` from the model (the item cap); by default there is nothing to do."""

@@ -303,3 +303,8 @@ class Blend(Recommender):
             },
             k,
         )
+
+    @property
+    def consulted(self) -> list[str]:
+        """The components :meth:`fuse` reads (the active ones not too light to matter)."""
+        return [name for name, _, _ in self._consulted]

@@ -312,7 +312,7 @@ class ItemKNN(Recommender):
             positions.reshape(idx.shape),
             contrib,
             rows.tolist(),
-            typing.cast(IntArray, found),
+            found,
         )
 
     def predict_one(

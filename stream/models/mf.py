@@ -272,6 +272,7 @@ class MatrixFactorization(Recommender):
             return []
         best = best_rows(scores, k)
         items = self._items
+        picked = rows[best].tolist()
         return scored_many(
-            [items[r] for r in rows[best].tolist()], scores[best].tolist(), repeat(reason, len(best))
+            [items[r] for r in picked], scores[best].tolist(), repeat(reason, len(best))
         )

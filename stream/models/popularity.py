@@ -199,7 +199,10 @@ class Popularity(Recommender):
         return out
 
     def _beyond_head(
-        self, out: list[Scored], k: int, exclude: set[Hashable] | frozenset[Hashable] | dict[Hashable, typing.Any]
+        self,
+        out: list[Scored],
+        k: int,
+        exclude: set[Hashable] | frozenset[Hashable] | dict[Hashable, typing.Any],
     ) -> list[Scored]:
         """The rest of a top-K the head could not fill (more excluded items than the head
         spares): one sort of every count, O(catalogue), taken only in that rare case."""

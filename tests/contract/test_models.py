@@ -277,7 +277,7 @@ def test_top_k_among_the_whole_catalogue_is_top_k(name: str) -> None:
     # Two-stage recommendation (stream/retrieval.py): a model scoring only the candidates
     # ranks them as top_k does, so with every item as a candidate (in any order) it is top_k.
     model = learned(name)
-    everything = list(reversed(ITEMS)) + ["unknown"]
+    everything = [*reversed(ITEMS), "unknown"]
     for user in [*USERS[:6], "stranger"]:
         drop = {s.item for s in model.top_k(user, 2)} | {"ghost"}
         for k in (1, K, 3 * K):
@@ -287,7 +287,7 @@ def test_top_k_among_the_whole_catalogue_is_top_k(name: str) -> None:
 def test_top_k_among_keeps_the_top_k_contract(name: str) -> None:
     model = learned(name)
     before = (model.n_users, model.n_items, footprint(model))
-    some = ITEMS[::2] + ["ghost"]
+    some = [*ITEMS[::2], "ghost"]
     for user in [*USERS[:6], "stranger"]:
         deep = model.top_k_among(user, 3 * K, some, {ITEMS[0]})
         check_ranking(deep, 3 * K, {ITEMS[0]})

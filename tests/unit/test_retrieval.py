@@ -182,7 +182,7 @@ def test_challenger_sampling_is_deterministic_and_spares_the_served_model() -> N
     for _ in range(2):
         pipeline = Pipeline.from_settings(settings(challenger_sample=0.3, promotion=False))
         runs.append((pipeline, observed(pipeline, stream)))
-    (a, seen_a), (b, seen_b) = runs
+    (a, seen_a), (_, seen_b) = runs
     assert seen_a == seen_b
     served = a.served
     assert a.evaluators[served].evaluated == a.evaluated_count

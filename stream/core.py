@@ -13,7 +13,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stream.drift import DriftMonitor
@@ -76,9 +76,6 @@ PIPELINE_SETTINGS: tuple[str, ...] = (
     "drift_reaction_drop",
     "drift_reaction_cooldown",
     "drift_reaction_span",
-    "retrieval",
-    "retrieval_candidates",
-    "challenger_sample",
 )
 """Settings a :class:`Pipeline` holds on to once built (besides each model's own,
 ``MODEL_SETTINGS``); everything else (topics, rating range, cadences) is read live."""
@@ -286,6 +283,17 @@ class Pipeline:
         )
         self._setup_retrieval()
 
+    def apply_retrieval(self, settings: StreamSettings) -> None:
+        """Rank and sample as ``settings`` say from the next event on (a restore applies the
+        current STREAM_RETRIEVAL* / STREAM_CHALLENGER_SAMPLE: they change no learned state)."""
+        self.config = replace(
+            self.config,
+            retrieval=settings.retrieval,
+            retrieval_candidates=settings.retrieval_candidates,
+            challenger_sample=settings.challenger_sample,
+        )
+        self._setup_retrieval()
+
     def _setup_retrieval(self) -> None:
         """The candidate retriever (None: exact ranking) and the challenger sample, from the
         configuration (a Pipeline pickled before they existed ranks exactly, unsampled)."""
@@ -301,10 +309,16 @@ class Pipeline:
                 sources, int(getattr(config, "retrieval_candidates", 100)), self._depth
             )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The retriever only points at the models: rebuilt from the configuration on load
+        # (a checkpoint admits only the classes of state, see stream/checkpoint.py).
+        state = self.__dict__.copy()
+        state.pop("_retriever", None)
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if "_retriever" not in state:
-            self._setup_retrieval()
+        self._setup_retrieval()
 
     @property
     def served(self) -> str:

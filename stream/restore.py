@@ -302,6 +302,7 @@ def apply_settings(
     else:
         pipeline = _rebuilt(pipeline, settings, plan)
     _apply_build_schedule(pipeline, settings)
+    pipeline.apply_retrieval(settings)
     return pipeline, plan
 
 

@@ -306,7 +306,7 @@ class Pipeline:
             if self.fallback not in sources.values():
                 sources["_fallback_popularity"] = self.fallback
             self._retriever = CandidateRetriever(
-                sources, int(getattr(config, "retrieval_candidates", 100)), self._depth
+                sources, int(getattr(config, "retrieval_candidates", 100))
             )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -379,10 +379,9 @@ class Pipeline:
         if top is not None:
             return top
         retriever = self._retriever
-        if retriever is None or not isinstance(ranked, Round):
-            top = ranked[name] = self.models[name].top_k(user, self._depth[name], excluded)
-        elif name in retriever.sources and not hasattr(self.models[name], "retrieve"):
-            top = retriever.source_ranking(name, user, excluded, ranked)
+        model = self.models[name]
+        if retriever is None or not isinstance(ranked, Round) or is_source(model):
+            top = ranked[name] = model.top_k(user, self._depth[name], excluded)
         else:
             candidates = retriever.candidates_one(user, excluded, ranked)
             # The candidates hold no excluded item: nothing left to exclude.

@@ -8,23 +8,22 @@ their ``per_source`` best items:
 - the neighbours of the user's recent items: every :class:`~stream.models.knn.ItemKNN`
   (``knn``, ``sequence``), whose scores only reach the neighbour lists of those items;
 - the trending items: the popularity model's sorted head (the pipeline's own popularity
-  model, or its cold-start fallback);
-- any model with a ``retrieve(user, n, exclude)`` method (a retrieval structure of its own).
+  model, or its cold-start fallback).
 
+A source is a model whose class sets ``retrieves = True``; it contributes
+``retrieve_one(user, n, exclude)`` (the items of its ``top_k``, without scores or reasons).
 Every other model then ranks with :meth:`~stream.models.base.Recommender.top_k_among` over the
-candidates; the sources rank with their own ``top_k``, which is exact. ``STREAM_RETRIEVAL=exact``
-ranks every model over the whole catalogue instead.
+candidates; the sources rank with their own ``top_k``, as in exact ranking.
+``STREAM_RETRIEVAL=exact`` ranks every model over the whole catalogue instead.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable
 from typing import Literal
 
 from stream.models.base import Recommender, Scored
-from stream.models.knn import ItemKNN
-from stream.models.popularity import Popularity
 
 __all__ = ["CandidateRetriever", "RetrievalMode", "Round", "is_source"]
 
@@ -34,8 +33,8 @@ RetrievalMode = Literal["candidates", "exact"]
 
 
 def is_source(model: Recommender) -> bool:
-    """Whether ``model``'s own top-K is a candidate source (flat in the catalogue size)."""
-    return isinstance(model, ItemKNN | Popularity) or callable(getattr(model, "retrieve", None))
+    """Whether ``model`` feeds retrieval (its own top-K is flat in the catalogue size)."""
+    return bool(getattr(model, "retrieves", False))
 
 
 class Round(dict[str, list[Scored]]):
@@ -55,8 +54,7 @@ class CandidateRetriever:
     Parameters
     ----------
     sources
-        Name -> model asked for candidates; a model without ``retrieve`` contributes its
-        ``top_k``, kept in the round as its ranking (a deeper list begins with the shallower).
+        Name -> model asked for candidates (``retrieve_one``).
     per_source
         Items asked of each source.
 
@@ -71,43 +69,20 @@ class CandidateRetriever:
     ['c', 'a']
     """
 
-    def __init__(
-        self,
-        sources: dict[str, Recommender],
-        per_source: int,
-        depths: dict[str, int] | None = None,
-    ) -> None:
+    def __init__(self, sources: dict[str, Recommender], per_source: int) -> None:
         if per_source < 1:
             raise ValueError(f"per_source must be at least 1, got {per_source}")
         self.sources = sources
         self.per_source = per_source
-        # How deep each source is ranked: deep enough for its own use and for retrieval.
-        wanted = depths or {}
-        self._depth = {name: max(wanted.get(name, 0), per_source) for name in sources}
-
-    def source_ranking(
-        self, name: str, user: Hashable, exclude: Iterable[Hashable], round_: Round
-    ) -> list[Scored]:
-        """Source ``name``'s own top-K (deep enough for its uses), once per round."""
-        ranked = round_.get(name)
-        if ranked is None:
-            ranked = round_[name] = self.sources[name].top_k(user, self._depth[name], exclude)
-        return ranked
 
     def candidates_one(
         self, user: Hashable, exclude: Iterable[Hashable], round_: Round
     ) -> list[Hashable]:
         """At most ``len(sources) * per_source`` items for ``user``, none in ``exclude``."""
-        if round_.candidates is not None:
-            return round_.candidates
-        found: dict[Hashable, None] = {}
-        n = self.per_source
-        for name, model in self.sources.items():
-            retrieve = getattr(model, "retrieve", None)
-            if callable(retrieve):
-                items: Sequence[Hashable] = retrieve(user, n, exclude)
-            else:
-                items = [s.item for s in self.source_ranking(name, user, exclude, round_)[:n]]
-            found.update(dict.fromkeys(items))
-        round_.candidates = list(found)
+        if round_.candidates is None:
+            found: dict[Hashable, None] = {}
+            n = self.per_source
+            for model in self.sources.values():
+                found.update(dict.fromkeys(model.retrieve_one(user, n, exclude)))
+            round_.candidates = list(found)
         return round_.candidates

@@ -65,6 +65,9 @@ class Recommender(Ranker):  # type: ignore[misc]
     """
 
     predicts_ratings: typing.ClassVar[bool] = False
+    # Whether top_k costs the same at any catalogue size and may feed candidate retrieval
+    # (stream/retrieval.py): such a model is ranked with top_k in both retrieval modes.
+    retrieves: typing.ClassVar[bool] = False
 
     @abc.abstractmethod
     def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
@@ -134,3 +137,10 @@ class Recommender(Ranker):  # type: ignore[misc]
 
     def forget_item(self, item: Hashable) -> None:
         """Remove ``item`` from the model (the item cap); by default there is nothing to do."""
+
+    def retrieve_one(
+        self, user: Hashable, n: int, exclude: Iterable[Hashable] = ()
+    ) -> list[Hashable]:
+        """The items of ``top_k(user, n, exclude)`` (a retrieval source may skip the scores
+        and reasons)."""
+        return [s.item for s in self.top_k(user, n, exclude)]

@@ -96,6 +96,8 @@ class ItemKNN(Recommender):
     []
     """
 
+    retrieves = True
+
     def __init__(
         self,
         neighbors: int = 50,
@@ -353,6 +355,24 @@ class ItemKNN(Recommender):
             rows = found.rows[rows].tolist()
         items, because, hist = self._items, self._because, found.history
         return scored_many([items[r] for r in rows], values, [because[hist[b]] for b in best])
+
+    def retrieve_one(
+        self, user: Hashable, n: int, exclude: Iterable[Hashable] = ()
+    ) -> list[Hashable]:
+        """The neighbours of the user's recent items: those of ``top_k(user, n, exclude)``,
+        without the reasons."""
+        found = self._user_scores(user)
+        if found is None or n <= 0:
+            return []
+        scores = found.scores.copy()
+        if found.rows is not None:
+            scores[_positions(found.rows, self._index, exclude)] = -np.inf
+            exclude = ()
+        rows, _ = select(scores, self._index, n, exclude, positive_only=True)
+        if found.rows is not None:
+            rows = found.rows[rows].tolist()
+        items = self._items
+        return [items[r] for r in rows]
 
     def forget_user(self, user: Hashable) -> None:
         """Drop the user's history (co-occurrence counts are aggregates and stay)."""

@@ -60,6 +60,8 @@ class Popularity(Recommender):
     ['a', 'b']
     """
 
+    retrieves = True
+
     def __init__(self, half_life: float = 5_000.0, head: int = 1_000) -> None:
         super().__init__(seed=None)
         if not half_life > 0:
@@ -224,3 +226,23 @@ class Popularity(Recommender):
 
     def forget_user(self, user: Hashable) -> None:
         """Nothing to do: only aggregated counts are kept, no per-user data."""
+
+    def retrieve_one(
+        self, user: Hashable, n: int, exclude: Iterable[Hashable] = ()
+    ) -> list[Hashable]:
+        """The trending items: those of ``top_k(user, n, exclude)``, read off the head."""
+        if not isinstance(exclude, set | frozenset | dict):
+            exclude = set(exclude)
+        out: list[Hashable] = []
+        if n <= 0:
+            return out
+        for key, item in zip(self._keys, self._ranked, strict=True):
+            if key >= 0.0:
+                return out
+            if item not in exclude:
+                out.append(item)
+                if len(out) == n:
+                    return out
+        if len(self._ranked) < len(self._counts):
+            return [s.item for s in self.top_k(user, n, exclude)]
+        return out

@@ -91,6 +91,9 @@ def test_candidates_exclude_the_users_items_and_are_bounded() -> None:
     retriever = pipeline._retriever
     assert retriever is not None
     assert set(retriever.sources) == {"popularity", "knn", "sequence"}
+    knn = pipeline.models["knn"]
+    for user, seen in list(pipeline.history.items())[:20]:
+        assert knn.retrieve_one(user, 15, seen) == [s.item for s in knn.top_k(user, 15, seen)]
     for user, seen in list(pipeline.history.items())[:20]:
         found = retriever.candidates_one(user, seen, Round())
         assert len(found) <= 3 * 15 and len(set(found)) == len(found)

@@ -650,7 +650,7 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
 
 def challenger_draw(user: Hashable, item: Hashable) -> float:
     """Where an event falls in [0, 1) for the challenger sample: CRC-32 of
-    ``f"{user}\x1f{item}"`` (UTF-8) over 2**32, the same in every process and run.
+    ``f"{user}\\x1f{item}"`` (UTF-8) over 2**32, the same in every process and run.
 
     >>> challenger_draw("alice", "x") == challenger_draw("alice", "x")
     True

@@ -315,7 +315,7 @@ class StreamSettings(BaseSettings):
     """Candidates each retrieval source contributes (knn, sequence, popularity head)."""
     challenger_sample: float = Field(1.0, gt=0, le=1)
     """Share of evaluated events the challengers (every model but the served one) are
-    evaluated on: an event is in the sample when CRC-32 of "user\x1fitem" / 2**32 is below
+    evaluated on: an event is in the sample when CRC-32 of "user\\x1fitem" / 2**32 is below
     it; 1 = every event. The served model is always evaluated."""
 
     # --- Checkpoints ------------------------------------------------------------------------

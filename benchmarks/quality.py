@@ -18,11 +18,15 @@ ML-100K also HR@10 >= 0.21 and the rating model's RMSE <= 0.9479 (at ``--scale``
 
     python benchmarks/quality.py [--streams a,b] [--scale F] [--seed N] [--set NAME=VALUE ...]
                                  [--json PATH|-] [--markdown]
-                                 [--drift] [--rating] [--mf-search] [--skip-suite]
+                                 [--drift] [--rating] [--mf-search] [--retrieval] [--skip-suite]
                                  [--partitions 1,4,8]
 
-``--drift`` adds the drift and false-alarm runs, ``--rating`` the ML-100K rating error
-against River (``--mf-search`` with the MF settings search); see :mod:`quality_sections`.
+``--retrieval`` adds, per stream, the default configuration (``StreamSettings`` defaults plus
+``--set``) run once with ``retrieval=exact`` and once with ``retrieval=candidates``: every
+default model's HR@10 in both, and whether the default recommender keeps >= 98 % of its exact
+HR@10 (issue 11's target). ``--drift`` adds the drift and false-alarm runs, ``--rating`` the
+ML-100K rating error against River (``--mf-search`` with the MF settings search); see
+:mod:`quality_sections`.
 Prints figures; asserts nothing.
 """
 
@@ -407,6 +411,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--drift-events", type=int, default=50_000, help="events of drift runs")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the false-alarm runs")
     parser.add_argument("--window", type=int, default=2_000, help="metric_window of drift runs")
+    parser.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="the default models under STREAM_RETRIEVAL=exact and =candidates, per stream",
+    )
     parser.add_argument("--rating", action="store_true", help="ML-100K rating error vs River")
     parser.add_argument("--mf-search", action="store_true", help="with --rating: MF search")
     parser.add_argument(
@@ -463,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         report["partitions"] = partitions_section(
             names, ns.seed, ns.scale, overrides, ns.partitions
         )
+    if ns.retrieval:
+        report["retrieval"] = retrieval_section(names, ns.seed, ns.scale, overrides)
     if ns.drift:
         report.update(_drift_sections(ns, overrides))
     if ns.rating or ns.mf_search:
@@ -472,6 +483,72 @@ def main(argv: list[str] | None = None) -> int:
     if ns.json:
         write_json(ns.json, report)
     return 0
+
+
+# --- exact ranking vs candidate retrieval (issue 11) ----------------------------------------
+
+RETRIEVAL_TARGET = 0.98  # candidates keep at least this share of the exact HR@10
+
+
+def retrieval_section(
+    names: list[str], seed: int, scale: float, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Per stream: the default models' HR@10 and events/s under each retrieval mode."""
+    out: dict[str, Any] = {}
+    rows: list[list[str]] = []
+    for name in names:
+        events = STREAMS[name].events(seed, scale)
+        per_mode: dict[str, EvaluationResult] = {}
+        for mode in ("exact", "candidates"):
+            settings = StreamSettings(
+                _env_file=None, **{"rebuild_background": False, **overrides, "retrieval": mode}
+            )
+            per_mode[mode] = evaluate(events, settings)
+        exact, cand = per_mode["exact"], per_mode["candidates"]
+        default = StreamSettings(_env_file=None, **overrides).recommender
+        entry: dict[str, Any] = {"models": {}}
+        for model in exact.models:
+            a = exact.models[model].hit_rate
+            b = cand.models[model].hit_rate
+            entry["models"][model] = {"exact": a, "candidates": b}
+            ratio = b / a if a and b is not None else None
+            mark = ""
+            if model == default:
+                ok = ratio is not None and ratio >= RETRIEVAL_TARGET
+                entry["default_ratio"], entry["ok"] = ratio, ok
+                mark = _mark(ok)
+            rows.append(
+                [
+                    name,
+                    model + ("*" if model == default else ""),
+                    fmt(a),
+                    fmt(b),
+                    fmt(ratio, 3),
+                    mark,
+                ]
+            )
+        entry["events_per_second"] = {
+            "exact": exact.total_events_per_second,
+            "candidates": cand.total_events_per_second,
+        }
+        rows.append(
+            [
+                name,
+                "(events/s)",
+                f"{exact.total_events_per_second:,.0f}",
+                f"{cand.total_events_per_second:,.0f}",
+                "",
+                "",
+            ]
+        )
+        out[name] = entry
+        print(f"  ... retrieval: {name} done", flush=True)
+    print_table(
+        ["stream", "model", "HR@10 exact", "HR@10 candidates", "cand/exact", ">= 0.98"],
+        rows,
+        title=f"Exact ranking vs candidate retrieval (default models, scale {scale})",
+    )
+    return out
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import hashlib
 import logging
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stream.drift import DriftMonitor
@@ -33,6 +34,7 @@ from stream.models import MODEL_SETTINGS, Blend, Recommender, Scored, build_mode
 from stream.models.blend import DEPTH
 from stream.models.popularity import Popularity
 from stream.retention import Retention
+from stream.retrieval import CandidateRetriever, RetrievalMode, Round, is_source
 from stream.settings import StreamSettings
 from stream.updates import ModelUpdates, PromotionSettings, ReactionSettings
 
@@ -42,6 +44,7 @@ __all__ = [
     "PipelineConfig",
     "StepResult",
     "built_with",
+    "challenger_draw",
     "merge_metrics",
     "merge_model_metrics",
     "user_digest",
@@ -128,6 +131,10 @@ class PipelineConfig:
     drift_reaction_drop: float = 0.40
     drift_reaction_cooldown: int = 10_000
     drift_reaction_span: int = 5_000
+    # Two-stage recommendation and sampled challengers (issue 11).
+    retrieval: RetrievalMode = "candidates"
+    retrieval_candidates: int = 100
+    challenger_sample: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> PipelineConfig:
@@ -155,6 +162,9 @@ class PipelineConfig:
             drift_reaction_drop=settings.drift_reaction_drop,
             drift_reaction_cooldown=settings.drift_reaction_cooldown,
             drift_reaction_span=settings.drift_reaction_span,
+            retrieval=settings.retrieval,
+            retrieval_candidates=settings.retrieval_candidates,
+            challenger_sample=settings.challenger_sample,
         )
 
     def promotion_settings(self) -> PromotionSettings:
@@ -279,6 +289,46 @@ class Pipeline:
         )
         # Users expire and items are evicted under the memory limits (off until configured).
         self.retention = Retention()
+        self._setup_retrieval()
+
+    def apply_retrieval(self, settings: StreamSettings) -> None:
+        """Rank and sample as ``settings`` say from the next event on (a restore applies the
+        current STREAM_RETRIEVAL* / STREAM_CHALLENGER_SAMPLE: they change no learned state)."""
+        self.config = replace(
+            self.config,
+            retrieval=settings.retrieval,
+            retrieval_candidates=settings.retrieval_candidates,
+            challenger_sample=settings.challenger_sample,
+        )
+        self._setup_retrieval()
+
+    def _setup_retrieval(self) -> None:
+        """The candidate retriever (None: exact ranking) and the challenger sample, from the
+        configuration (a Pipeline pickled before they existed ranks exactly, unsampled)."""
+        config = self.config
+        mode = getattr(config, "retrieval", "exact")
+        self._sample = float(getattr(config, "challenger_sample", 1.0))
+        self._retriever: CandidateRetriever | None = None
+        if mode == "candidates":
+            sources: dict[str, Recommender] = {n: m for n, m in self.models.items() if is_source(m)}
+            if self.fallback not in sources.values():
+                sources["_fallback_popularity"] = self.fallback
+            self._retriever = CandidateRetriever(
+                sources, int(getattr(config, "retrieval_candidates", 100))
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The retriever only points at the models: rebuilt from the configuration on load
+        # (a checkpoint admits only the classes of state, see stream/checkpoint.py).
+        state = self.__dict__.copy()
+        state.pop("_retriever", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "retention" not in state:  # a checkpoint from before the memory limits
+            self.retention = Retention()
+        self._setup_retrieval()
 
     @property
     def served(self) -> str:
@@ -304,6 +354,8 @@ class Pipeline:
     def serve(self, name: str, user: Hashable, exclude: Iterable[Hashable]) -> list[Scored]:
         """Model ``name``'s top-K for ``user``, topped up from popularity when it runs short."""
         excluded = exclude if isinstance(exclude, dict | set | frozenset) else set(exclude)
+        if self._retriever is not None:
+            return self._served_one(name, user, excluded, Round())
         return self._top_up(
             name, user, self.models[name].top_k(user, self.config.top_k, excluded), excluded
         )
@@ -312,15 +364,16 @@ class Pipeline:
         self,
         name: str,
         user: Hashable,
-        excluded: dict[Hashable, None],
+        excluded: dict[Hashable, None] | set[Hashable] | frozenset[Hashable],
         ranked: dict[str, list[Scored]],
     ) -> list[Scored]:
         """:meth:`serve` within one event: ``ranked`` holds the models ranked so far."""
         k = self.config.top_k
         blend = self._fusing.get(name)
         if blend is not None:
+            # Only what the fusion reads: a component too light to count is not ranked here.
             top = blend.fuse(
-                {c: self._ranked_one(c, user, excluded, ranked) for c, _ in blend.active}, k
+                {c: self._ranked_one(c, user, excluded, ranked) for c in blend.consulted}, k
             )
         else:
             top = self._ranked_one(name, user, excluded, ranked)[:k]
@@ -330,12 +383,20 @@ class Pipeline:
         self,
         name: str,
         user: Hashable,
-        excluded: dict[Hashable, None],
+        excluded: dict[Hashable, None] | set[Hashable] | frozenset[Hashable],
         ranked: dict[str, list[Scored]],
     ) -> list[Scored]:
         top = ranked.get(name)
-        if top is None:
-            top = ranked[name] = self.models[name].top_k(user, self._depth[name], excluded)
+        if top is not None:
+            return top
+        retriever = self._retriever
+        model = self.models[name]
+        if retriever is None or not isinstance(ranked, Round) or is_source(model):
+            top = ranked[name] = model.top_k(user, self._depth[name], excluded)
+        else:
+            candidates = retriever.candidates_one(user, excluded, ranked)
+            # The candidates hold no excluded item: nothing left to exclude.
+            top = ranked[name] = self.models[name].top_k_among(user, self._depth[name], candidates)
         return top
 
     def _top_up(
@@ -374,8 +435,12 @@ class Pipeline:
             self.evaluated_count += 1
         clock = time.perf_counter
         lo, hi = self.config.rating_min, self.config.rating_max
-        ranked: dict[str, list[Scored]] = {}
+        ranked: dict[str, list[Scored]] = Round()
+        served_name = self.updates.served
+        challengers = self._sample >= 1.0 or self.sampled_one(user, item)
         for name, model in self.models.items():
+            if not challengers and name != served_name:
+                continue  # a challenger outside the sample: not evaluated on this event
             evaluator = self.evaluators[name]
             if evaluated:
                 started = clock()
@@ -399,7 +464,10 @@ class Pipeline:
             for name, blend in self._fusing.items():
                 if blend.learning_rate:
                     started = clock()
-                    blend.observe_one({c: ranked[c] for c, _ in blend.active}, item)
+                    blend.observe_one(
+                        {c: self._ranked_one(c, user, excluded, ranked) for c, _ in blend.active},
+                        item,
+                    )
                     self.model_seconds[name] += clock() - started
 
         x = {
@@ -474,6 +542,12 @@ class Pipeline:
         self.retention.discard_user(user)
         # Logs outlive the erasure: they get a pseudonym, never the id itself.
         logger.info("forgot a user (id sha256 %s)", user_digest(user))
+
+    def sampled_one(self, user: Hashable, item: Hashable) -> bool:
+        """Whether the challengers are evaluated on the event of ``user`` with ``item``:
+        always with ``challenger_sample`` 1, else when :func:`challenger_draw` falls below it
+        (the served model is evaluated on every event whatever this says)."""
+        return self._sample >= 1.0 or challenger_draw(user, item) < self._sample
 
     # --- whole streams and summaries ----------------------------------------------------
 
@@ -557,12 +631,6 @@ class Pipeline:
         for evaluator in self.evaluators.values():
             evaluator.served -= gone
         logger.debug("evicted %d items (cap)", len(items))
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # A checkpoint from before the memory limits: nothing tracked yet.
-        self.__dict__.update(state)
-        if "retention" not in state:
-            self.retention = Retention()
 
 
 def user_digest(user: Hashable) -> str:
@@ -650,3 +718,16 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     for c in counts:
         total.update(c)
     return dict(total)
+
+
+def challenger_draw(user: Hashable, item: Hashable) -> float:
+    """Where an event falls in [0, 1) for the challenger sample: CRC-32 of
+    ``f"{user}\\x1f{item}"`` (UTF-8) over 2**32, the same in every process and run.
+
+    >>> challenger_draw("alice", "x") == challenger_draw("alice", "x")
+    True
+    >>> 0.0 <= challenger_draw("alice", "x") < 1.0
+    True
+    """
+    key = f"{user}\x1f{item}".encode("utf-8", "surrogatepass")
+    return zlib.crc32(key) / 4_294_967_296.0

@@ -303,6 +303,7 @@ def apply_settings(
         pipeline = _rebuilt(pipeline, settings, plan)
     _apply_build_schedule(pipeline, settings)
     pipeline.bound_memory(settings)  # the memory limits are read live, like the schedule
+    pipeline.apply_retrieval(settings)
     return pipeline, plan
 
 

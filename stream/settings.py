@@ -337,6 +337,17 @@ class StreamSettings(BaseSettings):
     )
     model_updates_topic: str = Field("model-updates", min_length=1)
     """Topic of the item-state deltas the worker's shards share (one partition)."""
+    # --- Two-stage recommendation and sampled challengers (issue 11) ----------------------
+    retrieval: Literal["candidates", "exact"] = "candidates"
+    """candidates: models score only the union of the items the cheap sources retrieve (the
+    neighbours of the user's recent items, the trending items); exact: every model ranks the
+    whole catalogue (cost grows with it)."""
+    retrieval_candidates: int = Field(100, ge=1, le=100_000)
+    """Candidates each retrieval source contributes (knn, sequence, popularity head)."""
+    challenger_sample: float = Field(1.0, gt=0, le=1)
+    """Share of evaluated events the challengers (every model but the served one) are
+    evaluated on: an event is in the sample when CRC-32 of "user\\x1fitem" / 2**32 is below
+    it; 1 = every event. The served model is always evaluated."""
 
     # --- Checkpoints ------------------------------------------------------------------------
     checkpoint_dir: Path | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import typing
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 from river.reco.base import Ranker
@@ -65,6 +65,9 @@ class Recommender(Ranker):  # type: ignore[misc]
     """
 
     predicts_ratings: typing.ClassVar[bool] = False
+    # Whether top_k costs the same at any catalogue size and may feed candidate retrieval
+    # (stream/retrieval.py): such a model is ranked with top_k in both retrieval modes.
+    retrieves: typing.ClassVar[bool] = False
 
     @abc.abstractmethod
     def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
@@ -116,6 +119,43 @@ class Recommender(Ranker):  # type: ignore[misc]
         seen = set(ranked)
         # Items the model does not know keep their (arbitrary but stable) order at the end.
         return ranked + sorted((i for i in items if i not in seen), key=str)
+
+    def top_k_among(
+        self,
+        user: Hashable,
+        k: int,
+        candidates: Sequence[Hashable],
+        exclude: Iterable[Hashable] = (),
+    ) -> list[Scored]:
+        """The ``k`` best of ``candidates`` for ``user`` not in ``exclude``, best first.
+
+        The second stage of two-stage recommendation (:mod:`stream.retrieval`): the same
+        scores and order as :meth:`top_k`, restricted to ``candidates`` (so with every known
+        item as a candidate it equals :meth:`top_k`, and a deeper list begins with the
+        shallower one). This default ranks the whole catalogue and filters it, which is exact
+        but not cheaper than :meth:`top_k`; the models served by default (popularity, knn,
+        sequence, biased_mf / funk_mf, blend) score only the candidates instead.
+        """
+        if k <= 0 or not candidates:
+            return []
+        excluded = exclude if isinstance(exclude, set | frozenset | dict) else set(exclude)
+        wanted = {c for c in candidates if c not in excluded}
+        out: list[Scored] = []
+        if not wanted:
+            return out
+        for scored in self.top_k(user, self.n_items, excluded):
+            if scored.item in wanted:
+                out.append(scored)
+                if len(out) == k:
+                    break
+        return out
+
+    def retrieve_one(
+        self, user: Hashable, n: int, exclude: Iterable[Hashable] = ()
+    ) -> list[Hashable]:
+        """The items of ``top_k(user, n, exclude)`` (a retrieval source may skip the scores
+        and reasons)."""
+        return [s.item for s in self.top_k(user, n, exclude)]
 
 
 def delta_item(item: typing.Any) -> Hashable:

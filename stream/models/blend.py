@@ -290,3 +290,30 @@ class Blend(Recommender):
         items = list(items)
         for component in self.components.values():
             component.forget_items(items)
+
+    def top_k_among(
+        self,
+        user: Hashable,
+        k: int,
+        candidates: typing.Sequence[Hashable],
+        exclude: Iterable[Hashable] = (),
+    ) -> list[Scored]:
+        """:meth:`top_k` with every component ranked over ``candidates`` only (a blend over
+        the pipeline's own models fuses the rankings the pipeline made instead)."""
+        if k <= 0:
+            return []
+        if not isinstance(exclude, set | frozenset | dict):
+            exclude = set(exclude)
+        depth = DEPTH * k
+        return self.fuse(
+            {
+                name: c.top_k_among(user, depth, candidates, exclude)
+                for name, c, _ in self._consulted
+            },
+            k,
+        )
+
+    @property
+    def consulted(self) -> list[str]:
+        """The components :meth:`fuse` reads (the active ones not too light to matter)."""
+        return [name for name, _, _ in self._consulted]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import typing
 from collections.abc import Hashable, Iterable
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 # A neighbour list is recomputed once the modifications of its item's co-occurrence row since
 # the last computation reach this fraction of the row's size (bounded staleness, see ItemKNN).
 _STALE_FRACTION = 0.25
+# Scores are a dense vector over the catalogue while it holds at most this many items per
+# (history x neighbors) contribution; beyond, a compact vector over the items reached.
+_DENSE_FACTOR = 16
 # With decay, stored weights carry a growing global factor; past this they are divided back.
 _RENORMALISE_AT = 2.0**64
 
@@ -102,6 +106,8 @@ class ItemKNN(Recommender):
     # Changes to share with other shards since the last :meth:`item_delta`, or None while
     # no delta is asked for; class-level so older pickles read None.
     _item_sync: _KnnChanges | None = None
+
+    retrieves = True
 
     def __init__(
         self,
@@ -321,8 +327,22 @@ class ItemKNN(Recommender):
         # (history x neighbors): row h holds history item h's neighbours / contributions.
         idx = self._nbr_rows[rows]
         contrib = self._nbr_sims[rows] * weights[:, None]
-        scores = np.bincount(idx.ravel(), weights=contrib.ravel(), minlength=len(self._items))
-        return _Scores(typing.cast(FloatArray, scores), idx, contrib, rows.tolist())
+        n = len(self._items)
+        if n <= _DENSE_FACTOR * idx.size:
+            scores = np.bincount(idx.ravel(), weights=contrib.ravel(), minlength=n)
+            return _Scores(typing.cast(FloatArray, scores), idx, contrib, rows.tolist(), None)
+        # A catalogue much larger than the neighbourhoods: score only the items they hold
+        # (sorted rows, so ties break by row as in the dense vector; the same sums in the
+        # same order), which keeps the cost flat in the catalogue size.
+        found, positions = np.unique(idx.ravel(), return_inverse=True)
+        scores = np.bincount(positions, weights=contrib.ravel(), minlength=found.shape[0])
+        return _Scores(
+            typing.cast(FloatArray, scores),
+            positions.reshape(idx.shape),
+            contrib,
+            rows.tolist(),
+            found,
+        )
 
     def predict_one(
         self, user: Hashable, item: Hashable, x: dict[str, typing.Any] | None = None
@@ -332,25 +352,54 @@ class ItemKNN(Recommender):
         found = self._user_scores(user) if row is not None else None
         if found is None or row is None:
             return 0.0
-        return float(found.scores[row])
+        if found.rows is None:
+            return float(found.scores[row])
+        at = int(np.searchsorted(found.rows, row))
+        hit = at < found.rows.shape[0] and int(found.rows[at]) == row
+        return float(found.scores[at]) if hit else 0.0
 
     def top_k(self, user: Hashable, k: int, exclude: Iterable[Hashable] = ()) -> list[Scored]:
         found = self._user_scores(user)
         if found is None or k <= 0:
             return []
-        rows, values = select(found.scores.copy(), self._index, k, exclude, positive_only=True)
+        scores = found.scores.copy()
+        if found.rows is not None:
+            # Exclusions by row, vectorised: rows the compact vector does not hold score 0.
+            scores[_positions(found.rows, self._index, exclude)] = -np.inf
+            exclude = ()
+        rows, values = select(scores, self._index, k, exclude, positive_only=True)
         if not rows:
             return []
         # The history item contributing most to each result: a (results x history) table
         # of the contributions, plus a last row where all the other candidates land.
-        at = np.full(len(self._items), len(rows), dtype=np.intp)
+        at = np.full(found.scores.shape[0], len(rows), dtype=np.intp)
         at[rows] = np.arange(len(rows))
         table = np.zeros((len(rows) + 1, len(found.history)))
         # Padding lands in the cell (own row, own column): no real contribution goes there.
         table[at[found.idx], np.arange(len(found.history))[:, None]] = found.contrib
         best = table[:-1].argmax(axis=1).tolist()
+        if found.rows is not None:
+            rows = found.rows[rows].tolist()
         items, because, hist = self._items, self._because, found.history
         return scored_many([items[r] for r in rows], values, [because[hist[b]] for b in best])
+
+    def retrieve_one(
+        self, user: Hashable, n: int, exclude: Iterable[Hashable] = ()
+    ) -> list[Hashable]:
+        """The neighbours of the user's recent items: those of ``top_k(user, n, exclude)``,
+        without the reasons."""
+        found = self._user_scores(user)
+        if found is None or n <= 0:
+            return []
+        scores = found.scores.copy()
+        if found.rows is not None:
+            scores[_positions(found.rows, self._index, exclude)] = -np.inf
+            exclude = ()
+        rows, _ = select(scores, self._index, n, exclude, positive_only=True)
+        if found.rows is not None:
+            rows = found.rows[rows].tolist()
+        items = self._items
+        return [items[r] for r in rows]
 
     def forget_user(self, user: Hashable) -> None:
         """Drop the user's history (co-occurrence counts are aggregates and stay)."""
@@ -501,7 +550,16 @@ class _KnnChanges:
 class _Scores(NamedTuple):
     """A user's score vector and where it came from (for the reasons)."""
 
-    scores: FloatArray
-    idx: IntArray  # (history x neighbors): the candidate row of each contribution
+    scores: FloatArray  # per item row, or per entry of ``rows`` when that is set
+    idx: IntArray  # (history x neighbors): the position in ``scores`` of each contribution
     contrib: FloatArray  # (history x neighbors): the contributions (0 for padding)
     history: list[int]  # the user's recent item rows
+    rows: IntArray | None  # the item row of each score (sorted), None: scores are per row
+
+
+def _positions(rows: IntArray, index: dict[Hashable, int], items: Iterable[Hashable]) -> IntArray:
+    """Where ``items`` are in the sorted ``rows`` (those not there are left out)."""
+    wanted = np.fromiter(map(index.get, items, repeat(-1)), dtype=np.intp)
+    at = np.minimum(np.searchsorted(rows, wanted), max(rows.shape[0] - 1, 0))
+    found: IntArray = at[(rows[at] == wanted) & (wanted >= 0)]
+    return found

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence, Sized
 from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
 from river import optim, reco
 
-from stream.models._ranking import FloatArray, grow, select
+from stream.models._ranking import FloatArray, best_rows, grow, select
 from stream.models.base import Recommender, Scored, delta_item, delta_value, scored_many
 
 __all__ = ["MatrixFactorization"]
@@ -336,6 +336,45 @@ class MatrixFactorization(Recommender):
                 mf.global_mean.update(total / weight, weight)
                 n0, sum0 = self._sync_mean
                 self._sync_mean = (n0 + weight, sum0 + total)
+
+    def top_k_among(
+        self,
+        user: Hashable,
+        k: int,
+        candidates: Sequence[Hashable],
+        exclude: Iterable[Hashable] = (),
+    ) -> list[Scored]:
+        """:meth:`top_k` over ``candidates`` only: the same prediction for each (one product
+        of the candidates' factors with the user's), ranked with the same tie-break (row)."""
+        if k <= 0 or not candidates:
+            return []
+        index = self._index
+        rows = np.fromiter(map(index.get, candidates, repeat(-1)), dtype=np.intp)
+        if not isinstance(exclude, Sized) or len(exclude):
+            masked = np.fromiter(map(index.get, exclude, repeat(-1)), dtype=np.intp)
+            rows = rows[~np.isin(rows, masked)]
+        rows = np.unique(rows[rows >= 0])  # by row: ties break as in top_k
+        if rows.shape[0] == 0:
+            return []
+        mf = self.river_model
+        u_vec = mf.u_latents.get(user)
+        if u_vec is not None:
+            scores = self._vectors[rows] @ u_vec
+            reason = _REASON_USER
+            if self._biased:
+                scores += self._biases[rows]
+                scores += mf.global_mean.get() + mf.u_biases[user]
+        elif self._biased:
+            scores = self._biases[rows] + mf.global_mean.get()
+            reason = _REASON_BIAS
+        else:
+            return []
+        best = best_rows(scores, k)
+        items = self._items
+        picked = rows[best].tolist()
+        return scored_many(
+            [items[r] for r in picked], scores[best].tolist(), repeat(reason, len(best))
+        )
 
 
 def _mean_state(mean: Any) -> tuple[float, float]:

@@ -308,3 +308,30 @@ def test_forget_items_is_forget_item_of_each(name: str) -> None:
         one.forget_item(item)
     many.forget_items(ITEMS[:3])
     assert snapshot(one) == snapshot(many)
+
+
+def test_top_k_among_the_whole_catalogue_is_top_k(name: str) -> None:
+    # Two-stage recommendation (stream/retrieval.py): a model scoring only the candidates
+    # ranks them as top_k does, so with every item as a candidate (in any order) it is top_k.
+    model = learned(name)
+    everything = [*reversed(ITEMS), "unknown"]
+    for user in [*USERS[:6], "stranger"]:
+        drop = {s.item for s in model.top_k(user, 2)} | {"ghost"}
+        for k in (1, K, 3 * K):
+            assert model.top_k_among(user, k, everything, drop) == model.top_k(user, k, drop)
+
+
+def test_top_k_among_keeps_the_top_k_contract(name: str) -> None:
+    model = learned(name)
+    before = (model.n_users, model.n_items, footprint(model))
+    some = [*ITEMS[::2], "ghost"]
+    for user in [*USERS[:6], "stranger"]:
+        deep = model.top_k_among(user, 3 * K, some, {ITEMS[0]})
+        check_ranking(deep, 3 * K, {ITEMS[0]})
+        assert {s.item for s in deep} <= set(some)
+        shallow = model.top_k_among(user, K, some, {ITEMS[0]})
+        if name not in FUSED:
+            assert shallow == deep[:K]
+        assert model.top_k_among(user, K, []) == []
+        assert model.top_k_among(user, 0, some) == []
+    assert (model.n_users, model.n_items, footprint(model)) == before

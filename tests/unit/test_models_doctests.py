@@ -19,6 +19,7 @@ MODULES = [
     "stream.models.ease",
     "stream.models.userknn",
     "stream.models.registry",
+    "stream.retrieval",
 ]
 
 

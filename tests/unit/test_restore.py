@@ -303,3 +303,17 @@ def test_how_a_restored_full_model_builds_follows_the_current_settings() -> None
     assert isinstance(model, RebuiltRecommender)
     assert (model.background, model.nice) == (True, 5)
     assert not plan.refused
+
+
+def test_retrieval_and_challenger_sample_follow_the_current_settings_on_restore(
+    tmp_path: Path,
+) -> None:
+    # They change no learned state: applied to the restored pipeline as they are now.
+    restored = checkpointed(tmp_path, settings(), events(300))
+    assert restored._retriever is not None and restored._sample == 1.0
+    changed = settings(retrieval="exact", challenger_sample=0.5)
+    pipeline, plan = apply_settings(restored, changed)
+    assert pipeline is restored and plan.changes == []
+    assert pipeline._retriever is None and pipeline._sample == 0.5
+    back, _ = apply_settings(pipeline, settings(retrieval_candidates=7))
+    assert back._retriever is not None and back._retriever.per_source == 7

@@ -289,7 +289,7 @@ class Popularity(Recommender):
     def known_items(self) -> list[Hashable]:
         """Every item the model counts, the most popular now first (one sort, O(catalogue))."""
         counts = self._counts
-        head = {item: None for item in self._ranked}
+        head = {item: None for item in self._ranked if item in counts}
         rest = sorted((i for i in counts if i not in head), key=lambda i: -counts[i])
         return [*head, *rest]
 

@@ -90,13 +90,13 @@ def test_candidates_exclude_the_users_items_and_are_bounded() -> None:
     observed(pipeline, events(1_500))
     retriever = pipeline._retriever
     assert retriever is not None
-    assert set(retriever.sources) == {"popularity", "knn", "sequence"}
+    assert set(retriever.sources) == {"popularity", "knn", "knn_classic", "sequence"}
     knn = pipeline.models["knn"]
     for user, seen in list(pipeline.history.items())[:20]:
         assert knn.retrieve_one(user, 15, seen) == [s.item for s in knn.top_k(user, 15, seen)]
     for user, seen in list(pipeline.history.items())[:20]:
         found = retriever.candidates_one(user, seen, Round())
-        assert len(found) <= 3 * 15 and len(set(found)) == len(found)
+        assert len(found) <= 4 * 15 and len(set(found)) == len(found)
         assert not set(found) & set(seen)
 
 

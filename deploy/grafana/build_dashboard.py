@@ -399,6 +399,20 @@ def _panels() -> list[dict[str, Any]]:
             "short",
             draw="bars",
         ),
+        _timeseries(
+            "Users expired, items evicted",
+            "The memory limits at work (per second): users forgotten by STREAM_USER_TTL_SECONDS "
+            "(ttl) or STREAM_MAX_USERS (cap), items evicted past STREAM_MAX_ITEMS. 0 with the "
+            "limits off.",
+            [
+                (
+                    "sum by (reason) (" + _rate("stream_users_expired_total") + ")",
+                    "users expired ({{reason}})",
+                ),
+                (f"sum({_rate('stream_items_evicted_total')})", "items evicted"),
+            ],
+            "cps",
+        ),
         _row("Model sync"),
         _timeseries(
             "Sync lag",

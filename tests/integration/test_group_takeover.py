@@ -75,6 +75,11 @@ def test_the_survivor_takes_over_from_the_stopped_workers_checkpoint(
         checkpoint_every_seconds=3_600.0,
         checkpoint_dir=tmp_path / "checkpoints",
         checkpoint_key="takeover-test-key",
+        # The loop writes its own checkpoints here, so they land every 53 events and B is
+        # reliably stopped past one: a forked writer defers a checkpoint due while a child
+        # still writes, which on a loaded machine can leave B's newest checkpoint at its last
+        # event (the fork path's SIGKILL proof is tests/integration/test_checkpoint_fork.py).
+        checkpoint_mode="inline",
     )
     topic = settings.events_topic
     ensure_topics(settings, {topic: PARTITIONS, settings.recommendations_topic: 1}, timeout_s=30)

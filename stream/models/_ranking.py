@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FloatArray", "IntArray", "best_rows", "grow", "select"]
+__all__ = ["FloatArray", "IntArray", "best_rows", "grow", "remove_row", "select"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -34,6 +34,29 @@ def grow(array: npt.NDArray[Any], needed: int) -> npt.NDArray[Any]:
     bigger = np.zeros((new_capacity, *array.shape[1:]), dtype=array.dtype)
     bigger[:capacity] = array
     return bigger
+
+
+def remove_row(
+    index: dict[Hashable, int],
+    items: list[Hashable],
+    item: Hashable,
+    arrays: Iterable[npt.NDArray[Any]],
+) -> None:
+    """Remove ``item``'s row: the last row moves into it, so the rows stay dense (for models
+    where nothing else refers to rows). An unknown item is ignored."""
+    row = index.pop(item, None)
+    if row is None:
+        return
+    last = len(items) - 1
+    moved = items.pop()
+    arrays = list(arrays)
+    if row != last:
+        items[row] = moved
+        index[moved] = row
+        for array in arrays:
+            array[row] = array[last]
+    for array in arrays:
+        array[last] = 0
 
 
 def _sorted_best(scores: FloatArray, rows: IntArray, m: int) -> IntArray:

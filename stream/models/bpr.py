@@ -10,7 +10,7 @@ from itertools import repeat
 
 import numpy as np
 
-from stream.models._ranking import FloatArray, grow, select
+from stream.models._ranking import FloatArray, grow, remove_row, select
 from stream.models.base import Recommender, Scored, scored_many
 
 __all__ = ["BPR"]
@@ -183,13 +183,4 @@ class BPR(Recommender):
         """Drop the items' factors and biases; the last row moves into a freed one (the
         arrays stay dense: nothing else refers to rows)."""
         for item in items:
-            row = self._index.pop(item, None)
-            if row is None:
-                continue
-            last = len(self._items) - 1
-            moved = self._items.pop()
-            if row != last:
-                self._items[row] = moved
-                self._index[moved] = row
-                self._q[row], self._b[row] = self._q[last], self._b[last]
-            self._q[last], self._b[last] = 0.0, 0.0
+            remove_row(self._index, self._items, item, (self._q, self._b))

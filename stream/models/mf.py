@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from river import optim, reco
 
-from stream.models._ranking import FloatArray, best_rows, grow, select
+from stream.models._ranking import FloatArray, best_rows, grow, remove_row, select
 from stream.models.base import Recommender, Scored, delta_item, delta_value, scored_many
 
 __all__ = ["MatrixFactorization"]
@@ -265,20 +265,8 @@ class MatrixFactorization(Recommender):
             mf.i_latents.pop(item, None)
             if self._biased:
                 mf.i_biases.pop(item, None)
-            row = self._index.pop(item, None)
-            if row is None:
-                continue
-            last = len(self._items) - 1
-            moved = self._items.pop()
-            if row != last:
-                self._items[row] = moved
-                self._index[moved] = row
-                self._vectors[row] = self._vectors[last]
-                if self._biased:
-                    self._biases[row] = self._biases[last]
-            self._vectors[last] = 0.0
-            if self._biased:
-                self._biases[last] = 0.0
+            arrays = (self._vectors, self._biases) if self._biased else (self._vectors,)
+            remove_row(self._index, self._items, item, arrays)
 
     # --- sharing item state across shards (stream.sync) ---------------------------------
 

@@ -200,7 +200,8 @@ def settings_table() -> str:
             shown = json.dumps(default)
         else:
             shown = "" if default is None else str(default)
-        meaning = (field.description or "").replace("|", "\\|")
+        # One table row per setting: a docstring's line breaks would end the row (and the table).
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
         rows.append(f"| `STREAM_{name.upper()}` | `{shown}` | {meaning} |")
     return "\n".join(rows)
 

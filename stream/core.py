@@ -68,6 +68,8 @@ PIPELINE_SETTINGS: tuple[str, ...] = (
     "drift_detector",
     "drift_delta",
     "drift_min_events",
+    "drift_direction",
+    "drift_min_change",
     "popularity_half_life",  # the cold-start fallback's, even without a popularity model
     "seed",
     "promotion",
@@ -121,6 +123,8 @@ class PipelineConfig:
     drift_detector: str = "adwin"
     drift_delta: float = 0.002
     drift_min_events: int = 500
+    drift_direction: str = "worse"
+    drift_min_change: float = 0.4
     popularity_half_life: float = 5_000.0
     seed: int = 42
     promotion: bool = True
@@ -152,6 +156,8 @@ class PipelineConfig:
             drift_detector=settings.drift_detector,
             drift_delta=settings.drift_delta,
             drift_min_events=settings.drift_min_events,
+            drift_direction=settings.drift_direction,
+            drift_min_change=settings.drift_min_change,
             popularity_half_life=settings.popularity_half_life,
             seed=settings.seed,
             promotion=settings.promotion,
@@ -269,7 +275,12 @@ class Pipeline:
                     self._depth[c] = max(self._depth[c], DEPTH * k)
         self.evaluators = {name: ModelEvaluator(config.metric_window) for name in models}
         self.drift = DriftMonitor(
-            config.drift_detector, config.drift_delta, config.drift_min_events, config.seed
+            config.drift_detector,
+            config.drift_delta,
+            config.drift_min_events,
+            config.seed,
+            direction=config.drift_direction,
+            min_change=config.drift_min_change,
         )
         # Per user, the items they interacted with, most recent last (dict = ordered set).
         self.history: dict[Hashable, dict[Hashable, None]] = {}

@@ -348,6 +348,16 @@ class DriftRecord(BaseModel):
     source_offset: int | None = None
     timestamp: float = Field(description="Event time of the event where drift was detected.")
     detected_at: float = Field(default_factory=time.time)
+    before: float | None = Field(
+        None, description="Mean of the metric (miss rate or abs error) before the change."
+    )
+    after: float | None = Field(None, description="Mean of the metric after the change.")
+    direction: Literal["worse", "better"] | None = Field(
+        None, description="worse: the miss rate or error went up."
+    )
+    detected_event: int | None = Field(
+        None, description="Event where the detector fired (the report waits for evidence)."
+    )
 
 
 class PromotionRecord(BaseModel):

@@ -65,6 +65,8 @@ _APPLIED_NOTES: dict[str, str] = {
     "drift_detector": "drift detectors restart",
     "drift_delta": "drift detectors restart",
     "drift_min_events": "applies to the running detectors",
+    "drift_direction": "applies to the running detectors",
+    "drift_min_change": "applies to the running detectors",
     "blend": "blend re-weighted; its accuracy restarts",
     "blend_learning_rate": "the blend's weights learn at the new rate from the next event",
     "blend_half_life": "the blend's weights forget at the new rate from the next event",
@@ -382,6 +384,7 @@ def _rebuilt(old: Pipeline, settings: StreamSettings, plan: RestorePlan) -> Pipe
         return pipeline  # fresh detectors (the new Pipeline's)
     drift = old.drift
     drift.min_events = settings.drift_min_events
+    drift.configure(settings.drift_direction, settings.drift_min_change)
     drift.forget_models({n for n in old.models if n not in carried or n not in pipeline.models})
     pipeline.drift = drift
     return pipeline

@@ -290,6 +290,13 @@ class StreamSettings(BaseSettings):
     """River drift detector: adwin, page_hinkley or kswin."""
     drift_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN delta / sensitivity.")
     drift_min_events: int = Field(500, ge=0, description="No drift is reported before this many.")
+    drift_direction: Literal["worse", "both"] = "worse"
+    """Which detections are reported: worse (the miss rate or rating error went up) or both
+    (improvements too). A detector tests for any change; an accuracy that improves is no alarm."""
+    drift_min_change: float = Field(0.4, ge=0, lt=1)
+    """A detection is reported only once the events after it show (99 % confidence) that the
+    level moved by at least this share of what it was (hit rate for miss, mean error for
+    abs_error): 0.4 = the hit rate fell by 40 %. 0 with direction both: every detection."""
 
     # --- Model updates: champion / challenger, drift reaction --------------------------------
     promotion: bool = True

@@ -215,8 +215,14 @@ def _drifting_log(path: Path) -> Path:
 
 
 def test_evaluate_summarises_drift_instead_of_one_warning_per_detection(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Every detection reported (no filter), so that there are many to summarise.
+    monkeypatch.setenv("STREAM_DRIFT_DIRECTION", "both")
+    monkeypatch.setenv("STREAM_DRIFT_MIN_CHANGE", "0")
     log = _drifting_log(tmp_path / "drift.jsonl")
     caplog.set_level(logging.INFO)
     report = tmp_path / "report"

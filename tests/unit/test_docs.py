@@ -23,6 +23,12 @@ def test_readme_settings_table_is_current() -> None:
     assert table == settings_table(), "run: python -m stream settings --markdown (paste in README)"
 
 
+def test_every_setting_is_one_row_of_the_table() -> None:
+    rows = settings_table().splitlines()
+    assert len(rows) == len(StreamSettings.model_fields) + 2  # header and rule
+    assert all(r.startswith("| ") and r.endswith(" |") for r in rows[2:])
+
+
 def test_every_setting_is_documented() -> None:
     for name, field in StreamSettings.model_fields.items():
         assert field.description, f"STREAM_{name.upper()} has no description"

@@ -73,3 +73,80 @@ def test_min_events_suppresses_early_reports() -> None:
 def test_unknown_detector_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown drift detector"):
         make_detector("oracle", 0.1)
+
+
+def _feed(monitor: DriftMonitor, rates: list[tuple[int, float]], seed: int = 3) -> list:
+    """Feed Bernoulli misses: ``rates`` = [(events, miss probability), ...] in turn."""
+    rng = random.Random(seed)
+    found, n = [], 0
+    for events, p_miss in rates:
+        for _ in range(events):
+            n += 1
+            found += monitor.update_one("m", "miss", float(rng.random() < p_miss), n, None, 0.0)
+    return found
+
+
+def test_an_improvement_is_no_alarm_unless_both_directions_are_asked_for() -> None:
+    rates = [(3000, 0.9), (3000, 0.2)]  # the hit rate rises from 0.1 to 0.8
+    assert _feed(DriftMonitor("adwin", 0.002, direction="worse"), rates) == []
+    both = _feed(DriftMonitor("adwin", 0.002, direction="both"), rates)
+    assert both and both[0].direction == "better" and both[0].event > 3000
+
+
+def test_a_small_significant_change_is_held_back_by_min_change() -> None:
+    rates = [(5000, 0.60), (5000, 0.70)]  # hit rate 0.40 -> 0.30: a 25 % fall
+    assert _feed(DriftMonitor("adwin", 0.002, min_change=0.0), rates)  # the detector sees it
+    monitor = DriftMonitor("adwin", 0.002, min_change=0.4)
+    assert _feed(monitor, rates) == []
+    assert monitor.suppressed >= 1
+
+
+def test_a_large_fall_is_reported_with_its_levels_after_evidence() -> None:
+    monitor = DriftMonitor("adwin", 0.002, min_events=500, min_change=0.4)
+    found = _feed(monitor, [(5000, 0.6), (3000, 0.98)])  # hit rate 0.40 -> 0.02
+    assert len(found) == 1, found
+    d = found[0]
+    assert 5000 < d.detected_event < d.event < 5000 + 1000
+    assert d.event - d.detected_event >= 100  # evidence gathered after the detector fired
+    assert d.direction == "worse"
+    assert d.before == pytest.approx(0.6, abs=0.05) and d.after == pytest.approx(0.98, abs=0.03)
+
+
+def test_one_session_of_misses_in_a_stationary_stream_is_no_alarm() -> None:
+    # Hits are not independent: one user's 80 misses in a row (a cold user's session) make
+    # ADWIN fire; the next hundred events show the level did not move.
+    rates = [(4000, 0.6), (80, 1.0), (4000, 0.6)]
+    assert _feed(DriftMonitor("adwin", 0.002, min_events=500, direction="both"), rates)
+    assert _feed(DriftMonitor("adwin", 0.002, min_events=500, min_change=0.4), rates) == []
+
+
+def test_rating_error_rise_is_reported_on_its_own_scale() -> None:
+    rng = random.Random(4)
+    monitor = DriftMonitor("adwin", 0.002, min_change=0.4)
+    found = []
+    for i in range(6000):
+        error = abs(rng.gauss(0.0, 0.8 if i < 3000 else 2.0))  # mean |e| 0.64 -> 1.6
+        found += monitor.update_one("mf", "abs_error", error, i + 1, None, 0.0)
+    assert found and found[0].direction == "worse" and found[0].after > 2 * found[0].before
+
+
+def test_bad_filter_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        DriftMonitor("adwin", 0.002, direction="up")
+    with pytest.raises(ValueError, match="min_change"):
+        DriftMonitor("adwin", 0.002, min_change=1.5)
+
+
+def test_a_monitor_from_an_older_checkpoint_reports_as_it_did_then_configure_applies() -> None:
+    import pickle
+
+    monitor = DriftMonitor("adwin", 0.002)
+    state = monitor.__dict__.copy()
+    for name in ("direction", "min_change", "_levels", "_pending", "suppressed"):
+        del state[name]
+    old = DriftMonitor.__new__(DriftMonitor)
+    old.__setstate__(state)
+    assert (old.direction, old.min_change) == ("both", 0.0)
+    old = pickle.loads(pickle.dumps(old))
+    old.configure("worse", 0.4)
+    assert (old.direction, old.min_change) == ("worse", 0.4)

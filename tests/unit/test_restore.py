@@ -317,3 +317,17 @@ def test_retrieval_and_challenger_sample_follow_the_current_settings_on_restore(
     assert pipeline._retriever is None and pipeline._sample == 0.5
     back, _ = apply_settings(pipeline, settings(retrieval_candidates=7))
     assert back._retriever is not None and back._retriever.per_source == 7
+
+
+def test_drift_report_filters_take_effect_and_follow_the_current_settings_on_restore(
+    tmp_path: Path,
+) -> None:
+    built = Pipeline.from_settings(settings(drift_direction="both", drift_min_change=0.0))
+    assert (built.drift.direction, built.drift.min_change) == ("both", 0.0)
+    restored = checkpointed(tmp_path, settings(), events(300))
+    detectors = restored.drift._detectors
+    assert detectors and restored.drift.direction == "worse"
+    pipeline, plan = apply_settings(restored, settings(drift_min_change=0.1))
+    assert [c.name for c in plan.applied] == ["drift_min_change"] and not plan.refused
+    assert pipeline.drift.min_change == 0.1
+    assert pipeline.drift._detectors is detectors  # the running detectors are kept

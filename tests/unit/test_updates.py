@@ -301,9 +301,14 @@ def test_the_pipeline_reacts_to_drift_on_the_served_model_only() -> None:
     assert reactions[0].model == "knn" and 6_000 < reactions[0].event < 7_000
     assert reactions[0].recent < 0.75 * reactions[0].before
     assert any("knn: half-life" in a for a in reactions[0].actions)
-    # Detections on the served model outnumber the reactions: the others lacked evidence.
+    # What is reported on the served model is the drift, not the noise before it.
     served_detections = [d for r in results for d in r.drifts if d.model == "knn"]
-    assert len(served_detections) > len(reactions)
+    assert served_detections and all(d.detected_event > 6_000 for d in served_detections)
+    # Unfiltered, the detector fires more often than the reaction does: it asks for evidence.
+    raw = s.model_copy(update={"drift_direction": "both", "drift_min_change": 0.0})
+    raw_results = list(Pipeline.from_settings(raw).run(events))
+    raw_detections = [d for r in raw_results for d in r.drifts if d.model == "knn"]
+    assert len(raw_detections) > len([x for r in raw_results for x in r.reactions]) >= 1
     off = Pipeline.from_settings(s.model_copy(update={"drift_reaction": False}))
     assert [x for r in off.run(events) for x in r.reactions] == []
 

@@ -461,14 +461,20 @@ class Pipeline:
                 outcome = rank_outcome(served, item)
                 evaluator.update_rank(outcome)
                 drifts += self.drift.update_one(
-                    name, "miss", 1.0 - outcome.hit, self.run_count, source, event.timestamp
+                    name, "miss", 1.0 - outcome.hit, self.run_count, source, event.timestamp, user
                 )
             if event.event_type == "rating" and model.predicts_ratings:
                 # A rating outside the valid scale is never the better guess: clip to it.
                 y_pred = min(max(float(model.predict_one(user, item)), lo), hi)
                 evaluator.update_rating(y, y_pred)
                 drifts += self.drift.update_one(
-                    name, "abs_error", abs(y - y_pred), self.run_count, source, event.timestamp
+                    name,
+                    "abs_error",
+                    abs(y - y_pred),
+                    self.run_count,
+                    source,
+                    event.timestamp,
+                    user,
                 )
 
         if evaluated:

@@ -17,14 +17,16 @@ events on an e-commerce log with no injected drift). What is *reported* is there
 With a filter on, a detection is a *candidate*. The level before the change is taken when the
 detector fires (ADWIN drops the part of its window before its cut: the mean of that part; other
 detectors: an exponential moving average of the stream, half-life 1,000 values). The values
-that follow are the evidence: the candidate is reported once, after at least ``MIN_EVIDENCE``
-(100) of them, the change they show passes the filters at 99 % confidence (a Wilson bound of
-the hit rate for ``miss``, a normal bound of the mean for ``abs_error``), and dropped if it has
-not within ``MAX_EVIDENCE`` (1,000) values; a newer detection replaces it. A hundred values,
-not a handful, because hits are not independent: one user's session of fifty misses in a row
-is no change of tastes. The report thus comes a little after the detector fired
-(``detected_event`` says when), and it carries both levels (``before``, ``after``): an
-operator reads "the miss rate rose from 0.58 to 0.95", not only "drift". With
+that follow are the evidence, each user giving at most ``PER_USER`` (5) of them: the
+candidate is reported once, with at least ``MIN_EVIDENCE`` (100) values (so from 20 users or
+more), the change they show passes the filters at 99 % confidence (a Wilson bound of the hit
+rate for ``miss``, a normal bound of the mean for ``abs_error``); it is dropped if that has not
+happened within ``MAX_EVIDENCE`` (1,000) values, and a newer detection replaces it. Hits are
+not independent: one user's session of a hundred misses in a row is no change of tastes, and
+every false alarm left on MovieLens-100K without the per-user cap was one, two or three users'
+sessions. The report thus comes a little after
+the detector fired (``detected_event`` says when), and it carries both levels (``before``,
+``after``): an operator reads "the miss rate rose from 0.58 to 0.95", not only "drift". With
 ``direction="both"`` and ``min_change=0`` every detection is reported at once, as it fires.
 """
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from river import drift
@@ -44,7 +46,8 @@ __all__ = ["DETECTORS", "DIRECTIONS", "DriftMonitor", "drift_counts", "make_dete
 DIRECTIONS = ("worse", "both")
 _SLOW = 2.0 ** (-1.0 / 1_000)  # EWMA keep factor of the level before a change (non-ADWIN)
 MIN_EVIDENCE = 100  # values after a detection before the level after it is judged
-MAX_EVIDENCE = 1_000  # ... and after which a candidate without evidence is dropped
+PER_USER = 5  # ... of which one user gives at most this many (when the caller names users)
+MAX_EVIDENCE = 1_000  # values after which a candidate without evidence is dropped
 Z = 2.326  # one-sided 99 %
 
 DETECTORS: dict[str, Callable[[float, int], Any]] = {
@@ -120,6 +123,8 @@ class DriftMonitor:
         self._levels: dict[tuple[str, str], float] = {}  # EWMA of the stream (non-ADWIN)
         # Candidates awaiting evidence: key -> [detected event, before, sum, count, sum of squares].
         self._pending: dict[tuple[str, str], list[float]] = {}
+        # Values each user gave to a candidate's evidence (at most MAX_EVIDENCE users).
+        self._pending_users: dict[tuple[str, str], dict[Hashable, int]] = {}
         self.detections: list[DriftRecord] = []
         self.suppressed = 0
 
@@ -130,6 +135,7 @@ class DriftMonitor:
         self.__dict__.setdefault("min_change", 0.0)
         self.__dict__.setdefault("_levels", {})
         self.__dict__.setdefault("_pending", {})
+        self.__dict__.setdefault("_pending_users", {})
         self.__dict__.setdefault("suppressed", 0)
 
     def configure(self, direction: str, min_change: float) -> None:
@@ -153,8 +159,10 @@ class DriftMonitor:
         event_index: int,
         source: Source | None,
         timestamp: float,
+        user: Hashable | None = None,
     ) -> list[DriftRecord]:
-        """Feed one value; returns the detections it triggered (zero or one)."""
+        """Feed one value; returns the detections it reported (zero or one). ``user``, whose
+        event the value measures, lets the evidence after a detection span enough users."""
         key = (model, metric)
         detector = self._detectors.get(key)
         if detector is None:
@@ -171,7 +179,7 @@ class DriftMonitor:
             pending = self._pending.get(key)
             if pending is None:
                 return []
-            return self._confirm(key, pending, value, event_index, source, timestamp)
+            return self._confirm(key, pending, value, event_index, source, timestamp, user)
         if adwin:
             # The window before this value plus it, minus what ADWIN kept = the part it cut.
             kept = detector.width
@@ -189,10 +197,12 @@ class DriftMonitor:
         # A newer detection replaces a candidate still waiting; a change for the better is
         # no candidate when only worse ones are reported.
         self._pending.pop(key, None)
+        self._pending_users.pop(key, None)
         if self.direction == "worse" and adwin and after <= before:
             self.suppressed += 1
             return []
-        self._pending[key] = [float(event_index), before, 0.0, 0.0, 0.0]
+        self._pending[key] = [float(event_index), before, 0.0, 0.0, 0.0, 0.0]
+        self._pending_users[key] = {}
         return []
 
     def _confirm(
@@ -203,7 +213,19 @@ class DriftMonitor:
         event_index: int,
         source: Source | None,
         timestamp: float,
+        user: Hashable | None,
     ) -> list[DriftRecord]:
+        # pending: [detected event, level before, sum, count, sum of squares, values seen]
+        pending[5] += 1
+        if pending[5] > MAX_EVIDENCE:
+            self._drop(key)
+            return []
+        if user is not None:  # each user's first PER_USER values count, no more
+            counts = self._pending_users.setdefault(key, {})
+            taken = counts.get(user, 0)
+            if taken >= PER_USER:
+                return []
+            counts[user] = taken + 1
         pending[2] += value
         pending[3] += 1
         pending[4] += value * value
@@ -212,13 +234,16 @@ class DriftMonitor:
             return []
         before, after = pending[1], pending[2] / n
         if not self._significant(key[1], before, after, pending[4] / n - after * after, n):
-            if n >= MAX_EVIDENCE:
-                del self._pending[key]
-                self.suppressed += 1
             return []
         del self._pending[key]
+        self._pending_users.pop(key, None)
         detected = int(pending[0])
         return [self._record(*key, event_index, detected, before, after, source, timestamp)]
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        del self._pending[key]
+        self._pending_users.pop(key, None)
+        self.suppressed += 1
 
     def _significant(self, metric: str, before: float, after: float, var: float, n: float) -> bool:
         """Whether the values since the detection show, at 99 % confidence, a change that

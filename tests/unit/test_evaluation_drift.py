@@ -150,3 +150,21 @@ def test_a_monitor_from_an_older_checkpoint_reports_as_it_did_then_configure_app
     old = pickle.loads(pickle.dumps(old))
     old.configure("worse", 0.4)
     assert (old.direction, old.min_change) == ("worse", 0.4)
+
+
+def test_a_fall_confined_to_a_few_users_is_no_alarm_a_fall_across_many_is() -> None:
+    # 300 misses in a row: ADWIN fires either way; reported only if they span >= 20 users.
+    def run(session_users: int) -> list:
+        rng = random.Random(8)
+        monitor = DriftMonitor("adwin", 0.002, min_events=500, min_change=0.4)
+        found, n = [], 0
+        for phase, p_miss in ((4000, 0.6), (300, 1.0), (4000, 0.6)):
+            for i in range(phase):
+                n += 1
+                user = f"s{i % session_users}" if p_miss == 1.0 else f"u{rng.randrange(500)}"
+                miss = float(rng.random() < p_miss)
+                found += monitor.update_one("m", "miss", miss, n, None, 0.0, user)
+        return found
+
+    assert run(3) == []
+    assert len(run(40)) == 1

@@ -165,6 +165,13 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
             ],
         )
     )
+    if getattr(ns, "process_entry", False):  # never from main([...]) inside another program
+        from stream.checkpoint import CheckpointStore
+        from stream.hugepages import reexec_with_huge_pages
+
+        CheckpointStore.from_settings(settings)  # a bad checkpoint setting fails before the exec
+        forks = settings.checkpoint_dir is not None and settings.checkpoint_mode != "inline"
+        reexec_with_huge_pages(settings.huge_pages == "auto" and forks)
     worker = Worker(settings)
     worker.install_signal_handlers()
     summary = worker.run(max_events=ns.max_events, idle_timeout=ns.idle_timeout)
@@ -239,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     ns = _build_parser().parse_args(argv)
+    ns.process_entry = argv is None  # the program itself, not main([...]) from other code
     try:
         level = parse_log_level(ns.log_level, os.environ)
     except ValueError as exc:

@@ -379,6 +379,13 @@ class StreamSettings(BaseSettings):
         "offsets are committed once it succeeded), inline (the loop), auto (fork where the "
         "platform has fork(), else inline).",
     )
+    huge_pages: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: a worker that forks its checkpoints re-executes itself once with its "
+        "heap on transparent huge pages (PYTHONMALLOC=malloc, glibc.malloc.hugetlb=1), so a "
+        "fork pauses the loop for milliseconds, not ~50 ms per GiB; skipped, with a log line, "
+        "where the kernel or C library cannot. off: never.",
+    )
 
     # --- Bounded memory (issue 11): users expire, items are capped ------------------------
     user_ttl_seconds: float | None = Field(

@@ -7,6 +7,7 @@ answers, and the quick-start ``demo`` command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -266,3 +267,51 @@ def test_the_first_unreachable_warning_names_the_wait_setting(
     warning = next(line for line in proc.stderr.splitlines() if "WARNING" in line)
     assert f"Kafka broker at {closed} unreachable" in warning
     assert "for up to 8s (STREAM_BROKER_WAIT_SECONDS)" in warning
+
+
+@pytest.mark.parametrize("huge_pages", ["auto", "off"])
+def test_a_worker_that_forks_checkpoints_runs_its_heap_on_huge_pages(
+    kafka_bootstrap: str,
+    kafka_settings: Callable[..., StreamSettings],
+    tmp_path: Path,
+    huge_pages: str,
+) -> None:
+    from stream.hugepages import huge_pages_env, thp_mode
+
+    if huge_pages == "auto" and huge_pages_env({}, thp_mode(), (2, 36))[0] is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI machines have transparent huge pages (madvise): this must run")
+        pytest.skip("no transparent huge pages on this kernel")
+    s = kafka_settings()
+    values, keys = records(400, seed=4)
+    ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
+    produce(kafka_bootstrap, s.events_topic, values, keys)
+    env = env_for(
+        s,
+        STREAM_CHECKPOINT_DIR=str(tmp_path / "ckpt"),
+        STREAM_CHECKPOINT_KEY="k" * 32,
+        STREAM_CHECKPOINT_EVERY_EVENTS="100",
+        STREAM_HUGE_PAGES=huge_pages,
+    )
+    cmd = [sys.executable, "-m", "stream", "worker", "--idle-timeout", "3"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen_env = ""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # the same PID after the re-exec: execve keeps it
+            seen_env = (Path("/proc") / str(proc.pid) / "environ").read_text(errors="replace")
+        if "STREAM_HUGE_PAGES_ACTIVE=1" in seen_env:
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3_000:]
+    assert "consumed 400, processed 400" in err
+    assert list((tmp_path / "ckpt").rglob("*.ckpt")), "no checkpoint was written"
+    if huge_pages == "auto":
+        assert "STREAM_HUGE_PAGES_ACTIVE=1" in seen_env
+        assert "heap on transparent huge pages" in err
+    else:
+        assert "STREAM_HUGE_PAGES_ACTIVE" not in seen_env
+        assert "huge pages" not in err

@@ -285,7 +285,14 @@ def test_evaluate_shows_progress_on_a_terminal_and_is_quiet_otherwise(tmp_path: 
 
 @pytest.mark.parametrize(
     "name",
-    ["stream.cli_help", "stream.drift", "stream.evaluate", "stream.log_sampler", "stream.worker"],
+    [
+        "stream.cli_help",
+        "stream.drift",
+        "stream.evaluate",
+        "stream.hugepages",
+        "stream.log_sampler",
+        "stream.worker",
+    ],
 )
 def test_docstring_examples(name: str) -> None:
     import doctest

@@ -131,3 +131,19 @@ def test_blend_rejects_an_unknown_fusion_and_restores_old_pickles_as_rank_fusion
     old = Blend.__new__(Blend)
     old.__setstate__(state)  # a blend pickled before the learned fusion existed
     assert old.fusion == "rrf" and old._learned is None and old.learns_online
+
+
+def test_the_setting_builds_a_learned_blend_and_a_wrong_value_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stream.models import build_models
+    from stream.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("STREAM_BLEND_FUSION", "learned")
+    monkeypatch.setenv("STREAM_BLEND_FUSION_RATE", "0.2")
+    blend = build_models(load_settings())["blend"]
+    assert isinstance(blend, Blend) and blend._learned is not None
+    assert blend._learned.learning_rate == 0.2 and blend.learns_online
+    monkeypatch.setenv("STREAM_BLEND_FUSION", "stacked")
+    with pytest.raises(SettingsError, match="BLEND_FUSION"):
+        load_settings()

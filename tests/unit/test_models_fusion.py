@@ -147,3 +147,19 @@ def test_the_setting_builds_a_learned_blend_and_a_wrong_value_is_refused(
     monkeypatch.setenv("STREAM_BLEND_FUSION", "stacked")
     with pytest.raises(SettingsError, match="BLEND_FUSION"):
         load_settings()
+
+
+def test_a_restore_keeps_the_learned_coefficients_at_the_new_rate_or_starts_afresh() -> None:
+    from stream.models import Popularity
+
+    components = {"p": Popularity(), "q": Popularity()}
+    old = Blend(components, {"p": 1.0, "q": 1.0}, fusion="learned", fusion_rate=0.1)
+    assert old._learned is not None
+    old._learned.coef[0, 1] = 0.7  # as if learned
+    kept = Blend(components, {"p": 1.0, "q": 1.0}, fusion="learned", fusion_rate=0.3)
+    kept.carry_weights(old)
+    assert kept._learned is not None and kept._learned.coef[0, 1] == 0.7
+    assert kept._learned.learning_rate == 0.3 and old._learned.learning_rate == 0.1
+    switched = Blend(components, {"p": 1.0, "q": 1.0}, fusion="learned")
+    switched.carry_weights(Blend(components, {"p": 1.0, "q": 1.0}, learning_rate=10.0))
+    assert switched._learned is not None and switched._learned.coef[0, 1] == 0.0

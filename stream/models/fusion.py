@@ -49,7 +49,8 @@ class LearnedFusion:
     priors
         One non-negative prior weight per component, in fusion order.
     depth
-        The depth of the lists fused (deeper ranks get their table when first needed).
+        The depth of the lists fused (a deeper list gets its deeper ranks' shares computed
+        for that call).
     learning_rate
         Step size of the gradient ascent.
 
@@ -98,16 +99,16 @@ class LearnedFusion:
         """Item -> ``[score, best contribution, reason of the best contributor, lists]``
         over the first ``depth`` items of each ranking (one per component, in fusion order);
         an item without a reason takes its best contributor's name from ``names``."""
-        if depth > self._depth:
-            self._depth = depth
-            self._refresh()
+        tables = self.tables
+        if depth > self._depth:  # a deeper list than learned on (predict_one): this call only
+            tables = (_basis(depth) @ self.coef[:, :3].T).T.tolist()
         fused: dict[Hashable, list[typing.Any]] = {}
         labels = names if names is not None else [None] * len(rankings)
         for m, (ranking, name) in enumerate(zip(rankings, labels, strict=True)):
             head = ranking[:depth]
             if not head:
                 continue
-            shares = self.tables[m][: len(head)]
+            shares = tables[m][: len(head)]
             weight = self._score_weights[m]
             if weight:
                 scores = [scored.score for scored in head]
@@ -149,10 +150,10 @@ class LearnedFusion:
         norm = 1.0 / sum(weights)
         prob = dict(zip(fused, [w * norm for w in weights], strict=True))
         depth = max((len(ranking) for ranking in rankings), default=0)
-        if depth > self._depth:
-            self._depth = depth
-            self._refresh()
         dcg, reciprocal = self._dcg, self._reciprocal
+        if depth > self._depth:
+            basis = _basis(depth)
+            dcg, reciprocal = basis[:, 0].tolist(), basis[:, 2].tolist()
         grad: list[list[float]] = []
         for ranking in rankings:
             if not ranking:

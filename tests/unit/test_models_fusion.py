@@ -163,3 +163,13 @@ def test_a_restore_keeps_the_learned_coefficients_at_the_new_rate_or_starts_afre
     switched = Blend(components, {"p": 1.0, "q": 1.0}, fusion="learned")
     switched.carry_weights(Blend(components, {"p": 1.0, "q": 1.0}, learning_rate=10.0))
     assert switched._learned is not None and switched._learned.coef[0, 1] == 0.0
+
+
+def test_a_deeper_list_than_learned_on_is_fused_without_growing_the_tables() -> None:
+    fusion = LearnedFusion([1.0, 1.0], depth=2, learning_rate=0.1)
+    deep = [Scored(f"i{r}", float(-r)) for r in range(50)]
+    ranked = fusion.fused([deep, deep[:2]], 50)
+    assert len(ranked) == 50 and ranked["i49"][0] == pytest.approx(1 / np.log2(51))
+    assert len(fusion.tables[0]) == 2  # what a predict_one over the catalogue leaves behind
+    assert fusion.update_one([deep, deep[:2]], ranked, "i30")
+    assert len(fusion.tables[0]) == 2

@@ -479,7 +479,7 @@ class Pipeline:
 
         if evaluated:
             for name, blend in self._fusing.items():
-                if blend.learning_rate:
+                if blend.learns_online:
                     started = clock()
                     blend.observe_one(
                         {c: self._ranked_one(c, user, excluded, ranked) for c, _ in blend.active},

@@ -70,6 +70,8 @@ _APPLIED_NOTES: dict[str, str] = {
     "blend": "blend re-weighted; its accuracy restarts",
     "blend_learning_rate": "the blend's weights learn at the new rate from the next event",
     "blend_half_life": "the blend's weights forget at the new rate from the next event",
+    "blend_fusion": "the blend fuses that way from the next event (a learned fusion starts afresh)",
+    "blend_fusion_rate": "the learned fusion steps at the new rate from the next event",
     "seed": "seeds the models built from now on",
     "promotion": "the promotion policy follows it from the next event",
     "promotion_metric": "the promotion policy follows it from the next event",

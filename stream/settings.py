@@ -282,6 +282,14 @@ class StreamSettings(BaseSettings):
     gains weighs prior * exp(-rate * (1 - s)); 0 = the fixed STREAM_BLEND weights."""
     blend_half_life: float = Field(500.0, gt=0)
     """Evaluated events after which an outcome counts half in the blend's weights."""
+    # Learned fusion (issue 10): how the blend combines its components' rankings
+    blend_fusion: Literal["rrf", "learned"] = "rrf"
+    """How the blend fuses its components' top lists: rrf (reciprocal-rank fusion under the
+    online Hedge weights) or learned (a linear model over each component's rank of an item,
+    learned online from every evaluated event by a softmax step towards the consumed item)."""
+    blend_fusion_rate: float = Field(0.05, ge=0, le=10)
+    """Step size of the learned fusion (STREAM_BLEND_FUSION=learned); 0 keeps it at the
+    STREAM_BLEND priors."""
 
     # --- Evaluation / drift ---------------------------------------------------------------
     metric_window: int = Field(1_000, ge=10, le=10_000_000)

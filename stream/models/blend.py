@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import typing
 from collections.abc import Hashable, Iterable
 
 from stream.models.base import Recommender, Scored, scored_many
+from stream.models.fusion import LearnedFusion
 
 __all__ = ["Blend"]
 
@@ -52,6 +54,13 @@ class Blend(Recommender):
     k
         The K the components' outcomes are scored at (and, for a blend that learns its own
         components, the depth it ranks them at to learn).
+    fusion
+        ``"rrf"``: weighted reciprocal-rank fusion (the weights above); ``"learned"``: a
+        linear model over each component's rank of an item, learned online from each
+        evaluated event (:class:`~stream.models.fusion.LearnedFusion`; the Hedge weights
+        are then not used, the priors only start it).
+    fusion_rate
+        Step size of the learned fusion.
 
     With online weights a stand-alone blend learns from its components' rankings without any
     exclusions (it knows no user history); inside a pipeline the blend over the pipeline's
@@ -78,6 +87,8 @@ class Blend(Recommender):
         learning_rate: float = 0.0,
         half_life: float = 500.0,
         k: int = 10,
+        fusion: str = "rrf",
+        fusion_rate: float = 0.05,
     ) -> None:
         super().__init__(seed=None)
         unknown = [name for name in weights if name not in components]
@@ -87,6 +98,8 @@ class Blend(Recommender):
             raise ValueError(f"rank_constant must be >= 0, got {rank_constant}")
         if not (learning_rate >= 0 and half_life > 0 and k >= 1):
             raise ValueError("learning_rate must be >= 0, half_life > 0 and k >= 1")
+        if fusion not in ("rrf", "learned") or not fusion_rate >= 0:
+            raise ValueError(f"fusion must be rrf or learned (got {fusion!r}), fusion_rate >= 0")
         self.components = components
         self.weights = weights
         self.learns_components = learns_components
@@ -94,22 +107,40 @@ class Blend(Recommender):
         self.learning_rate = learning_rate
         self.half_life = half_life
         self.k = k
+        self.fusion = fusion
+        self.fusion_rate = fusion_rate
         self._keep = 2.0 ** (-1.0 / half_life)
         self._active = [
             (n, c, float(weights[n])) for n, c in components.items() if weights.get(n, 0.0) > 0
         ]
+        self._learned: LearnedFusion | None = None
+        if fusion == "learned":
+            self._learned = LearnedFusion([w for _, _, w in self._active], DEPTH * k, fusion_rate)
+        self._last: tuple[int, list[typing.Sequence[Scored]], dict[Hashable, typing.Any]] | None
+        self._last = None  # the learned fusion's last candidates (what observe_one learns on)
         self._gains = [0.0] * len(self._active)  # decayed prequential gains, per active component
         self.updates = 0  # outcomes the weights learned from
         self._consulted = self._heavy()
 
     def _heavy(self) -> list[tuple[str, Recommender, float]]:
+        if self.fusion == "learned":  # fuses every active component
+            return list(self._active)
         top = max((weight for _, _, weight in self._active), default=0.0)
         return [entry for entry in self._active if entry[2] >= MIN_SHARE * top]
 
     def __setstate__(self, state: dict[str, typing.Any]) -> None:
         # Blends pickled before online weights existed (older checkpoints) learn from now on.
         self.__dict__.update(state)
-        defaults = {"learning_rate": 0.0, "half_life": 500.0, "k": 10, "updates": 0}
+        defaults = {
+            "learning_rate": 0.0,
+            "half_life": 500.0,
+            "k": 10,
+            "updates": 0,
+            "fusion": "rrf",
+            "fusion_rate": 0.05,
+            "_learned": None,
+            "_last": None,
+        }
         for name, value in defaults.items():
             self.__dict__.setdefault(name, value)
         self.__dict__.setdefault("_keep", 2.0 ** (-1.0 / self.half_life))
@@ -136,6 +167,8 @@ class Blend(Recommender):
             "learning_rate": self.learning_rate,
             "half_life": self.half_life,
             "k": self.k,
+            "fusion": self.fusion,
+            "fusion_rate": self.fusion_rate,
         }
         params.update(new_params or {})
         return Blend(**params)
@@ -156,7 +189,7 @@ class Blend(Recommender):
         x: dict[str, typing.Any] | None = None,
     ) -> None:
         if self.learns_components:
-            if self.learning_rate:
+            if self.learns_online:
                 depth = DEPTH * self.k
                 self.observe_one({n: c.top_k(user, depth) for n, c, _ in self._active}, item)
             for component in self.components.values():
@@ -176,6 +209,9 @@ class Blend(Recommender):
         self._gains = list(other._gains)
         self.updates = other.updates
         self._consulted = self._heavy()
+        if self._learned is not None and other._learned is not None:
+            self._learned = copy.deepcopy(other._learned)
+            self._learned.learning_rate = self.fusion_rate
 
     @property
     def current_weights(self) -> dict[str, float]:
@@ -197,7 +233,13 @@ class Blend(Recommender):
         taken relative to the leader's, so the same rate works whether hit rates are 0.5 or
         0.005: a component with half the leader's gains weighs ``exp(-learning_rate / 2)`` of
         its prior; equal components keep their prior ratio.
+
+        A learned fusion (``fusion="learned"``) learns its linear model instead
+        (:meth:`LearnedFusion.update_one`).
         """
+        if self._learned is not None:
+            self._observe_learned(rankings, item)
+            return
         if not self.learning_rate or not self._active:
             return
         k = self.k
@@ -230,6 +272,8 @@ class Blend(Recommender):
         self, rankings: typing.Mapping[str, typing.Sequence[Scored]], depth: int
     ) -> dict[Hashable, list[typing.Any]]:
         # item -> [total, best contribution, reason of the best contributor]
+        if self._learned is not None:
+            return self._fused_learned(rankings, depth)
         fused: dict[Hashable, list[typing.Any]] = {}
         constant = self.rank_constant
         for name, _, weight in self._consulted:
@@ -279,6 +323,7 @@ class Blend(Recommender):
         )
 
     def forget_user(self, user: Hashable) -> None:
+        self._last = None
         for component in self.components.values():
             component.forget_user(user)
 
@@ -288,6 +333,7 @@ class Blend(Recommender):
     def forget_items(self, items: Iterable[Hashable]) -> None:
         """Forwarded to the components (a blend keeps nothing per item itself)."""
         items = list(items)
+        self._last = None  # it may list them
         for component in self.components.values():
             component.forget_items(items)
 
@@ -317,3 +363,45 @@ class Blend(Recommender):
     def consulted(self) -> list[str]:
         """The components :meth:`fuse` reads (the active ones not too light to matter)."""
         return [name for name, _, _ in self._consulted]
+
+    @property
+    def learns_online(self) -> bool:
+        """Whether :meth:`observe_one` learns anything (online weights or a learned fusion)."""
+        return self._learned is not None or bool(self.learning_rate)
+
+    def __getstate__(self) -> dict[str, typing.Any]:
+        state = self.__dict__.copy()
+        state["_last"] = None  # rankings of one event: nothing a checkpoint needs
+        return state
+
+    def _fused_learned(
+        self, rankings: typing.Mapping[str, typing.Sequence[Scored]], depth: int
+    ) -> dict[Hashable, list[typing.Any]]:
+        assert self._learned is not None
+        names = [name for name, _, _ in self._active]
+        lists = [rankings[name] for name in names]
+        fused = self._learned.fused(lists, depth, names)
+        self._last = (depth, lists, fused)
+        return fused
+
+    def _observe_learned(
+        self, rankings: typing.Mapping[str, typing.Sequence[Scored]], item: Hashable
+    ) -> None:
+        assert self._learned is not None
+        depth = DEPTH * self.k
+        lists = [rankings[name] for name, _, _ in self._active]
+        last = self._last
+        # Inside a pipeline the rankings are the very lists the evaluation just fused.
+        if (
+            last is not None
+            and last[0] == depth
+            and len(last[1]) == len(lists)
+            and all(a is b for a, b in zip(last[1], lists, strict=True))
+        ):
+            fused = last[2]
+        else:
+            fused = self._learned.fused(lists, depth)
+        heads = [ranking[:depth] for ranking in lists]
+        if self._learned.update_one(heads, fused, item):
+            self.updates += 1
+        self._last = None

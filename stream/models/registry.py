@@ -148,6 +148,8 @@ def _blend_options(settings: StreamSettings) -> dict[str, Any]:
         "learning_rate": settings.blend_learning_rate,
         "half_life": settings.blend_half_life,
         "k": settings.top_k,
+        "fusion": settings.blend_fusion,
+        "fusion_rate": settings.blend_fusion_rate,
     }
 
 
@@ -229,7 +231,14 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     "svd": ("svd_factors", *_REBUILT_SETTINGS),
     "ease": ("ease_l2", "ease_max_items", *_REBUILT_SETTINGS),
     "userknn": ("userknn_history", "userknn_item_users", "userknn_neighbors", "seed"),
-    "blend": ("blend", "blend_learning_rate", "blend_half_life", "top_k"),
+    "blend": (
+        "blend",
+        "blend_learning_rate",
+        "blend_half_life",
+        "top_k",
+        "blend_fusion",
+        "blend_fusion_rate",
+    ),
 }
 """The settings each factory reads: what a learned model is tied to once built (a restored
 checkpoint compares them with the current settings, see :mod:`stream.restore`)."""

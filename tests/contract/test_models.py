@@ -49,15 +49,20 @@ SETTINGS = StreamSettings(
     userknn_item_users=8,
     userknn_neighbors=5,
 )
-NAMES = sorted(MODEL_REGISTRY)
+# Configurations of a registered model that keep state of their own: checked like a model.
+VARIANTS = {"blend[learned]": ("blend", {"blend_fusion": "learned", "blend_fusion_rate": 0.2})}
+NAMES = sorted(MODEL_REGISTRY) + sorted(VARIANTS)
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
 K = 5
 # Models fusing the top 3k of other rankings: their top-k is not a prefix of their top-k' and
 # their scores depend on k (checked in tests/unit/test_models_blend.py).
-FUSED = {"blend"}
+FUSED = {"blend", "blend[learned]"}
 
 
 def make(name: str) -> Recommender:
+    if name in VARIANTS:
+        registered, changes = VARIANTS[name]
+        return MODEL_REGISTRY[registered](SETTINGS.model_copy(update=changes))
     return MODEL_REGISTRY[name](SETTINGS)
 
 

@@ -67,6 +67,13 @@ def all_models_pipeline() -> Pipeline:
     return Pipeline.from_settings(StreamSettings(models=models, drift_min_events=0, seed=5))
 
 
+def learned_blend_pipeline() -> Pipeline:
+    # The default models with the learned fusion (STREAM_BLEND_FUSION=learned).
+    return Pipeline.from_settings(
+        StreamSettings(blend_fusion="learned", drift_min_events=0, seed=5)
+    )
+
+
 def rebuilt_models_pipeline() -> Pipeline:
     # The full-rebuild models (with their snapshots and windows) and user-based KNN.
     settings = StreamSettings(
@@ -128,7 +135,8 @@ def store(tmp_path: Path) -> CheckpointStore:
 
 
 @pytest.mark.parametrize(
-    "build", [popularity_pipeline, all_models_pipeline, rebuilt_models_pipeline]
+    "build",
+    [popularity_pipeline, all_models_pipeline, learned_blend_pipeline, rebuilt_models_pipeline],
 )
 def test_round_trip_restores_identical_state(store: CheckpointStore, build: Any) -> None:
     events = make_events(400)

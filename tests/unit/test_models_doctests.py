@@ -13,6 +13,7 @@ MODULES = [
     "stream.models.knn",
     "stream.models.mf",
     "stream.models.blend",
+    "stream.models.fusion",
     "stream.models.bpr",
     "stream.models.rebuilt",
     "stream.models.svd",

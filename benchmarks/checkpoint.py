@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         default="process",
         help="process: the full process_one per event; learn: learn_one + history only",
     )
+    parser.add_argument(
+        "--fork-only",
+        action="store_true",
+        help="after learning, print RSS, huge pages and three bare fork() pauses, then stop "
+        "(compare runs with and without PYTHONMALLOC=malloc GLIBC_TUNABLES=glibc.malloc.hugetlb=1)",
+    )
     ns = parser.parse_args(argv)
 
     settings = StreamSettings()
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     learn_s = time.perf_counter() - started
     print(f"learned in {learn_s:.1f} s ({ns.events / learn_s:,.0f} events/s); "
           f"users {pipeline.n_users:,}, items {pipeline.n_items:,}")  # fmt: skip
+
+    if ns.fork_only:
+        _fork_pauses()
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         root = ns.dir if ns.dir is not None else Path(tmp)
@@ -156,6 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     per_model = ", ".join(f"{m} {n:,}" for m, n in header["events_learned"].items())
     print(f"events learned       {per_model}")
     return 0
+
+
+def _fork_pauses(repeat: int = 3) -> None:
+    """The state's resident size, how much of it is on huge pages, and bare fork() pauses
+    (the child exits at once: the pause a forked checkpoint costs the loop)."""
+    import gc
+    import os
+
+    gc.collect()
+    pauses = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        pauses.append(time.perf_counter() - started)
+        os.waitpid(pid, 0)
+    huge = 0
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                huge = int(line.split()[1]) // 1024
+    heap = os.environ.get("PYTHONMALLOC", "pymalloc")
+    tunables = os.environ.get("GLIBC_TUNABLES", "-")
+    print(f"heap {heap} (GLIBC_TUNABLES {tunables}): process RSS {_rss_mib():,.0f} MiB, "
+          f"on huge pages {huge:,} MiB; fork pauses "
+          + ", ".join(f"{p * 1e3:.1f} ms" for p in pauses))  # fmt: skip
 
 
 def _learn_only(pipeline: Pipeline, events: Iterator[Event]) -> None:

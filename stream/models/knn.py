@@ -163,6 +163,16 @@ class ItemKNN(Recommender):
         self._version = 0
         self._cached: tuple[Hashable, int, _Scores | None] | None = None
 
+    def discount(self, factor: float) -> None:
+        """Weigh everything learned so far ``factor`` times what it weighed, at once (0 <
+        factor <= 1): the events that follow count 1 / factor times more than before against
+        it. The drift reaction's lever when the evidence says the past is mostly wrong."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"discount factor must be in (0, 1], got {factor}")
+        self._scale /= factor
+        if self._scale > _RENORMALISE_AT:
+            self._renormalise()
+
     def set_half_life(self, half_life: float | None) -> None:
         """Decay at a new rate from the next event on (``None``: stop decaying)."""
         if half_life is not None and not half_life > 0:

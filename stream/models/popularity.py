@@ -90,6 +90,16 @@ class Popularity(Recommender):
         self._ranked: list[Hashable] = []
         self._events = 0
 
+    def discount(self, factor: float) -> None:
+        """Weigh everything learned so far ``factor`` times what it weighed, at once (0 <
+        factor <= 1): the events that follow count 1 / factor times more than before against
+        it. The drift reaction's lever when the evidence says the past is mostly wrong."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"discount factor must be in (0, 1], got {factor}")
+        self._scale /= factor
+        if self._scale > _RENORMALISE_AT:
+            self._renormalise()
+
     def set_half_life(self, half_life: float) -> None:
         """Decay at a new rate from the next event on (what was learned keeps its weight)."""
         if not half_life > 0:

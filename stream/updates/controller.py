@@ -17,6 +17,9 @@ from stream.updates.reaction import DriftReaction, Reaction, ReactionSettings
 __all__ = ["Decisions", "ModelUpdates", "model_versions", "rebuilds_of"]
 
 logger = logging.getLogger(__name__)
+# The least share of the past a reaction keeps: a hit rate fallen to 0 over the recent
+# evaluations is evidence that the past is (nearly) all wrong, not that it is worth nothing.
+MIN_KEEP = 0.02
 
 
 def _version(model: object) -> int | None:
@@ -123,6 +126,8 @@ class ModelUpdates:
         self._signature = self._signature_of(models)
         self.promotions: list[Promotion] = []  # every promotion so far (they are rare)
         self.reactions: list[Reaction] = []
+        # The served model's last drift report: its hit rate after over before (1: none).
+        self.evidence_keep = 1.0
 
     @property
     def served(self) -> str:
@@ -180,12 +185,18 @@ class ModelUpdates:
         for d in drifts:
             if d.model == served and d.metric == "miss":
                 detected = d.event
+                if d.before is not None and d.after is not None and d.before < 1.0:
+                    # The report's own evidence: hit rate after the detection over before it.
+                    self.evidence_keep = max(0.0, 1.0 - d.after) / (1.0 - d.before)
         reaction: Reaction | None = None
         due = self.reaction.observe_one(served, evaluators[served], evaluated_count, detected)
         if due is not None:
             before, recent, at = due
             reason = f"drift on {served} at event {at}: HR {recent:.4f} vs {before:.4f} before"
-            actions = self.reaction.react(models, evaluated_count, reason)
+            keep = recent / before if before > 0 else 1.0
+            keep = min(1.0, max(min(keep, getattr(self, "evidence_keep", 1.0)), MIN_KEEP))
+            self.evidence_keep = 1.0
+            actions = self.reaction.react(models, evaluated_count, reason, keep)
             reaction = Reaction(served, evaluated_count, at, before, recent, actions)
             self.reactions.append(reaction)
             logger.info("drift reaction: %s; %s", reason, "; ".join(actions))

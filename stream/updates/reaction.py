@@ -133,8 +133,14 @@ class DriftReaction:
         self._quiet_until = evaluated + s.cooldown_events
         return level, recent, event
 
-    def react(self, models: Mapping[str, Any], evaluated: int, reason: str) -> list[str]:
+    def react(
+        self, models: Mapping[str, Any], evaluated: int, reason: str, keep: float = 1.0
+    ) -> list[str]:
         """Apply the reaction to ``models``; returns what was done, one phrase per action.
+
+        ``keep`` (the served hit rate now over its level before: the evidence of how much of
+        what was learned still holds) discounts the past of every model with a ``discount``
+        at once: a hit rate fallen to a tenth weighs what was learned a tenth.
 
         Blends are left alone: their Hedge weights already follow the components' outcomes
         with a half-life of a few hundred evaluations, and resetting or shortening it was
@@ -147,6 +153,9 @@ class DriftReaction:
         for name, model in models.items():
             if isinstance(model, Blend):
                 continue
+            if keep < 1.0 and hasattr(model, "discount"):
+                model.discount(keep)
+                actions.append(f"{name}: past weighted x{keep:.2f}")
             if hasattr(model, "set_half_life") and getattr(model, "half_life", None):
                 self.restore[name] = model.half_life
                 model.set_half_life(model.half_life / s.speedup)

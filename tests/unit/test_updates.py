@@ -393,3 +393,38 @@ def test_set_half_life_changes_the_decay_from_the_next_event() -> None:
     assert knn.half_life == 10.0
     with pytest.raises(ValueError):
         pop.set_half_life(0.0)
+
+
+@pytest.mark.parametrize("make", [lambda: Popularity(half_life=4_000.0), lambda: ItemKNN()])
+def test_discount_weighs_the_past_less_at_once(make: Any) -> None:
+    def trained(discount: float | None) -> list[Any]:
+        model = make()
+        for n in range(6):  # "old" with five users, then "new" with one
+            model.learn_one(f"u{n}", "seed", 1.0, {"implicit": True})
+            if n < 5:
+                model.learn_one(f"u{n}", "old", 1.0, {"implicit": True})
+        if discount is not None:
+            model.discount(discount)
+        model.learn_one("u5", "new", 1.0, {"implicit": True})
+        model.learn_one("u6", "new", 1.0, {"implicit": True})
+        model.learn_one("u6", "seed", 1.0, {"implicit": True})
+        model.learn_one("u9", "seed", 1.0, {"implicit": True})
+        return [s.item for s in model.top_k("u9", 2, exclude={"seed"})]
+
+    assert trained(None)[0] == "old"
+    assert trained(0.1)[0] == "new"
+    with pytest.raises(ValueError, match="discount"):
+        make().discount(0.0)
+
+
+def test_a_reaction_discounts_the_past_by_the_measured_fall() -> None:
+    knn, pop = ItemKNN(half_life=8_000.0), Popularity(half_life=4_000.0)
+    reaction = DriftReaction(ReactionSettings(), window=100)
+    for model in (knn, pop):
+        model.learn_one("u", "a", 1.0, {"implicit": True})
+    pop_before, knn_scale = pop._scale, knn._scale
+    actions = reaction.react({"knn": knn, "popularity": pop}, 1_000, "drift", keep=0.1)
+    assert "popularity: past weighted x0.10" in actions and "knn: past weighted x0.10" in actions
+    assert pop._scale == pytest.approx(pop_before * 10)
+    assert knn._scale == pytest.approx(knn_scale * 10)
+    assert reaction.react({"popularity": pop}, 2_000, "drift") == ["popularity: half-life 1000"]

@@ -12,7 +12,7 @@ import numpy as np
 from river import optim, reco
 
 from stream.models._ranking import FloatArray, best_rows, grow, remove_row, select
-from stream.models.base import Recommender, Scored, delta_item, delta_value, scored_many
+from stream.models.base import Recommender, Scored, delta_item, scored_many
 
 __all__ = ["MatrixFactorization"]
 
@@ -274,22 +274,32 @@ class MatrixFactorization(Recommender):
         """This shard's changes to the item state since the last call, as plain data
         (tracking starts on the first call, which returns everything learned so far).
 
-        ``items`` are ``[item, vector change, bias change]`` (an item new here: its whole
-        vector), ``mean`` is ``[weight, sum]`` added to the global mean (``biased``). The
-        receiver adds them to its own values: asynchronous SGD, each shard learning on item
-        factors at most one sync interval behind the others'. User factors are not shared.
+        ``items`` are the items changed, ``vectors`` their vector changes (rows of a float16
+        array, float32 past float16's range; an item new here: its whole vector), ``biases``
+        their bias changes (float32), ``mean`` is ``[weight, sum]`` added to the global
+        mean (``biased``). The receiver adds them to its own values: asynchronous SGD, each
+        shard learning on item factors at most one sync interval behind the others'. User
+        factors are not shared.
         """
         mf, pending = self.river_model, self._item_sync
         if pending is None:
             zero = np.zeros(self.n_factors)
             pending = dict.fromkeys(self._items, (zero, 0.0))
         self._item_sync = {}
-        items = []
-        for item, (vector, bias) in pending.items():
-            change = np.asarray(mf.i_latents[item], dtype=np.float64) - vector
-            db = float(mf.i_biases[item]) - bias if self._biased else 0.0
-            items.append([item, [delta_value(c, 6) for c in change.tolist()], delta_value(db, 6)])
-        out: dict[str, typing.Any] = {"items": items}
+        items = list(pending)
+        changes = np.zeros((len(items), self.n_factors))
+        biases = np.zeros(len(items))
+        index = self._index
+        for at, (item, (vector, bias)) in enumerate(pending.items()):
+            row = index[item]
+            changes[at] = self._vectors[row] - vector
+            if self._biased:
+                biases[at] = self._biases[row] - bias
+        out: dict[str, typing.Any] = {
+            "items": items,
+            "vectors": _compact(changes),
+            "biases": biases.astype(np.float32),
+        }
         if self._biased:
             n0, sum0 = self._sync_mean
             n, total = _mean_state(mf.global_mean)
@@ -301,9 +311,17 @@ class MatrixFactorization(Recommender):
         """Add another shard's :meth:`item_delta` to this shard's item factors, biases and
         global mean (not part of this shard's next delta)."""
         mf, pending = self.river_model, self._item_sync
-        for raw, change, db in delta["items"]:
+        rows: typing.Any = delta["items"]
+        if "vectors" in delta:  # version 2: columns
+            rows = zip(
+                rows,
+                np.asarray(delta["vectors"], dtype=np.float64),
+                np.asarray(delta["biases"], dtype=np.float64).tolist(),
+                strict=True,
+            )
+        for raw, change, db in rows:
             item = delta_item(raw)
-            vector = np.asarray(change, dtype=np.float64)
+            vector = np.array(change, dtype=np.float64)
             if item in mf.i_latents:
                 mf.i_latents[item] = mf.i_latents[item] + vector
             else:  # new here: the sender's vector (its initialisation and what it learned)
@@ -363,6 +381,14 @@ class MatrixFactorization(Recommender):
         return scored_many(
             [items[r] for r in picked], scores[best].tolist(), repeat(reason, len(best))
         )
+
+
+def _compact(changes: FloatArray) -> np.ndarray:
+    """Factor changes as float16 (asynchronous SGD is approximate anyway: 3 significant
+    digits of a change), float32 when a value is past float16's range."""
+    if changes.size and not np.abs(changes).max() < 60_000.0:
+        return changes.astype(np.float32)
+    return changes.astype(np.float16)
 
 
 def _mean_state(mean: Any) -> tuple[float, float]:

@@ -274,8 +274,8 @@ class MatrixFactorization(Recommender):
         """This shard's changes to the item state since the last call, as plain data
         (tracking starts on the first call, which returns everything learned so far).
 
-        ``items`` are the items changed, ``vectors`` their vector changes (rows of a float16
-        array, float32 past float16's range; an item new here: its whole vector), ``biases``
+        ``items`` are the items changed, ``steps`` / ``step`` their vector changes (int8
+        rows times a float32 step per row; an item new here: its whole vector), ``biases``
         their bias changes (float32), ``mean`` is ``[weight, sum]`` added to the global
         mean (``biased``). The receiver adds them to its own values: asynchronous SGD, each
         shard learning on item factors at most one sync interval behind the others'. User
@@ -297,7 +297,7 @@ class MatrixFactorization(Recommender):
                 biases[at] = self._biases[row] - bias
         out: dict[str, typing.Any] = {
             "items": items,
-            "vectors": _compact(changes),
+            **_quantise(changes),
             "biases": biases.astype(np.float32),
         }
         if self._biased:
@@ -312,10 +312,10 @@ class MatrixFactorization(Recommender):
         global mean (not part of this shard's next delta)."""
         mf, pending = self.river_model, self._item_sync
         rows: typing.Any = delta["items"]
-        if "vectors" in delta:  # version 2: columns
+        if "steps" in delta or "vectors" in delta:  # version 2: columns
             rows = zip(
                 rows,
-                np.asarray(delta["vectors"], dtype=np.float64),
+                _dequantise(delta),
                 np.asarray(delta["biases"], dtype=np.float64).tolist(),
                 strict=True,
             )
@@ -383,12 +383,27 @@ class MatrixFactorization(Recommender):
         )
 
 
-def _compact(changes: FloatArray) -> np.ndarray:
-    """Factor changes as float16 (asynchronous SGD is approximate anyway: 3 significant
-    digits of a change), float32 when a value is past float16's range."""
-    if changes.size and not np.abs(changes).max() < 60_000.0:
-        return changes.astype(np.float32)
-    return changes.astype(np.float16)
+def _quantise(changes: FloatArray) -> dict[str, np.ndarray]:
+    """Factor changes as int8 ``steps`` of a float32 ``step`` per row, rounded to the nearest
+    step: each component within half a step (1/254 of the row's largest change) per delta.
+    Asynchronous SGD is approximate anyway; every receiver adds the same rounded change, so
+    the receivers agree with each other, and differ from the sender by a sum of unbiased
+    roundings (a random walk far below the SGD's own noise)."""
+    peak = np.abs(changes).max(axis=1) if changes.size else np.zeros(changes.shape[0])
+    step = (peak / 127.0).astype(np.float32)
+    safe = np.where(step > 0, step, 1.0).astype(np.float64)
+    steps = np.rint(changes / safe[:, None]).clip(-127, 127).astype(np.int8)
+    return {"steps": steps, "step": step}
+
+
+def _dequantise(delta: dict[str, typing.Any]) -> FloatArray:
+    """The factor changes of a delta: int8 ``steps`` x ``step`` (float16 ``vectors``, as
+    this version first wrote them, also read)."""
+    if "steps" in delta:
+        step = np.asarray(delta["step"], dtype=np.float64)
+        changes: FloatArray = np.asarray(delta["steps"], dtype=np.float64) * step[:, None]
+        return changes
+    return np.asarray(delta["vectors"], dtype=np.float64)
 
 
 def _mean_state(mean: Any) -> tuple[float, float]:

@@ -68,11 +68,12 @@ def _as_v1(delta: ShardDelta) -> bytes:
                     for (a, b), v in zip(part["co_at"].tolist(), part["co"], strict=True)
                 ],
             }
-        elif "vectors" in part:  # MF
+        elif "steps" in part:  # MF
+            vectors = part["steps"].astype(float) * part["step"].astype(float)[:, None]
             models[name] = {
                 "items": [
-                    [i, v.astype(float).tolist(), float(b)]
-                    for i, v, b in zip(part["items"], part["vectors"], part["biases"], strict=True)
+                    [i, v.tolist(), float(b)]
+                    for i, v, b in zip(part["items"], vectors, part["biases"], strict=True)
                 ],
                 "mean": part["mean"],
             }
@@ -120,10 +121,7 @@ def test_additive_counts_cross_the_wire_bit_for_bit() -> None:
     for name, part in delta.models.items():
         for key, value in part.items():
             got = wire.models[name][key]
-            if key == "vectors":  # factor changes: float16, 3 significant digits
-                assert got.dtype == np.float16
-                np.testing.assert_allclose(got, value, rtol=1e-3, atol=1e-4)
-            elif isinstance(value, np.ndarray) and value.dtype == np.float64:
+            if isinstance(value, np.ndarray) and value.dtype == np.float64:
                 assert got.dtype == np.float64 and np.array_equal(got, value), (name, key)
             elif isinstance(value, np.ndarray):
                 assert np.array_equal(got, value), (name, key)
@@ -190,9 +188,18 @@ def test_an_object_array_cannot_be_sent() -> None:
         ShardDelta("t", 0, 0, 0, 1, {"m": {"x": np.array([object()])}}).encode()
 
 
-def test_factor_changes_past_float16_range_travel_as_float32() -> None:
-    from stream.models.mf import _compact
+def test_factor_changes_travel_as_int8_steps_within_half_a_step() -> None:
+    from stream.models.mf import _dequantise, _quantise
 
-    assert _compact(np.array([[1.0, -2.0]])).dtype == np.float16
-    big = _compact(np.array([[1e6, math.pi]]))
-    assert big.dtype == np.float32 and big[0, 0] == 1e6
+    rng = np.random.default_rng(5)
+    changes = rng.normal(0.0, 0.05, (200, 10)) * rng.choice([1e-6, 1.0, 1e4], (200, 1))
+    changes[3] = 0.0  # an item whose vector did not move (its bias did)
+    wire = ShardDelta.decode(ShardDelta("t", 0, 0, 0, 1, {"m": _quantise(changes)}).encode())
+    part = wire.models["m"]
+    assert part["steps"].dtype == np.int8 and part["step"].dtype == np.float32
+    back = _dequantise(part)
+    half_step = np.abs(changes).max(axis=1, keepdims=True) / 254 * (1 + 1e-6)
+    assert np.all(np.abs(back - changes) <= half_step + 1e-300)
+    assert not back[3].any() and math.isfinite(float(np.abs(back).max()))
+    old = {"vectors": changes.astype(np.float16)}  # what this version wrote first
+    np.testing.assert_allclose(_dequantise(old), changes, rtol=1e-3, atol=1e-7)

@@ -312,12 +312,14 @@ class MatrixFactorization(Recommender):
         global mean (not part of this shard's next delta)."""
         mf, pending = self.river_model, self._item_sync
         rows: typing.Any = delta["items"]
-        if "steps" in delta or "vectors" in delta:  # version 2: columns
+        if "biases" in delta:  # version 2: columns
+            changes = (
+                _dequantise(delta)
+                if "steps" in delta or "vectors" in delta
+                else np.zeros((len(rows), self.n_factors))  # a light delta: biases only
+            )
             rows = zip(
-                rows,
-                _dequantise(delta),
-                np.asarray(delta["biases"], dtype=np.float64).tolist(),
-                strict=True,
+                rows, changes, np.asarray(delta["biases"], dtype=np.float64).tolist(), strict=True
             )
         for raw, change, db in rows:
             item = delta_item(raw)
@@ -342,6 +344,23 @@ class MatrixFactorization(Recommender):
                 mf.global_mean.update(total / weight, weight)
                 n0, sum0 = self._sync_mean
                 self._sync_mean = (n0 + weight, sum0 + total)
+
+    def item_delta_light(self) -> dict[str, typing.Any]:
+        """The item biases changed since the last delta (what moves fastest with what is
+        popular now), for a light delta (``STREAM_MODEL_SYNC_FULL_EVERY``); the vector
+        changes and the global mean wait for the next full :meth:`item_delta`. A receiver new
+        to an item starts it with a zero vector (its score is then its biases) until that
+        full delta brings the sender's vector."""
+        pending = self._item_sync
+        if pending is None or not self._biased:
+            return self.item_delta() if pending is None else {"items": [], "biases": _NO_BIAS}
+        items = list(pending)
+        index, biases = self._index, self._biases
+        now = [float(biases[index[item]]) for item in items]
+        sent = np.array(now) - np.fromiter((b for _, b in pending.values()), np.float64)
+        for item, bias in zip(items, now, strict=True):  # the vector change stays pending
+            pending[item] = (pending[item][0], bias)
+        return {"items": items, "biases": sent.astype(np.float32)}
 
     def top_k_among(
         self,
@@ -381,6 +400,9 @@ class MatrixFactorization(Recommender):
         return scored_many(
             [items[r] for r in picked], scores[best].tolist(), repeat(reason, len(best))
         )
+
+
+_NO_BIAS = np.zeros(0, dtype=np.float32)
 
 
 def _quantise(changes: FloatArray) -> dict[str, np.ndarray]:

@@ -59,6 +59,9 @@ class ShardDelta:
     events: int
     models: dict[str, dict[str, Any]]
     created: float = 0.0  # the sender's wall clock when it collected the delta (sync lag)
+    # False: a light delta (STREAM_MODEL_SYNC_FULL_EVERY), only the models' fast-moving part;
+    # the rest stays pending at the sender for its next full delta.
+    full: bool = True
 
     @property
     def source(self) -> tuple[str, int]:
@@ -75,6 +78,7 @@ class ShardDelta:
             "events": self.events,
             "models": _pack(self.models, arrays),
             "t": self.created,
+            "full": self.full,
             "arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
         }
         header = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -102,6 +106,7 @@ class ShardDelta:
                 int(body["events"]),
                 dict(body["models"]),
                 float(body.get("t", 0.0)),
+                bool(body.get("full", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DeltaError(f"delta without a valid {exc}") from exc

@@ -51,6 +51,7 @@ class SyncState:
     published: int = -1
     deltas_applied: int = 0
     duplicates_dropped: int = 0
+    since_full: int = 0  # light deltas collected since the last full one
 
 
 def shared_models(pipeline: Pipeline) -> dict[str, SharedItemState]:
@@ -88,9 +89,12 @@ class ShardSync:
     1
     """
 
-    def __init__(self, pipeline: Pipeline, topic: str, partition: int) -> None:
+    def __init__(self, pipeline: Pipeline, topic: str, partition: int, full_every: int = 1) -> None:
+        if full_every < 1:
+            raise ValueError(f"full_every must be at least 1, got {full_every}")
         self.pipeline = pipeline
         self.topic, self.partition = topic, partition
+        self.full_every = full_every
         state = getattr(pipeline, "sync_state", None)
         if not isinstance(state, SyncState):
             state = SyncState()
@@ -118,15 +122,29 @@ class ShardSync:
         """Events learned since the last delta."""
         return self.state.events
 
-    def collect_one(self) -> ShardDelta | None:
-        """This shard's delta since the last one (None when it learned nothing since)."""
+    def collect_one(self, full: bool | None = None) -> ShardDelta | None:
+        """This shard's delta since the last one (None when it learned nothing since).
+
+        Every ``full_every``-th delta is full (every shared model's changes); the ones between
+        are light: only the models with an ``item_delta_light`` (popularity counts, factor
+        models' item biases) contribute, the others keep their changes for the next full one.
+        ``full`` forces the kind (a final delta; re-collecting a published one on replay).
+        """
         state = self.state
-        models = {name: m.item_delta() for name, m in shared_models(self.pipeline).items()}
+        if full is None:
+            full = state.since_full + 1 >= self.full_every
         if state.last_offset is None:
             return None
+        models: dict[str, dict[str, Any]] = {}
+        for name, model in shared_models(self.pipeline).items():
+            if full:
+                models[name] = model.item_delta()
+            elif hasattr(model, "item_delta_light"):
+                models[name] = model.item_delta_light()
+        state.since_full = 0 if full else state.since_full + 1
         first = state.first_offset if state.first_offset is not None else state.last_offset
         delta = ShardDelta(
-            self.topic, self.partition, first, state.last_offset, state.events, models
+            self.topic, self.partition, first, state.last_offset, state.events, models, full=full
         )
         state.published = state.last_offset
         state.first_offset = state.last_offset = None

@@ -347,20 +347,24 @@ class MatrixFactorization(Recommender):
 
     def item_delta_light(self) -> dict[str, typing.Any]:
         """The item biases changed since the last delta (what moves fastest with what is
-        popular now), for a light delta (``STREAM_MODEL_SYNC_FULL_EVERY``); the vector
-        changes and the global mean wait for the next full :meth:`item_delta`. A receiver new
+        popular now), for a light delta (``STREAM_MODEL_SYNC_FULL_EVERY``): those that moved
+        by at least ``_LIGHT_MIN_BIAS`` since the last delta, as float16 (the hot items; the
+        small pushes of negative samples wait); the rest, the vector changes and the global
+        mean wait for the next full :meth:`item_delta`, so nothing is lost. A receiver new
         to an item starts it with a zero vector (its score is then its biases) until that
         full delta brings the sender's vector."""
         pending = self._item_sync
         if pending is None or not self._biased:
             return self.item_delta() if pending is None else {"items": [], "biases": _NO_BIAS}
-        items = list(pending)
         index, biases = self._index, self._biases
-        now = [float(biases[index[item]]) for item in items]
-        sent = np.array(now) - np.fromiter((b for _, b in pending.values()), np.float64)
-        for item, bias in zip(items, now, strict=True):  # the vector change stays pending
-            pending[item] = (pending[item][0], bias)
-        return {"items": items, "biases": sent.astype(np.float32)}
+        items, sent = [], []
+        for item, (vector, before) in pending.items():
+            now = float(biases[index[item]])
+            if abs(now - before) >= _LIGHT_MIN_BIAS:  # smaller ones wait for the full delta
+                items.append(item)
+                sent.append(now - before)
+                pending[item] = (vector, now)  # the vector change stays pending
+        return {"items": items, "biases": np.array(sent, dtype=np.float16)}
 
     def top_k_among(
         self,
@@ -403,6 +407,9 @@ class MatrixFactorization(Recommender):
 
 
 _NO_BIAS = np.zeros(0, dtype=np.float32)
+# Bias changes below this wait for the full delta (a fifth of a typical positive step at the
+# default learning rate; most negative samples' pushes are smaller).
+_LIGHT_MIN_BIAS = 0.01
 
 
 def _quantise(changes: FloatArray) -> dict[str, np.ndarray]:

@@ -124,13 +124,18 @@ def test_a_light_delta_carries_popularity_and_item_biases_only() -> None:
     assert mf_a.i_latents.keys() == mf_b.i_latents.keys()
     for item, vector in mf_a.i_latents.items():
         np.testing.assert_allclose(mf_b.i_latents[item], vector, atol=2e-3)
-        assert mf_b.i_biases[item] == pytest.approx(mf_a.i_biases[item], abs=1e-5)
+        assert mf_b.i_biases[item] == pytest.approx(mf_a.i_biases[item], abs=1e-4)  # float16
     knn_a, knn_b = a.pipeline.models["knn"], b.pipeline.models["knn"]
     assert isinstance(knn_a, ItemKNN) and isinstance(knn_b, ItemKNN)
     assert _co(knn_b) == pytest.approx(_co(knn_a), rel=1e-12)
 
 
-def test_a_light_delta_makes_a_new_item_known_by_its_bias_before_the_full_one() -> None:
+def test_a_light_delta_makes_a_new_item_known_by_its_bias_before_the_full_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stream.models.mf
+
+    monkeypatch.setattr(stream.models.mf, "_LIGHT_MIN_BIAS", 0.0)  # every bias change goes
     settings = _settings(model_sync_full_every=1_000)
     a = ShardSync(Pipeline.from_settings(settings), "events", 0, full_every=1_000)
     b = ShardSync(Pipeline.from_settings(settings), "events", 1, full_every=1_000)
@@ -145,8 +150,8 @@ def test_a_light_delta_makes_a_new_item_known_by_its_bias_before_the_full_one() 
     assert isinstance(mf_b, MatrixFactorization)
     mf_a = a.pipeline.models["biased_mf"]
     assert isinstance(mf_a, MatrixFactorization) and mf_a.i_biases["hot"] != 0
-    assert not np.any(mf_b.i_latents["hot"])
-    assert mf_b.i_biases["hot"] == pytest.approx(mf_a.i_biases["hot"], rel=1e-6)
+    assert "hot" in mf_b.i_latents and not np.any(mf_b.i_latents["hot"])
+    assert mf_b.i_biases["hot"] == pytest.approx(mf_a.i_biases["hot"], rel=1e-3)
     assert [s.item for s in mf_b.top_k("stranger", 1)] == ["hot"]
     pop_b = b.pipeline.models["popularity"]
     assert isinstance(pop_b, Popularity) and pop_b.score_of("hot") > 0

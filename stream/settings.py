@@ -315,7 +315,7 @@ class StreamSettings(BaseSettings):
 
     # --- Model sync across shards (issue 12, stream/sync) ------------------------------------
     model_sync_events: int = Field(
-        100,
+        10,
         ge=0,
         le=10_000_000,
         description="Events a shard (partition) learns between two item-state deltas it "
@@ -336,7 +336,7 @@ class StreamSettings(BaseSettings):
         "learned anything since its last one.",
     )
     model_sync_full_every: int = Field(
-        1,
+        20,
         ge=1,
         le=1_000_000,
         description="Every Nth delta of a shard is full (all shared item state); those between "

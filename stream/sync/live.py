@@ -121,12 +121,19 @@ class WorkerSync:
         for delta in self._log:
             self._apply(shard, delta)
         done = shard.state.published
-        replay = sorted(b for b in self._boundaries.get(tp, ()) if b[0] > done)
+        # (A full delta closing the checkpoint's last light one ends at the same offset.)
+        closing = shard.state.heavy_pending
+        replay = sorted(
+            b
+            for b in self._boundaries.get(tp, ())
+            if b[0] > done or (closing and b[0] == done and b[1])
+        )
         # A delta published after the checkpoint without a new event in between (the time
         # trigger, a shutdown) holds exactly what the checkpoint has pending: drop it now.
         learned = shard.state.last_offset
-        while replay and learned is not None and replay[0][0] <= learned:
-            if replay[0][0] < learned:
+        upto = learned if learned is not None else done
+        while replay and replay[0][0] <= upto:
+            if learned is not None and replay[0][0] < learned:
                 logger.error(
                     "%s[%d]: a delta ending at %d was published after a checkpoint that had "
                     "learned up to %d",
@@ -174,6 +181,10 @@ class WorkerSync:
                 shard.collect_one(full=replay[0][1])  # on the topic already
                 self.stats.replayed += 1
                 replay.pop(0)
+                while replay and replay[0][0] <= offset:  # a full one closing a light one
+                    shard.collect_one(full=replay[0][1])
+                    self.stats.replayed += 1
+                    replay.pop(0)
                 if not replay:
                     del self._replay[tp]
             return
@@ -202,10 +213,13 @@ class WorkerSync:
         now = self.clock()
         lag = 0
         for tp, shard in self.shards.items():
-            if tp in self._replay or not shard.events_pending:
+            if tp in self._replay:
+                continue
+            if not shard.events_pending and not shard.state.heavy_pending:
                 continue
             if now - self._last_sent.get(tp, now) >= self.every_s:
-                self.publish(tp)
+                # A quiet shard shares everything: what waits for a full delta too.
+                self.publish(tp, full=True)
             lag = max(lag, shard.events_pending)
         self.stats.lag_events = lag
         return len(records)

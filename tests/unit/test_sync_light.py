@@ -233,3 +233,58 @@ def test_a_restored_shard_replays_light_and_full_deltas_as_they_were_published()
         assert isinstance(knn, ItemKNN) and isinstance(pop, Popularity)
         assert _co(knn) == pytest.approx(_co(knn1), rel=1e-12)
         assert pop._counts == pytest.approx(pop1._counts, rel=1e-12)
+
+
+def test_a_quiet_shard_closes_its_light_deltas_with_a_full_one_applied_once() -> None:
+    """The last delta before a stream goes quiet may be light: what waited for a full delta
+    goes in a full one ending at the same offset, which receivers apply once and a restored
+    shard replays (from a checkpoint taken between the two) without sending it again."""
+    settings = _settings(
+        models=("popularity", "knn"),
+        recommender="knn",
+        model_sync=True,
+        model_sync_events=1_000,
+        model_sync_ms=3_600_000,
+        model_sync_full_every=1_000,
+    )
+    by_partition: dict[int, list[tuple[int, int, Event]]] = {0: [], 1: []}
+    for e in _events(300, seed=6):
+        p = partition_of(e.user_id, 2)
+        by_partition[p].append((p, len(by_partition[p]), e))
+    stream = sorted(by_partition[0] + by_partition[1], key=lambda x: x[2].timestamp)
+    topic = _Topic()
+    first = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    shards = {p: Pipeline.from_settings(settings) for p in (0, 1)}
+    for p, pipe in shards.items():
+        first.attach(("events", p), pipe)
+    _feed(first, shards, stream)
+    for p in (0, 1):
+        first.publish(("events", p))  # light: the co-occurrences wait
+    first.poll()
+    checkpoint = pickle.dumps(shards[0])
+    first.publish_all()  # a full one closing each light one, at the same offset
+    first.poll()
+    kinds = [
+        (d.source_partition, d.last_offset, d.full) for d in map(ShardDelta.decode, topic.values)
+    ]
+    assert [k[2] for k in kinds] == [False, False, True, True]
+    assert kinds[0][1] == kinds[2][1] and kinds[1][1] == kinds[3][1]
+
+    second = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    restored = pickle.loads(checkpoint)
+    second.attach(("events", 0), restored)
+    assert second.stats.replayed == 1 and not second._replay
+    second.publish_all()
+    assert len(topic.values) == 4  # the closing delta was not sent again
+    one = Pipeline.from_settings(settings)
+    for _, _, e in stream:
+        one.process_one(e, Source("events", 0, 0))
+    knn1 = one.models["knn"]
+    assert isinstance(knn1, ItemKNN)
+    for pipe in (shards[1], restored, shards[0]):
+        knn = pipe.models["knn"]
+        assert isinstance(knn, ItemKNN)
+        assert _co(knn) == pytest.approx(_co(knn1), rel=1e-12)
+    # Read again from the beginning, nothing is applied twice.
+    again = ShardSync(pickle.loads(pickle.dumps(shards[1])), "events", 1)
+    assert {again.apply_one(ShardDelta.decode(v)) for v in topic.values} == {"own", "duplicate"}

@@ -29,7 +29,8 @@ def partitions_section(
     settings = StreamSettings(_env_file=None, **overrides)
     print(
         f"\n## Partitions (default {settings.recommender}, sync every "
-        f"{settings.model_sync_events} events per shard)"
+        f"{settings.model_sync_events} events per shard, every "
+        f"{settings.model_sync_full_every}th delta full)"
     )
     print(
         f"{'stream':<18} {'P':>3} {'HR@10':>8} {'x P=1':>7} {'ok':>3} "

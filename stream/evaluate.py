@@ -220,7 +220,13 @@ def evaluate_partitioned(
     every = settings.model_sync_events if sync_events is None else sync_events
     if partitions == 1:
         every = 0  # nobody to share with
-    shards = LocalShards(lambda: Pipeline.from_settings(settings), partitions, every, topic)
+    shards = LocalShards(
+        lambda: Pipeline.from_settings(settings),
+        partitions,
+        every,
+        topic,
+        settings.model_sync_full_every,
+    )
     promotions: list[PromotionRecord] = []
     reactions: list[ReactionRecord] = []
     started = time.perf_counter()

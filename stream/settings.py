@@ -330,7 +330,7 @@ class StreamSettings(BaseSettings):
 
     # --- Model sync across shards (issue 12, stream/sync) ------------------------------------
     model_sync_events: int = Field(
-        100,
+        10,
         ge=0,
         le=10_000_000,
         description="Events a shard (partition) learns between two item-state deltas it "
@@ -349,6 +349,14 @@ class StreamSettings(BaseSettings):
         le=3_600_000,
         description="The worker also shares a shard's delta this often (milliseconds) when it "
         "learned anything since its last one.",
+    )
+    model_sync_full_every: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Every Nth delta of a shard is full (all shared item state); those between "
+        "are light: only popularity counts and factor models' item biases, the fast-moving "
+        "part (the rest waits for the next full one). 1: every delta full.",
     )
     model_updates_topic: str = Field("model-updates", min_length=1)
     """Topic of the item-state deltas the worker's shards share (one partition)."""

@@ -15,7 +15,6 @@ from stream.models.base import (
     Recommender,
     Scored,
     delta_item,
-    delta_value,
     interaction_weight,
     scored_many,
 )
@@ -483,11 +482,12 @@ class ItemKNN(Recommender):
         """What this shard added to the item state since the last call, as plain data
         (tracking starts on the first call, which returns everything learned so far).
 
-        ``norms`` are ``[item, added N_i]``, ``co`` are ``[i, j, added C_ij]`` (for an
-        undirected model ``C_ji`` gets the same), both scale-free (as of this shard's clock
-        now), and ``ticks`` the events that advanced the decay clock. The neighbour lists
-        and the users' histories are not shared: the lists are derived from the rows, the
-        histories stay with their user's shard.
+        ``items`` is the delta's item table; ``norms`` the added N_i of the items at
+        ``norms_at``, ``co`` the added C_ij of the pairs ``co_at`` (rows of two places in the
+        table; for an undirected model ``C_ji`` gets the same): float64 arrays, scale-free
+        (as of this shard's clock now), and ``ticks`` the events that advanced the decay
+        clock. The neighbour lists and the users' histories are not shared: the lists are
+        derived from the rows, the histories stay with their user's shard.
         """
         changes = self._item_sync
         if changes is None:
@@ -502,10 +502,19 @@ class ItemKNN(Recommender):
                         changes.co[(items[col], item)] = value
         self._item_sync = _KnnChanges()
         inverse = 1.0 / self._scale
+        table: dict[Hashable, int] = {}
+        at = table.setdefault
+        norms_at = [at(i, len(table)) for i in changes.norms]
+        pairs = [(at(i, len(table)), at(j, len(table))) for i, j in changes.co]
+        index = np.dtype("<u2") if len(table) <= 65_536 else np.dtype("<i4")
+        co_at = np.array(pairs, dtype=index).reshape(-1, 2)
         return {
             "ticks": changes.ticks,
-            "norms": [[i, delta_value(v * inverse)] for i, v in changes.norms.items()],
-            "co": [[i, j, delta_value(v * inverse)] for (i, j), v in changes.co.items()],
+            "items": list(table),
+            "norms_at": np.array(norms_at, dtype=index),
+            "norms": np.fromiter(changes.norms.values(), np.float64, len(changes.norms)) * inverse,
+            "co_at": co_at,
+            "co": np.fromiter(changes.co.values(), np.float64, len(changes.co)) * inverse,
         }
 
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
@@ -518,13 +527,28 @@ class ItemKNN(Recommender):
             if self._scale > _RENORMALISE_AT:
                 self._renormalise()
         scale, row_of, co, pending = self._scale, self._row, self._co, self._pending
-        for item, value in delta["norms"]:
-            row = row_of(delta_item(item))  # first: a new row grows the arrays
-            self._norms[row] += float(value) * scale
+        if "items" in delta:
+            rows = [row_of(delta_item(item)) for item in delta["items"]]  # new rows first
+            at = np.asarray(rows, dtype=np.intp)
+            norms_at = at[np.asarray(delta["norms_at"], dtype=np.intp)]
+            np.add.at(self._norms, norms_at, np.asarray(delta["norms"]) * scale)
+            pairs = at[np.asarray(delta["co_at"], dtype=np.intp)].reshape(-1, 2)
+            entries: typing.Any = zip(
+                pairs[:, 0].tolist(),
+                pairs[:, 1].tolist(),
+                (np.asarray(delta["co"], dtype=np.float64) * scale).tolist(),
+                strict=True,
+            )
+        else:  # a version-1 delta: [item, value] and [i, j, value] rows
+            for item, value in delta["norms"]:
+                row = row_of(delta_item(item))  # first: a new row grows the arrays
+                self._norms[row] += float(value) * scale
+            entries = (
+                (row_of(delta_item(a)), row_of(delta_item(b)), float(value) * scale)
+                for a, b, value in delta["co"]
+            )
         touched: set[int] = set()
-        for a, b, value in delta["co"]:
-            i, j = row_of(delta_item(a)), row_of(delta_item(b))
-            add = float(value) * scale
+        for i, j, add in entries:
             co[i][j] = co[i].get(j, 0.0) + add
             pending[i] += 1
             touched.add(i)

@@ -12,7 +12,7 @@ import numpy as np
 from river import optim, reco
 
 from stream.models._ranking import FloatArray, best_rows, grow, remove_row, select
-from stream.models.base import Recommender, Scored, delta_item, delta_value, scored_many
+from stream.models.base import Recommender, Scored, delta_item, scored_many
 
 __all__ = ["MatrixFactorization"]
 
@@ -274,22 +274,32 @@ class MatrixFactorization(Recommender):
         """This shard's changes to the item state since the last call, as plain data
         (tracking starts on the first call, which returns everything learned so far).
 
-        ``items`` are ``[item, vector change, bias change]`` (an item new here: its whole
-        vector), ``mean`` is ``[weight, sum]`` added to the global mean (``biased``). The
-        receiver adds them to its own values: asynchronous SGD, each shard learning on item
-        factors at most one sync interval behind the others'. User factors are not shared.
+        ``items`` are the items changed, ``steps`` / ``step`` their vector changes (int8
+        rows times a float32 step per row; an item new here: its whole vector), ``biases``
+        their bias changes (float32), ``mean`` is ``[weight, sum]`` added to the global
+        mean (``biased``). The receiver adds them to its own values: asynchronous SGD, each
+        shard learning on item factors at most one sync interval behind the others'. User
+        factors are not shared.
         """
         mf, pending = self.river_model, self._item_sync
         if pending is None:
             zero = np.zeros(self.n_factors)
             pending = dict.fromkeys(self._items, (zero, 0.0))
         self._item_sync = {}
-        items = []
-        for item, (vector, bias) in pending.items():
-            change = np.asarray(mf.i_latents[item], dtype=np.float64) - vector
-            db = float(mf.i_biases[item]) - bias if self._biased else 0.0
-            items.append([item, [delta_value(c, 6) for c in change.tolist()], delta_value(db, 6)])
-        out: dict[str, typing.Any] = {"items": items}
+        items = list(pending)
+        changes = np.zeros((len(items), self.n_factors))
+        biases = np.zeros(len(items))
+        index = self._index
+        for at, (item, (vector, bias)) in enumerate(pending.items()):
+            row = index[item]
+            changes[at] = self._vectors[row] - vector
+            if self._biased:
+                biases[at] = self._biases[row] - bias
+        out: dict[str, typing.Any] = {
+            "items": items,
+            **_quantise(changes),
+            "biases": biases.astype(np.float32),
+        }
         if self._biased:
             n0, sum0 = self._sync_mean
             n, total = _mean_state(mf.global_mean)
@@ -301,9 +311,19 @@ class MatrixFactorization(Recommender):
         """Add another shard's :meth:`item_delta` to this shard's item factors, biases and
         global mean (not part of this shard's next delta)."""
         mf, pending = self.river_model, self._item_sync
-        for raw, change, db in delta["items"]:
+        rows: typing.Any = delta["items"]
+        if "biases" in delta:  # version 2: columns
+            changes = (
+                _dequantise(delta)
+                if "steps" in delta or "vectors" in delta
+                else np.zeros((len(rows), self.n_factors))  # a light delta: biases only
+            )
+            rows = zip(
+                rows, changes, np.asarray(delta["biases"], dtype=np.float64).tolist(), strict=True
+            )
+        for raw, change, db in rows:
             item = delta_item(raw)
-            vector = np.asarray(change, dtype=np.float64)
+            vector = np.array(change, dtype=np.float64)
             if item in mf.i_latents:
                 mf.i_latents[item] = mf.i_latents[item] + vector
             else:  # new here: the sender's vector (its initialisation and what it learned)
@@ -324,6 +344,27 @@ class MatrixFactorization(Recommender):
                 mf.global_mean.update(total / weight, weight)
                 n0, sum0 = self._sync_mean
                 self._sync_mean = (n0 + weight, sum0 + total)
+
+    def item_delta_light(self) -> dict[str, typing.Any]:
+        """The item biases changed since the last delta (what moves fastest with what is
+        popular now), for a light delta (``STREAM_MODEL_SYNC_FULL_EVERY``): those that moved
+        by at least ``_LIGHT_MIN_BIAS`` since the last delta, as float16 (the hot items; the
+        small pushes of negative samples wait); the rest, the vector changes and the global
+        mean wait for the next full :meth:`item_delta`, so nothing is lost. A receiver new
+        to an item starts it with a zero vector (its score is then its biases) until that
+        full delta brings the sender's vector."""
+        pending = self._item_sync
+        if pending is None or not self._biased:
+            return self.item_delta() if pending is None else {"items": [], "biases": _NO_BIAS}
+        index, biases = self._index, self._biases
+        items, sent = [], []
+        for item, (vector, before) in pending.items():
+            now = float(biases[index[item]])
+            if abs(now - before) >= _LIGHT_MIN_BIAS:  # smaller ones wait for the full delta
+                items.append(item)
+                sent.append(now - before)
+                pending[item] = (vector, now)  # the vector change stays pending
+        return {"items": items, "biases": np.array(sent, dtype=np.float16)}
 
     def top_k_among(
         self,
@@ -363,6 +404,35 @@ class MatrixFactorization(Recommender):
         return scored_many(
             [items[r] for r in picked], scores[best].tolist(), repeat(reason, len(best))
         )
+
+
+_NO_BIAS = np.zeros(0, dtype=np.float32)
+# Bias changes below this wait for the full delta (a fifth of a typical positive step at the
+# default learning rate; most negative samples' pushes are smaller).
+_LIGHT_MIN_BIAS = 0.01
+
+
+def _quantise(changes: FloatArray) -> dict[str, np.ndarray]:
+    """Factor changes as int8 ``steps`` of a float32 ``step`` per row, rounded to the nearest
+    step: each component within half a step (1/254 of the row's largest change) per delta.
+    Asynchronous SGD is approximate anyway; every receiver adds the same rounded change, so
+    the receivers agree with each other, and differ from the sender by a sum of unbiased
+    roundings (a random walk far below the SGD's own noise)."""
+    peak = np.abs(changes).max(axis=1) if changes.size else np.zeros(changes.shape[0])
+    step = (peak / 127.0).astype(np.float32)
+    safe = np.where(step > 0, step, 1.0).astype(np.float64)
+    steps = np.rint(changes / safe[:, None]).clip(-127, 127).astype(np.int8)
+    return {"steps": steps, "step": step}
+
+
+def _dequantise(delta: dict[str, typing.Any]) -> FloatArray:
+    """The factor changes of a delta: int8 ``steps`` x ``step`` (float16 ``vectors``, as
+    this version first wrote them, also read)."""
+    if "steps" in delta:
+        step = np.asarray(delta["step"], dtype=np.float64)
+        changes: FloatArray = np.asarray(delta["steps"], dtype=np.float64) * step[:, None]
+        return changes
+    return np.asarray(delta["vectors"], dtype=np.float64)
 
 
 def _mean_state(mean: Any) -> tuple[float, float]:

@@ -7,11 +7,12 @@ import logging
 import typing
 from collections.abc import Hashable, Iterable
 
+import numpy as np
+
 from stream.models.base import (
     Recommender,
     Scored,
     delta_item,
-    delta_value,
     interaction_weight,
 )
 
@@ -309,19 +310,18 @@ class Popularity(Recommender):
         """What this shard added since the last call, as plain data (tracking starts on the
         first call, which returns what was learned so far).
 
-        ``counts`` are ``[item, count]`` pairs in "decayed count as of now" (scale-free), and
-        ``ticks`` the events learned since the last call: the receiver advances its decay
-        clock by them, so every shard's clock is the total number of events learned by all.
+        ``items`` and ``counts`` (a float64 array, exact) are the items and their added counts
+        in "decayed count as of now" (scale-free), and ``ticks`` the events learned since the
+        last call: the receiver advances its decay clock by them, so every shard's clock is
+        the total number of events learned by all.
         """
         pending = dict(self._counts) if self._item_sync is None else self._item_sync
         self._item_sync = {}
         scale = self._scale
         ticks = self._events - self._sync_events
         self._sync_events = self._events
-        return {
-            "ticks": ticks,
-            "counts": [[i, delta_value(c / scale)] for i, c in pending.items()],
-        }
+        counts = np.fromiter(pending.values(), dtype=np.float64, count=len(pending))
+        return {"ticks": ticks, "items": list(pending), "counts": counts / scale}
 
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """Add another shard's :meth:`item_delta`: advance the decay clock by its events,
@@ -330,8 +330,13 @@ class Popularity(Recommender):
         if self._scale > _RENORMALISE_AT:
             self._renormalise()
         scale = self._scale
-        for item, count in delta["counts"]:
-            self._add_scaled(delta_item(item), float(count) * scale)
+        if "items" not in delta:  # a version-1 delta: [item, count] rows
+            for item, count in delta["counts"]:
+                self._add_scaled(delta_item(item), float(count) * scale)
+            return
+        amounts = (np.asarray(delta["counts"], dtype=np.float64) * scale).tolist()
+        for item, amount in zip(delta["items"], amounts, strict=True):
+            self._add_scaled(delta_item(item), amount)
 
     def _add_scaled(self, item: Hashable, amount: float) -> None:
         """``_counts[item] += amount`` (``amount >= 0``), keeping the head sorted."""
@@ -344,3 +349,8 @@ class Popularity(Recommender):
             return
         new = self._counts[item] = old + amount
         self._raise(item, old, new)
+
+    def item_delta_light(self) -> dict[str, typing.Any]:
+        """A light delta (``STREAM_MODEL_SYNC_FULL_EVERY``) is the whole :meth:`item_delta`:
+        counts are the fast-moving part and cheap to send."""
+        return self.item_delta()

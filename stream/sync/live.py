@@ -81,12 +81,14 @@ class WorkerSync:
     ) -> None:
         self.every_events = settings.model_sync_events
         self.every_s = settings.model_sync_ms / 1000
+        self.full_every = settings.model_sync_full_every
         self.reader, self.send, self.clock = reader, send, clock
         self.shards: dict[TopicPartition, ShardSync] = {}
         self.stats = SyncStats()
         self._log: list[ShardDelta] = []  # every delta read: a shard attached later applies them
-        self._boundaries: dict[TopicPartition, list[int]] = {}  # last offsets seen per source
-        self._replay: dict[TopicPartition, list[int]] = {}
+        # (last offset, full) of the deltas seen per source
+        self._boundaries: dict[TopicPartition, list[tuple[int, bool]]] = {}
+        self._replay: dict[TopicPartition, list[tuple[int, bool]]] = {}
         self._last_sent: dict[TopicPartition, float] = {}
 
     # --- shards -------------------------------------------------------------------------
@@ -114,25 +116,32 @@ class WorkerSync:
         marks = self.reader.highwaters()
         while self.reader.behind(marks) and time.monotonic() < deadline:
             self.poll(timeout_ms=100)
-        shard = ShardSync(pipeline, *tp)
+        shard = ShardSync(pipeline, *tp, full_every=self.full_every)
         self.shards[tp] = shard
         for delta in self._log:
             self._apply(shard, delta)
         done = shard.state.published
-        replay = sorted(o for o in self._boundaries.get(tp, ()) if o > done)
+        # (A full delta closing the checkpoint's last light one ends at the same offset.)
+        closing = shard.state.heavy_pending
+        replay = sorted(
+            b
+            for b in self._boundaries.get(tp, ())
+            if b[0] > done or (closing and b[0] == done and b[1])
+        )
         # A delta published after the checkpoint without a new event in between (the time
         # trigger, a shutdown) holds exactly what the checkpoint has pending: drop it now.
         learned = shard.state.last_offset
-        while replay and learned is not None and replay[0] <= learned:
-            if replay[0] < learned:
+        upto = learned if learned is not None else done
+        while replay and replay[0][0] <= upto:
+            if learned is not None and replay[0][0] < learned:
                 logger.error(
                     "%s[%d]: a delta ending at %d was published after a checkpoint that had "
                     "learned up to %d",
                     *tp,
-                    replay[0],
+                    replay[0][0],
                     learned,
                 )
-            shard.collect_one()
+            shard.collect_one(full=replay[0][1])
             self.stats.replayed += 1
             replay.pop(0)
         if replay:
@@ -142,7 +151,7 @@ class WorkerSync:
                 "offset %d without publishing them again",
                 *tp,
                 len(replay),
-                replay[-1],
+                replay[-1][0],
             )
         self._last_sent[tp] = self.clock()
 
@@ -160,18 +169,22 @@ class WorkerSync:
         shard.note_one(offset)
         replay = self._replay.get(tp)
         if replay:
-            if offset >= replay[0]:
-                if offset > replay[0]:
+            if offset >= replay[0][0]:
+                if offset > replay[0][0]:
                     logger.error(
                         "%s[%d]: re-learning passed the boundary %d of a published delta "
                         "(at %d): its changes are shared again",
                         *tp,
-                        replay[0],
+                        replay[0][0],
                         offset,
                     )
-                shard.collect_one()  # on the topic already
+                shard.collect_one(full=replay[0][1])  # on the topic already
                 self.stats.replayed += 1
                 replay.pop(0)
+                while replay and replay[0][0] <= offset:  # a full one closing a light one
+                    shard.collect_one(full=replay[0][1])
+                    self.stats.replayed += 1
+                    replay.pop(0)
                 if not replay:
                     del self._replay[tp]
             return
@@ -194,25 +207,28 @@ class WorkerSync:
                 logger.warning("model updates: dropped an undecodable record: %s", exc)
                 continue
             self._log.append(delta)
-            self._boundaries.setdefault(delta.source, []).append(delta.last_offset)
+            self._boundaries.setdefault(delta.source, []).append((delta.last_offset, delta.full))
             for shard in self.shards.values():
                 self._apply(shard, delta)
         now = self.clock()
         lag = 0
         for tp, shard in self.shards.items():
-            if tp in self._replay or not shard.events_pending:
+            if tp in self._replay:
+                continue
+            if not shard.events_pending and not shard.state.heavy_pending:
                 continue
             if now - self._last_sent.get(tp, now) >= self.every_s:
-                self.publish(tp)
+                # A quiet shard shares everything: what waits for a full delta too.
+                self.publish(tp, full=True)
             lag = max(lag, shard.events_pending)
         self.stats.lag_events = lag
         return len(records)
 
-    def publish(self, tp: TopicPartition) -> None:
+    def publish(self, tp: TopicPartition, full: bool | None = None) -> None:
         """Collect and send the shard's delta now (when it learned anything)."""
         shard = self.shards[tp]
         self._last_sent[tp] = self.clock()
-        delta = shard.collect_one()
+        delta = shard.collect_one(full)
         if delta is None:
             return
         delta = ShardDelta(
@@ -223,6 +239,7 @@ class WorkerSync:
             delta.events,
             delta.models,
             self.clock(),
+            delta.full,
         )
         value = delta.encode()
         self.send(f"{tp[0]}:{tp[1]}".encode(), value)
@@ -233,7 +250,7 @@ class WorkerSync:
         """Every shard's pending changes, now (before a final or revoke checkpoint)."""
         for tp in list(self.shards):
             if tp not in self._replay:
-                self.publish(tp)
+                self.publish(tp, full=True)
 
     def _apply(self, shard: ShardSync, delta: ShardDelta) -> None:
         outcome = shard.apply_one(delta)

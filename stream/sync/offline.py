@@ -44,13 +44,14 @@ class LocalShards:
         partitions: int,
         sync_events: int,
         topic: str = "file",
+        full_every: int = 1,
     ) -> None:
         if partitions < 1 or sync_events < 0:
             raise ValueError("partitions must be >= 1 and sync_events >= 0")
         self.topic = topic
         self.partitions = partitions
         self.sync_events = sync_events
-        self.shards = [ShardSync(new_pipeline(), topic, p) for p in range(partitions)]
+        self.shards = [ShardSync(new_pipeline(), topic, p, full_every) for p in range(partitions)]
         self.offsets = [0] * partitions
         self.delta_records = 0
         self.delta_bytes = 0
@@ -70,9 +71,9 @@ class LocalShards:
             self.share(shard)
         return result
 
-    def share(self, sender: ShardSync) -> None:
+    def share(self, sender: ShardSync, full: bool | None = None) -> None:
         """``sender``'s delta, encoded and decoded as the worker would, applied everywhere."""
-        delta = sender.collect_one()
+        delta = sender.collect_one(full)
         if delta is None:
             return
         data = delta.encode()
@@ -86,4 +87,4 @@ class LocalShards:
         """Every shard's pending delta, shared (the end of a run: all deltas applied)."""
         if self.sync_events:
             for shard in self.shards:
-                self.share(shard)
+                self.share(shard, full=True)

@@ -51,6 +51,16 @@ class SyncState:
     published: int = -1
     deltas_applied: int = 0
     duplicates_dropped: int = 0
+    since_full: int = 0  # light deltas collected since the last full one
+    # Per source shard, the last offset of a light delta applied here when it is the last one
+    # applied: a full delta ending at that same offset (a sender closing its light deltas with
+    # nothing new learned) is then still to apply. Class-level default for older pickles.
+    light_at: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def heavy_pending(self) -> bool:
+        """Whether changes wait for a full delta (light ones were collected since the last)."""
+        return self.since_full > 0
 
 
 def shared_models(pipeline: Pipeline) -> dict[str, SharedItemState]:
@@ -88,9 +98,12 @@ class ShardSync:
     1
     """
 
-    def __init__(self, pipeline: Pipeline, topic: str, partition: int) -> None:
+    def __init__(self, pipeline: Pipeline, topic: str, partition: int, full_every: int = 1) -> None:
+        if full_every < 1:
+            raise ValueError(f"full_every must be at least 1, got {full_every}")
         self.pipeline = pipeline
         self.topic, self.partition = topic, partition
+        self.full_every = full_every
         state = getattr(pipeline, "sync_state", None)
         if not isinstance(state, SyncState):
             state = SyncState()
@@ -118,17 +131,39 @@ class ShardSync:
         """Events learned since the last delta."""
         return self.state.events
 
-    def collect_one(self) -> ShardDelta | None:
-        """This shard's delta since the last one (None when it learned nothing since)."""
+    def collect_one(self, full: bool | None = None) -> ShardDelta | None:
+        """This shard's delta since the last one (None when it learned nothing since).
+
+        Every ``full_every``-th delta is full (every shared model's changes); the ones between
+        are light: only the models with an ``item_delta_light`` (popularity counts, factor
+        models' item biases) contribute, the others keep their changes for the next full one.
+        ``full`` forces the kind (a final delta; re-collecting a published one on replay).
+        """
         state = self.state
-        models = {name: m.item_delta() for name, m in shared_models(self.pipeline).items()}
+        if full is None:
+            full = state.since_full + 1 >= self.full_every
+        closing = False
         if state.last_offset is None:
-            return None
-        first = state.first_offset if state.first_offset is not None else state.last_offset
-        delta = ShardDelta(
-            self.topic, self.partition, first, state.last_offset, state.events, models
-        )
-        state.published = state.last_offset
+            if not (full and state.since_full > 0):
+                return None
+            # Nothing learned since a light delta: a full one ending at the same offset closes
+            # it with the changes that waited (receivers apply it once, see apply_one).
+            closing = True
+        models: dict[str, dict[str, Any]] = {}
+        for name, model in shared_models(self.pipeline).items():
+            if full:
+                models[name] = model.item_delta()
+            elif hasattr(model, "item_delta_light"):
+                models[name] = model.item_delta_light()
+        state.since_full = 0 if full else state.since_full + 1
+        if closing:
+            last = first = state.published
+        else:
+            assert state.last_offset is not None
+            last = state.last_offset
+            first = state.first_offset if state.first_offset is not None else last
+        delta = ShardDelta(self.topic, self.partition, first, last, state.events, models, full=full)
+        state.published = last
         state.first_offset = state.last_offset = None
         state.events = 0
         return delta
@@ -139,7 +174,11 @@ class ShardSync:
             return "own"
         state = self.state
         done = state.applied.get(delta.source, -1)
-        if delta.last_offset <= done:
+        light_at = getattr(state, "light_at", None)
+        if light_at is None:  # a SyncState pickled before light deltas
+            light_at = state.light_at = {}
+        closes = delta.full and delta.last_offset == done and light_at.get(delta.source) == done
+        if delta.last_offset <= done and not closes:
             state.duplicates_dropped += 1
             return "duplicate"
         shared = shared_models(self.pipeline)
@@ -148,5 +187,9 @@ class ShardSync:
             if model is not None:
                 model.apply_item_delta(part)
         state.applied[delta.source] = delta.last_offset
+        if delta.full:
+            light_at.pop(delta.source, None)
+        else:
+            light_at[delta.source] = delta.last_offset
         state.deltas_applied += 1
         return "applied"

@@ -1,0 +1,205 @@
+"""The model-updates delta on the wire (issue 12): a compact binary frame (version 2) that
+keeps additive counts exact, still reads version-1 records, and refuses malformed frames."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream.core import Pipeline
+from stream.events import Event, Source
+from stream.models import ItemKNN, MatrixFactorization, Popularity
+from stream.settings import StreamSettings
+from stream.sync import DeltaError, ShardDelta, ShardSync
+from stream.sync.delta import DELTA_VERSION
+
+
+def _settings() -> StreamSettings:
+    return StreamSettings(
+        _env_file=None,
+        models=("popularity", "knn", "biased_mf", "blend"),
+        knn_half_life=None,
+        popularity_half_life=500.0,
+    )
+
+
+def _events(n: int, offset: int = 0) -> list[Event]:
+    return [
+        Event(
+            user_id=f"u{(t * 7) % 23}",
+            item_id=f"i{(t * 13) % 31}",
+            event_type="purchase" if t % 5 == 0 else "view",
+            timestamp=float(offset + t),
+        )
+        for t in range(n)
+    ]
+
+
+def _sender_delta(n: int = 200) -> ShardDelta:
+    a = ShardSync(Pipeline.from_settings(_settings()), "events", 0)
+    for offset, event in enumerate(_events(n)):
+        a.pipeline.process_one(event, Source("events", 0, offset))
+        a.note_one(offset)
+    delta = a.collect_one()
+    assert delta is not None
+    return delta
+
+
+def _as_v1(delta: ShardDelta) -> bytes:
+    """The same delta as a version-1 record wrote it: zlib JSON, rows of lists."""
+    models: dict[str, Any] = {}
+    for name, part in delta.models.items():
+        if "co_at" in part:  # ItemKNN
+            items = part["items"]
+            models[name] = {
+                "ticks": part["ticks"],
+                "norms": [
+                    [items[a], float(v)]
+                    for a, v in zip(part["norms_at"], part["norms"], strict=True)
+                ],
+                "co": [
+                    [items[a], items[b], float(v)]
+                    for (a, b), v in zip(part["co_at"].tolist(), part["co"], strict=True)
+                ],
+            }
+        elif "steps" in part:  # MF
+            vectors = part["steps"].astype(float) * part["step"].astype(float)[:, None]
+            models[name] = {
+                "items": [
+                    [i, v.tolist(), float(b)]
+                    for i, v, b in zip(part["items"], vectors, part["biases"], strict=True)
+                ],
+                "mean": part["mean"],
+            }
+        else:  # Popularity
+            models[name] = {
+                "ticks": part["ticks"],
+                "counts": [
+                    [i, float(c)] for i, c in zip(part["items"], part["counts"], strict=True)
+                ],
+            }
+    body = {
+        "v": 1,
+        "topic": delta.source_topic,
+        "partition": delta.source_partition,
+        "first_offset": delta.first_offset,
+        "last_offset": delta.last_offset,
+        "events": delta.events,
+        "models": models,
+        "t": delta.created,
+    }
+    return zlib.compress(json.dumps(body).encode(), 6)
+
+
+def _state(pipeline: Pipeline) -> dict[str, Any]:
+    pop = pipeline.models["popularity"]
+    knn = pipeline.models["knn"]
+    mf = pipeline.models["biased_mf"]
+    assert isinstance(pop, Popularity) and isinstance(knn, ItemKNN)
+    assert isinstance(mf, MatrixFactorization)
+    return {
+        "pop": {i: pop.score_of(i) for i in pop._counts},
+        "pop_head": list(pop._ranked),
+        "norms": {knn._items[r]: float(knn._norms[r]) for r in range(len(knn._items))},
+        "co": {
+            (knn._items[i], knn._items[j]): v for i, r in enumerate(knn._co) for j, v in r.items()
+        },
+        "mf": {i: np.asarray(v, dtype=float) for i, v in mf.river_model.i_latents.items()},
+    }
+
+
+def test_additive_counts_cross_the_wire_bit_for_bit() -> None:
+    delta = _sender_delta()
+    wire = ShardDelta.decode(delta.encode())
+    assert wire.models.keys() == delta.models.keys()
+    for name, part in delta.models.items():
+        for key, value in part.items():
+            got = wire.models[name][key]
+            if isinstance(value, np.ndarray) and value.dtype == np.float64:
+                assert got.dtype == np.float64 and np.array_equal(got, value), (name, key)
+            elif isinstance(value, np.ndarray):
+                assert np.array_equal(got, value), (name, key)
+            else:
+                assert got == value, (name, key)
+
+
+def test_a_version_1_record_is_still_read_and_applied_like_version_2() -> None:
+    delta = _sender_delta()
+    via_v2, via_v1 = (ShardSync(Pipeline.from_settings(_settings()), "events", 1) for _ in "ab")
+    assert via_v2.apply_one(ShardDelta.decode(delta.encode())) == "applied"
+    old = ShardDelta.decode(_as_v1(delta))
+    assert isinstance(old.models["popularity"]["counts"], list)  # rows, as version 1 had
+    assert via_v1.apply_one(old) == "applied"
+    a, b = _state(via_v2.pipeline), _state(via_v1.pipeline)
+    assert a["pop"] == pytest.approx(b["pop"], rel=1e-12) and a["pop_head"] == b["pop_head"]
+    assert a["norms"] == pytest.approx(b["norms"], rel=1e-12)
+    assert a["co"] == pytest.approx(b["co"], rel=1e-12)
+    assert a["mf"].keys() == b["mf"].keys()
+    for item, vector in a["mf"].items():
+        np.testing.assert_allclose(vector, b["mf"][item], rtol=1e-6, atol=1e-9)
+
+
+def test_the_binary_frame_is_smaller_than_the_json_one() -> None:
+    delta = _sender_delta(400)
+    assert len(delta.encode()) < 0.7 * len(_as_v1(delta))
+
+
+def _frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return zlib.compress(b"\x00SD2" + struct.pack("<I", len(text)) + text + payload)
+
+
+_HEADER = {
+    "v": DELTA_VERSION,
+    "topic": "t",
+    "partition": 0,
+    "first_offset": 0,
+    "last_offset": 0,
+    "events": 1,
+    "t": 0.0,
+}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _frame({**_HEADER, "models": {"m": {"$a": 0}}, "arrays": [["|O", [1]]]}, b"\x00" * 8),
+        _frame({**_HEADER, "models": {"m": {"$a": 0}}, "arrays": [["<f8", [4]]]}, b"\x00" * 8),
+        _frame({**_HEADER, "models": {"m": {"$a": 3}}, "arrays": [["<f8", [1]]]}, b"\x00" * 8),
+        _frame({**_HEADER, "models": {}, "arrays": []}, b"extra"),
+        _frame({**_HEADER, "v": 9, "models": {}, "arrays": []}),
+        zlib.compress(b"\x00SD2\xff\xff"),
+    ],
+    ids=["object-dtype", "short-array", "bad-reference", "trailing-bytes", "version", "header"],
+)
+def test_a_malformed_frame_is_a_clear_error(data: bytes) -> None:
+    with pytest.raises(DeltaError):
+        ShardDelta.decode(data)
+
+
+def test_an_object_array_cannot_be_sent() -> None:
+    with pytest.raises(TypeError):
+        ShardDelta("t", 0, 0, 0, 1, {"m": {"x": np.array([object()])}}).encode()
+
+
+def test_factor_changes_travel_as_int8_steps_within_half_a_step() -> None:
+    from stream.models.mf import _dequantise, _quantise
+
+    rng = np.random.default_rng(5)
+    changes = rng.normal(0.0, 0.05, (200, 10)) * rng.choice([1e-6, 1.0, 1e4], (200, 1))
+    changes[3] = 0.0  # an item whose vector did not move (its bias did)
+    wire = ShardDelta.decode(ShardDelta("t", 0, 0, 0, 1, {"m": _quantise(changes)}).encode())
+    part = wire.models["m"]
+    assert part["steps"].dtype == np.int8 and part["step"].dtype == np.float32
+    back = _dequantise(part)
+    half_step = np.abs(changes).max(axis=1, keepdims=True) / 254 * (1 + 1e-6)
+    assert np.all(np.abs(back - changes) <= half_step + 1e-300)
+    assert not back[3].any() and math.isfinite(float(np.abs(back).max()))
+    old = {"vectors": changes.astype(np.float16)}  # what this version wrote first
+    np.testing.assert_allclose(_dequantise(old), changes, rtol=1e-3, atol=1e-7)

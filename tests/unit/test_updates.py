@@ -301,6 +301,10 @@ def test_the_pipeline_reacts_to_drift_on_the_served_model_only() -> None:
     assert reactions[0].model == "knn" and 6_000 < reactions[0].event < 7_000
     assert reactions[0].recent < 0.75 * reactions[0].before
     assert any("knn: half-life" in a for a in reactions[0].actions)
+    # The past is discounted by the evidence: the report's hit rate after over before, or the
+    # reaction's own recent over before, whichever says less of the past still holds.
+    (weighted,) = [a for a in reactions[0].actions if a.startswith("knn: past weighted x")]
+    assert float(weighted.rsplit("x", 1)[1]) <= reactions[0].recent / reactions[0].before + 0.01
     # What is reported on the served model is the drift, not the noise before it.
     served_detections = [d for r in results for d in r.drifts if d.model == "knn"]
     assert served_detections and all(d.detected_event > 6_000 for d in served_detections)

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from stream.drift import DriftMonitor
@@ -123,8 +123,6 @@ class PipelineConfig:
     drift_detector: str = "adwin"
     drift_delta: float = 0.002
     drift_min_events: int = 500
-    drift_direction: str = "worse"
-    drift_min_change: float = 0.4
     popularity_half_life: float = 5_000.0
     seed: int = 42
     promotion: bool = True
@@ -139,6 +137,18 @@ class PipelineConfig:
     retrieval: RetrievalMode = "candidates"
     retrieval_candidates: int = 100
     challenger_sample: float = 1.0
+    # Drift reports (issue 13). New fields go last: a checkpoint holds the values by position.
+    drift_direction: str = "worse"
+    drift_min_change: float = 0.4
+
+    def __getstate__(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        # A checkpoint of an older version holds fewer values (fields are only ever appended):
+        # the ones it lacks take their defaults.
+        for index, f in enumerate(fields(self)):
+            object.__setattr__(self, f.name, state[index] if index < len(state) else f.default)
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> PipelineConfig:

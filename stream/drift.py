@@ -150,6 +150,9 @@ class DriftMonitor:
         for key in [k for k in self._detectors if k[0] in names]:
             del self._detectors[key]
             self._seen.pop(key, None)
+            self._levels.pop(key, None)  # a candidate of the old model is no evidence
+            self._pending.pop(key, None)
+            self._pending_users.pop(key, None)
 
     def update_one(
         self,
@@ -194,13 +197,14 @@ class DriftMonitor:
                     model, metric, event_index, event_index, before, after, source, timestamp
                 )
             ]
-        # A newer detection replaces a candidate still waiting; a change for the better is
-        # no candidate when only worse ones are reported.
-        self._pending.pop(key, None)
-        self._pending_users.pop(key, None)
+        # A change for the better is no candidate when only worse ones are reported (and it
+        # leaves a candidate still waiting alone); a newer candidate replaces a waiting one.
         if self.direction == "worse" and adwin and after <= before:
             self.suppressed += 1
-            return []
+            pending = self._pending.get(key)
+            if pending is None:
+                return []
+            return self._confirm(key, pending, value, event_index, source, timestamp, user)
         self._pending[key] = [float(event_index), before, 0.0, 0.0, 0.0, 0.0]
         self._pending_users[key] = {}
         return []

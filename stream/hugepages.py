@@ -95,6 +95,8 @@ def huge_pages_env(
     if current and current != "malloc":
         return None, f"PYTHONMALLOC={current} is set"
     tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=0" in tunables:
+        return None, "GLIBC_TUNABLES sets glibc.malloc.hugetlb=0"
     if "glibc.malloc.hugetlb=" not in tunables:
         tunables = f"{tunables}:{TUNABLE}" if tunables else TUNABLE
     env = dict(environ)
@@ -118,4 +120,7 @@ def reexec_with_huge_pages(wanted: bool) -> None:
     logger.info("re-executing with the heap on transparent huge pages (STREAM_HUGE_PAGES=auto)")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.execve(sys.executable, argv, env)
+    try:
+        os.execve(sys.executable, argv, env)
+    except OSError as exc:  # e.g. the interpreter was replaced by an upgrade: go on as we are
+        logger.warning("could not re-execute with huge pages (%s); heap on 4 KiB pages", exc)

@@ -21,7 +21,7 @@ next to a fresh new one), and each change is logged.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stream.checkpoint import CheckpointError, CheckpointStore, read_info
@@ -81,6 +81,14 @@ _APPLIED_NOTES: dict[str, str] = {
     "drift_reaction_drop": "the drift reaction follows it from the next event",
     "drift_reaction_cooldown": "the drift reaction follows it from the next event",
     "drift_reaction_span": "the drift reaction follows it from the next event",
+}
+# Settings added after checkpoints recorded their settings, with the behaviour of the code
+# before them: a checkpoint without one was built with that value.
+_BEFORE_THEY_EXISTED: dict[str, Any] = {
+    "drift_direction": "both",
+    "drift_min_change": 0.0,
+    "blend_fusion": "rrf",
+    "blend_fusion_rate": 0.05,
 }
 # Settings a learned model's state depends on, by model (the blend holds no state of its own).
 _LEARNED_WITH: dict[str, tuple[str, ...]] = {
@@ -172,6 +180,8 @@ def plan_restore(
     (['models', 'recommender', 'top_k'], ['STREAM_KNN_NEIGHBORS 100 -> 20 (knn learned with 100)'])
     """
     new = built_with(settings)
+    # Settings added after a checkpoint was written: it was built with their behaviour then.
+    old = {**{k: v for k, v in _BEFORE_THEY_EXISTED.items() if k in new and complete}, **old}
     old_models = list(old.get("models", []))
     kept = [m for m in settings.models if m in old_models]
     plan = RestorePlan()
@@ -308,6 +318,16 @@ def apply_settings(
     _apply_build_schedule(pipeline, settings)
     pipeline.bound_memory(settings)  # the memory limits are read live, like the schedule
     pipeline.apply_retrieval(settings)
+    # What the drift monitor reports follows the current settings, whatever the plan said
+    # (a checkpoint older than a filter setting holds no value of it to compare with).
+    pipeline.drift.min_events = settings.drift_min_events
+    pipeline.drift.configure(settings.drift_direction, settings.drift_min_change)
+    pipeline.config = replace(
+        pipeline.config,
+        drift_min_events=settings.drift_min_events,
+        drift_direction=settings.drift_direction,
+        drift_min_change=settings.drift_min_change,
+    )
     return pipeline, plan
 
 

@@ -367,7 +367,8 @@ class Blend(Recommender):
     @property
     def learns_online(self) -> bool:
         """Whether :meth:`observe_one` learns anything (online weights or a learned fusion)."""
-        return self._learned is not None or bool(self.learning_rate)
+        learned = self._learned is not None and self._learned.learning_rate > 0
+        return learned or bool(self.learning_rate)
 
     def __getstate__(self) -> dict[str, typing.Any]:
         state = self.__dict__.copy()

@@ -361,9 +361,11 @@ class MatrixFactorization(Recommender):
         for item, (vector, before) in pending.items():
             now = float(biases[index[item]])
             if abs(now - before) >= _LIGHT_MIN_BIAS:  # smaller ones wait for the full delta
+                change = float(np.float16(now - before))  # what receivers will add
                 items.append(item)
-                sent.append(now - before)
-                pending[item] = (vector, now)  # the vector change stays pending
+                sent.append(change)
+                # The vector change stays pending, and so does float16's rounding of the bias.
+                pending[item] = (vector, before + change)
         return {"items": items, "biases": np.array(sent, dtype=np.float16)}
 
     def top_k_among(

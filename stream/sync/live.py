@@ -253,7 +253,23 @@ class WorkerSync:
                 self.publish(tp, full=True)
 
     def _apply(self, shard: ShardSync, delta: ShardDelta) -> None:
-        outcome = shard.apply_one(delta)
+        try:
+            outcome = shard.apply_one(delta)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            # A delta that decodes but does not fit the models (a foreign or corrupt writer):
+            # never a crash loop on a topic read from its beginning; counted and logged loudly,
+            # since the models it reached before failing may hold part of it.
+            self.stats.invalid += 1
+            logger.error(
+                "model updates: a delta from %s:%d (offsets %d-%d) could not be applied, its "
+                "models may hold part of it: %r",
+                delta.source_topic,
+                delta.source_partition,
+                delta.first_offset,
+                delta.last_offset,
+                exc,
+            )
+            return
         if outcome == "applied":
             self.stats.applied += 1
             if delta.created:

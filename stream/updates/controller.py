@@ -190,6 +190,8 @@ class ModelUpdates:
                     self.evidence_keep = max(0.0, 1.0 - d.after) / (1.0 - d.before)
         reaction: Reaction | None = None
         due = self.reaction.observe_one(served, evaluators[served], evaluated_count, detected)
+        if due is None and self.reaction._armed is None:
+            self.evidence_keep = 1.0  # a report that armed nothing is no evidence for later
         if due is not None:
             before, recent, at = due
             reason = f"drift on {served} at event {at}: HR {recent:.4f} vs {before:.4f} before"

@@ -168,3 +168,37 @@ def test_a_fall_confined_to_a_few_users_is_no_alarm_a_fall_across_many_is() -> N
 
     assert run(3) == []
     assert len(run(40)) == 1
+
+
+def test_forgetting_a_model_drops_its_waiting_candidate() -> None:
+    monitor = DriftMonitor("adwin", 0.002, min_events=0, min_change=0.4)
+    _feed(monitor, [(3000, 0.6), (90, 1.0)])  # fired; its evidence is still being gathered
+    assert ("m", "miss") in monitor._pending
+    monitor.forget_models({"m"})
+    assert ("m", "miss") not in monitor._pending and not monitor._pending_users
+
+
+def test_a_detection_for_the_better_leaves_a_waiting_candidate_alone() -> None:
+    monitor = DriftMonitor("adwin", 0.002, min_events=0, min_change=0.4)
+    _feed(monitor, [(3000, 0.6), (90, 1.0)])
+    waiting = list(monitor._pending[("m", "miss")])
+
+    class Better:  # what ADWIN looks like when it fires on a rise of the hit rate
+        drift_detected, width, estimation = True, 10, 0.1
+
+        def update(self, value: float) -> None:
+            self.estimation = 0.05
+
+    real = monitor._detectors[("m", "miss")]
+    monitor._detectors[("m", "miss")] = Better()
+    try:
+        import river.drift
+
+        river_adwin = river.drift.ADWIN
+        river.drift.ADWIN = Better  # type: ignore[misc]  # isinstance() sees an ADWIN
+        monitor.update_one("m", "miss", 1.0, 3061, None, 0.0, "u")
+    finally:
+        river.drift.ADWIN = river_adwin  # type: ignore[misc]
+        monitor._detectors[("m", "miss")] = real
+    assert monitor._pending[("m", "miss")][0] == waiting[0]  # the same candidate, one more value
+    assert monitor._pending[("m", "miss")][5] == waiting[5] + 1

@@ -331,3 +331,39 @@ def test_drift_report_filters_take_effect_and_follow_the_current_settings_on_res
     assert [c.name for c in plan.applied] == ["drift_min_change"] and not plan.refused
     assert pipeline.drift.min_change == 0.1
     assert pipeline.drift._detectors is detectors  # the running detectors are kept
+
+
+def test_a_pipeline_config_pickled_by_an_older_version_keeps_every_value_in_place() -> None:
+    import pickle
+
+    from stream.core import PipelineConfig
+
+    config = PipelineConfig(seed=7, popularity_half_life=123.0, challenger_sample=0.5)
+    assert pickle.loads(pickle.dumps(config)) == config
+    older = config.__getstate__()[:-2]  # before drift_direction / drift_min_change existed
+    restored = PipelineConfig.__new__(PipelineConfig)
+    restored.__setstate__(older)
+    assert (restored.seed, restored.popularity_half_life, restored.challenger_sample) == (
+        7,
+        123.0,
+        0.5,
+    )
+    assert (restored.drift_direction, restored.drift_min_change) == ("worse", 0.4)
+
+
+def test_a_checkpoint_older_than_the_drift_filters_reports_as_the_settings_say_now(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline.from_settings(settings())
+    list(pipeline.run(events(300)))
+    # What a checkpoint written before the filters holds: no such settings, an unfiltered monitor.
+    for name in ("drift_direction", "drift_min_change"):
+        del pipeline.built_with[name]
+    pipeline.drift.direction, pipeline.drift.min_change = "both", 0.0
+    restored, plan = apply_settings(pipeline, settings())
+    assert {c.name for c in plan.applied} == {"drift_direction", "drift_min_change"}
+    assert (restored.drift.direction, restored.drift.min_change) == ("worse", 0.4)
+    assert restored.built_with["drift_direction"] == "worse"
+    again, plan = apply_settings(restored, settings(drift_min_change=0.2))
+    assert [c.name for c in plan.applied] == ["drift_min_change"]
+    assert again.drift.min_change == 0.2 and again.config.drift_min_change == 0.2

@@ -175,8 +175,21 @@ _HEADER = {
         _frame({**_HEADER, "models": {}, "arrays": []}, b"extra"),
         _frame({**_HEADER, "v": 9, "models": {}, "arrays": []}),
         zlib.compress(b"\x00SD2\xff\xff"),
+        _frame({**_HEADER, "models": {}, "arrays": [["<f8", 5]]}),
+        _frame({**_HEADER, "models": {}, "arrays": [5]}),
+        _frame({**_HEADER, "models": {}, "arrays": [["<f8", [None]]]}),
     ],
-    ids=["object-dtype", "short-array", "bad-reference", "trailing-bytes", "version", "header"],
+    ids=[
+        "object-dtype",
+        "short-array",
+        "bad-reference",
+        "trailing-bytes",
+        "version",
+        "header",
+        "shape-not-a-list",
+        "spec-not-a-list",
+        "shape-of-none",
+    ],
 )
 def test_a_malformed_frame_is_a_clear_error(data: bytes) -> None:
     with pytest.raises(DeltaError):

@@ -27,7 +27,8 @@ def test_drift_is_summarised_per_metrics_record_and_progress_is_logged(
         SyntheticConfig(n_events=6_000, n_users=60, n_items=200, seed=3, drift_at=3_000)
     )
     rows = [(r.key, r.value) for r in stream.records()]
-    s = kafka_settings(metrics_every_events=500)
+    # Every detection reported (no filter), so that there are many to summarise.
+    s = kafka_settings(metrics_every_events=500, drift_direction="both", drift_min_change=0.0)
     ensure_topics(s, {s.events_topic: 1}, timeout_s=30)
     produce(kafka_bootstrap, s.events_topic, [v for _, v in rows], [k for k, _ in rows])
     monkeypatch.setattr(Worker, "PROGRESS_EVERY_S", 0.5)

@@ -108,16 +108,11 @@ class DriftMonitor:
         min_change: float = 0.0,
     ) -> None:
         make_detector(detector, delta, seed)  # fail fast on a bad name
-        if direction not in DIRECTIONS:
-            raise ValueError(f"drift direction must be one of {DIRECTIONS}, got {direction!r}")
-        if not 0.0 <= min_change < 1.0:
-            raise ValueError(f"drift min_change must be in [0, 1), got {min_change}")
+        self.configure(direction, min_change)
         self.detector = detector
         self.delta = delta
         self.min_events = min_events
         self.seed = seed
-        self.direction = direction
-        self.min_change = min_change
         self._detectors: dict[tuple[str, str], Any] = {}
         self._seen: dict[tuple[str, str], int] = {}
         self._levels: dict[tuple[str, str], float] = {}  # EWMA of the stream (non-ADWIN)
@@ -140,8 +135,10 @@ class DriftMonitor:
 
     def configure(self, direction: str, min_change: float) -> None:
         """Apply other filter settings to a restored monitor (the detectors' state stays)."""
-        if direction not in DIRECTIONS or not 0.0 <= min_change < 1.0:
-            raise ValueError(f"bad drift filter: direction {direction!r}, min_change {min_change}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"drift direction must be one of {DIRECTIONS}, got {direction!r}")
+        if not 0.0 <= min_change < 1.0:
+            raise ValueError(f"drift min_change must be in [0, 1), got {min_change}")
         self.direction = direction
         self.min_change = min_change
 

@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FloatArray", "IntArray", "best_rows", "grow", "remove_row", "select"]
+__all__ = [
+    "FloatArray",
+    "IntArray",
+    "best_rows",
+    "discounted_scale",
+    "grow",
+    "remove_row",
+    "select",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -134,3 +142,16 @@ def select(
     else:
         picked = best_rows(scores, k)
     return picked.tolist(), scores[picked].tolist()
+
+
+def discounted_scale(scale: float, factor: float) -> float:
+    """The growth scale of a decaying model after weighing its past ``factor`` times what it
+    weighed (its next events count ``scale / factor``): what ``discount`` does in every
+    model with a decay clock.
+
+    >>> discounted_scale(2.0, 0.5)
+    4.0
+    """
+    if not 0 < factor <= 1:
+        raise ValueError(f"discount factor must be in (0, 1], got {factor}")
+    return scale / factor

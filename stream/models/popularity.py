@@ -9,6 +9,7 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
+from stream.models._ranking import discounted_scale
 from stream.models.base import (
     Recommender,
     Scored,
@@ -95,9 +96,7 @@ class Popularity(Recommender):
         """Weigh everything learned so far ``factor`` times what it weighed, at once (0 <
         factor <= 1): the events that follow count 1 / factor times more than before against
         it. The drift reaction's lever when the evidence says the past is mostly wrong."""
-        if not 0 < factor <= 1:
-            raise ValueError(f"discount factor must be in (0, 1], got {factor}")
-        self._scale /= factor
+        self._scale = discounted_scale(self._scale, factor)
         if self._scale > _RENORMALISE_AT:
             self._renormalise()
 

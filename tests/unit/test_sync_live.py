@@ -181,3 +181,18 @@ def test_a_delta_sent_after_the_checkpoint_without_a_new_event_is_not_sent_again
     again.publish_all()
     ranges = [(d.first_offset, d.last_offset) for d in map(ShardDelta.decode, topic.values)]
     assert ranges == [(0, 3), (4, 5)]
+
+
+def test_a_delta_that_decodes_but_does_not_fit_the_models_is_counted_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = _Topic()
+    sync = WorkerSync(SETTINGS, _Reader(topic), topic.send, clock=lambda: 0.0)
+    shard = Pipeline.from_settings(SETTINGS)
+    sync.attach(("events", 0), shard)
+    # A foreign writer's delta: well-formed, but its popularity part is nonsense.
+    bad = ShardDelta("events", 1, 0, 9, 10, {"popularity": {"items": ["a"], "counts": "x"}})
+    topic.send(b"events:1", bad.encode())
+    sync.poll()  # must not raise
+    assert sync.stats.invalid == 1
+    assert "could not be applied" in caplog.text

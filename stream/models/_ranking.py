@@ -11,16 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sized
 from itertools import repeat
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DecayClock",
     "FloatArray",
     "IntArray",
     "best_rows",
-    "discounted_scale",
     "grow",
     "remove_row",
     "select",
@@ -144,14 +144,30 @@ def select(
     return picked.tolist(), scores[picked].tolist()
 
 
-def discounted_scale(scale: float, factor: float) -> float:
-    """The growth scale of a decaying model after weighing its past ``factor`` times what it
-    weighed (its next events count ``scale / factor``): what ``discount`` does in every
-    model with a decay clock.
+class DecayClock:
+    """What a model that decays with a growth scale (``_scale``: the weight of its next
+    event; ``_renormalise``: divide everything by it once it grows large) gains:
+    :meth:`discount`. Popularity and ItemKNN keep such a clock."""
 
-    >>> discounted_scale(2.0, 0.5)
-    4.0
-    """
-    if not 0 < factor <= 1:
-        raise ValueError(f"discount factor must be in (0, 1], got {factor}")
-    return scale / factor
+    _scale: float
+    _RENORMALISE_AT: ClassVar[float] = 2.0**64
+
+    def _renormalise(self) -> None:  # pragma: no cover - every model with a clock has one
+        raise NotImplementedError
+
+    def discount(self, factor: float) -> None:
+        """Weigh everything learned so far ``factor`` times what it weighed, at once (0 <
+        factor <= 1): the events that follow count 1 / factor times more than before against
+        it. The drift reaction's lever when the evidence says the past is mostly wrong.
+
+        >>> from stream.models.popularity import Popularity
+        >>> model = Popularity(half_life=100.0)
+        >>> model.discount(0.5)
+        >>> model._scale
+        2.0
+        """
+        if not 0 < factor <= 1:
+            raise ValueError(f"discount factor must be in (0, 1], got {factor}")
+        self._scale /= factor
+        if self._scale > self._RENORMALISE_AT:
+            self._renormalise()

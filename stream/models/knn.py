@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stream.models._ranking import FloatArray, IntArray, discounted_scale, grow, select
+from stream.models._ranking import DecayClock, FloatArray, IntArray, grow, select
 from stream.models.base import (
     Recommender,
     Scored,
@@ -33,7 +33,7 @@ _DENSE_FACTOR = 16
 _RENORMALISE_AT = 2.0**64
 
 
-class ItemKNN(Recommender):
+class ItemKNN(DecayClock, Recommender):
     """Item-to-item cosine neighbourhoods over the users' recent items.
 
     Each user is a vector of their last ``history`` distinct items, valued by the strongest
@@ -161,14 +161,6 @@ class ItemKNN(Recommender):
         # blend): the last user's scores are kept until the model changes.
         self._version = 0
         self._cached: tuple[Hashable, int, _Scores | None] | None = None
-
-    def discount(self, factor: float) -> None:
-        """Weigh everything learned so far ``factor`` times what it weighed, at once (0 <
-        factor <= 1): the events that follow count 1 / factor times more than before against
-        it. The drift reaction's lever when the evidence says the past is mostly wrong."""
-        self._scale = discounted_scale(self._scale, factor)
-        if self._scale > _RENORMALISE_AT:
-            self._renormalise()
 
     def set_half_life(self, half_life: float | None) -> None:
         """Decay at a new rate from the next event on (``None``: stop decaying)."""

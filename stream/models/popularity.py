@@ -9,7 +9,7 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from stream.models._ranking import discounted_scale
+from stream.models._ranking import DecayClock
 from stream.models.base import (
     Recommender,
     Scored,
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 _RENORMALISE_AT = 2.0**64
 
 
-class Popularity(Recommender):
+class Popularity(DecayClock, Recommender):
     """Items ranked by an exponentially decayed count of their interactions.
 
     An interaction ``half_life`` events ago counts half as much as one now. Each event adds
@@ -91,14 +91,6 @@ class Popularity(Recommender):
         self._keys: list[float] = []
         self._ranked: list[Hashable] = []
         self._events = 0
-
-    def discount(self, factor: float) -> None:
-        """Weigh everything learned so far ``factor`` times what it weighed, at once (0 <
-        factor <= 1): the events that follow count 1 / factor times more than before against
-        it. The drift reaction's lever when the evidence says the past is mostly wrong."""
-        self._scale = discounted_scale(self._scale, factor)
-        if self._scale > _RENORMALISE_AT:
-            self._renormalise()
 
     def set_half_life(self, half_life: float) -> None:
         """Decay at a new rate from the next event on (what was learned keeps its weight)."""

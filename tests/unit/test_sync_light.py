@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 import pickle
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from sync_fakes import FakeReader, FakeTopic
 
 from stream.core import Pipeline
 from stream.events import Event, Source
@@ -21,40 +21,6 @@ from stream.settings import StreamSettings
 from stream.sync import ShardDelta, ShardSync
 from stream.sync.live import WorkerSync
 from stream.sync.offline import LocalShards
-
-
-@dataclass
-class _Record:
-    value: bytes | None
-
-
-class _Topic:
-    """A list-backed model-updates topic (as in test_sync_live.py)."""
-
-    def __init__(self) -> None:
-        self.values: list[bytes] = []
-
-    def send(self, key: bytes, value: bytes) -> None:
-        self.values.append(value)
-
-
-class _Reader:
-    def __init__(self, topic: _Topic) -> None:
-        self.topic, self.position = topic, 0
-
-    def poll(self, timeout_ms: int | None = None) -> list[_Record]:
-        out = [_Record(v) for v in self.topic.values[self.position :]]
-        self.position = len(self.topic.values)
-        return out
-
-    def caught_up(self) -> bool:
-        return self.position >= len(self.topic.values)
-
-    def highwaters(self) -> dict[int, int]:
-        return {0: len(self.topic.values)}
-
-    def behind(self, marks: dict[int, int]) -> bool:
-        return self.position < marks.get(0, 0)
 
 
 def _feed(
@@ -200,8 +166,8 @@ def test_a_restored_shard_replays_light_and_full_deltas_as_they_were_published()
         p = partition_of(e.user_id, 2)
         by_partition[p].append((p, len(by_partition[p]), e))
     stream = sorted(by_partition[0] + by_partition[1], key=lambda x: x[2].timestamp)
-    topic = _Topic()
-    first = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    topic = FakeTopic()
+    first = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: 0.0)
     shards = {p: Pipeline.from_settings(settings) for p in (0, 1)}
     for p, pipe in shards.items():
         first.attach(("events", p), pipe)
@@ -214,7 +180,7 @@ def test_a_restored_shard_replays_light_and_full_deltas_as_they_were_published()
     published = [ShardDelta.decode(v) for v in topic.values]
     assert {d.full for d in published if d.source_partition == 0} == {True, False}
 
-    second = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    second = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: 0.0)
     restored = pickle.loads(checkpoint)
     second.attach(("events", 0), restored)
     _feed(second, {0: restored}, [x for x in by_partition[0] if x[1] >= at])
@@ -252,8 +218,8 @@ def test_a_quiet_shard_closes_its_light_deltas_with_a_full_one_applied_once() ->
         p = partition_of(e.user_id, 2)
         by_partition[p].append((p, len(by_partition[p]), e))
     stream = sorted(by_partition[0] + by_partition[1], key=lambda x: x[2].timestamp)
-    topic = _Topic()
-    first = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    topic = FakeTopic()
+    first = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: 0.0)
     shards = {p: Pipeline.from_settings(settings) for p in (0, 1)}
     for p, pipe in shards.items():
         first.attach(("events", p), pipe)
@@ -270,7 +236,7 @@ def test_a_quiet_shard_closes_its_light_deltas_with_a_full_one_applied_once() ->
     assert [k[2] for k in kinds] == [False, False, True, True]
     assert kinds[0][1] == kinds[2][1] and kinds[1][1] == kinds[3][1]
 
-    second = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    second = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: 0.0)
     restored = pickle.loads(checkpoint)
     second.attach(("events", 0), restored)
     assert second.stats.replayed == 1 and not second._replay

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import pickle
 import random
-from dataclasses import dataclass
 
 import pytest
+from sync_fakes import FakeReader, FakeTopic
 
 from stream.core import Pipeline
 from stream.events import Event, Source
@@ -18,41 +18,6 @@ from stream.models import Popularity
 from stream.settings import StreamSettings
 from stream.sync import ShardDelta
 from stream.sync.live import WorkerSync
-
-
-@dataclass
-class _Record:
-    value: bytes | None
-
-
-class _Topic:
-    def __init__(self) -> None:
-        self.values: list[bytes] = []
-
-    def send(self, key: bytes, value: bytes) -> None:
-        self.values.append(value)
-
-
-class _Reader:
-    """Reads a :class:`_Topic` from its beginning, as the worker's TopicReader does."""
-
-    def __init__(self, topic: _Topic) -> None:
-        self.topic, self.position = topic, 0
-
-    def poll(self, timeout_ms: int | None = None) -> list[_Record]:
-        out = [_Record(v) for v in self.topic.values[self.position :]]
-        self.position = len(self.topic.values)
-        return out
-
-    def caught_up(self) -> bool:
-        return self.position >= len(self.topic.values)
-
-    def highwaters(self) -> dict[int, int]:
-        return {0: len(self.topic.values)}
-
-    def behind(self, marks: dict[int, int]) -> bool:
-        return self.position < marks.get(0, 0)
-
 
 SETTINGS = StreamSettings(
     _env_file=None,
@@ -96,11 +61,11 @@ def test_a_restored_shard_replays_its_published_deltas_and_everything_adds_up_on
         p = partition_of(e.user_id, 2)
         by_partition[p].append((p, len(by_partition[p]), e))
     stream = sorted(by_partition[0] + by_partition[1], key=lambda x: x[2].timestamp)
-    topic = _Topic()
+    topic = FakeTopic()
     clock = [0.0]
 
     # First life: both shards; shard 0 checkpointed midway, then the process dies.
-    first = WorkerSync(SETTINGS, _Reader(topic), topic.send, clock=lambda: clock[0])
+    first = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: clock[0])
     shards = {p: Pipeline.from_settings(SETTINGS) for p in (0, 1)}
     for p, pipe in shards.items():
         first.attach(("events", p), pipe)
@@ -112,7 +77,7 @@ def test_a_restored_shard_replays_its_published_deltas_and_everything_adds_up_on
     own_before = sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 0)
 
     # Second life of shard 0 (shard 1 lives on in ``first``): restored, it re-learns.
-    second = WorkerSync(SETTINGS, _Reader(topic), topic.send, clock=lambda: clock[0])
+    second = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: clock[0])
     restored = pickle.loads(checkpoint)
     second.attach(("events", 0), restored)
     replays = len(second._replay[("events", 0)])
@@ -142,10 +107,10 @@ def test_a_restored_shard_replays_its_published_deltas_and_everything_adds_up_on
 
 
 def test_the_interval_in_milliseconds_publishes_a_quiet_shard() -> None:
-    topic = _Topic()
+    topic = FakeTopic()
     clock = [100.0]
     settings = SETTINGS.model_copy(update={"model_sync_events": 10_000, "model_sync_ms": 500})
-    sync = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: clock[0])
+    sync = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: clock[0])
     pipe = Pipeline.from_settings(settings)
     sync.attach(("events", 0), pipe)
     _feed(sync, {0: pipe}, [(0, 0, _events(1)[0])])
@@ -160,10 +125,10 @@ def test_the_interval_in_milliseconds_publishes_a_quiet_shard() -> None:
 def test_a_delta_sent_after_the_checkpoint_without_a_new_event_is_not_sent_again() -> None:
     """The time trigger shares what a checkpoint already holds as pending; the restored shard
     drops that pending at once, and its next delta starts right after."""
-    topic = _Topic()
+    topic = FakeTopic()
     clock = [0.0]
     settings = SETTINGS.model_copy(update={"model_sync_events": 10_000, "model_sync_ms": 500})
-    sync = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: clock[0])
+    sync = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: clock[0])
     pipe = Pipeline.from_settings(settings)
     sync.attach(("events", 0), pipe)
     events = _events(6)
@@ -173,7 +138,7 @@ def test_a_delta_sent_after_the_checkpoint_without_a_new_event_is_not_sent_again
     sync.poll()  # the time trigger: [0..3], after the checkpoint
     assert [ShardDelta.decode(v).last_offset for v in topic.values] == [3]
 
-    again = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: clock[0])
+    again = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: clock[0])
     restored = pickle.loads(checkpoint)
     again.attach(("events", 0), restored)
     assert again.stats.replayed == 1 and not again._replay
@@ -186,8 +151,8 @@ def test_a_delta_sent_after_the_checkpoint_without_a_new_event_is_not_sent_again
 def test_a_delta_that_decodes_but_does_not_fit_the_models_is_counted_not_a_crash(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    topic = _Topic()
-    sync = WorkerSync(SETTINGS, _Reader(topic), topic.send, clock=lambda: 0.0)
+    topic = FakeTopic()
+    sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
     shard = Pipeline.from_settings(SETTINGS)
     sync.attach(("events", 0), shard)
     # A foreign writer's delta: well-formed, but its popularity part is nonsense.

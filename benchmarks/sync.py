@@ -73,7 +73,6 @@ def run_config(
         _env_file=None,
         **_run_specific(bootstrap, tag),
         events_partitions=partitions,
-        model_updates_topic=f"{tag}.model-updates",
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
         max_poll_interval_ms=60_000,

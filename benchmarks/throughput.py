@@ -25,6 +25,11 @@ Target: p99 < 100 ms in every run.
 run, on the same broker): the events topic gets that many partitions, the worker one shard per
 partition. ``--workers N`` runs N worker processes in one consumer group instead of one
 in-process worker (the partitions are split between them; their rebalance is inside (b)).
+With ``--workers`` > 1 (and no ``--set model_sync=...``), (b) is measured twice per partition
+count, with the model sync off and on (issue 12: ``STREAM_MODEL_SYNC=true`` at its default
+interval, fresh topics and group, the same events), printing both, their ratio (target: the
+sync keeps >= 0.85 of the per-worker throughput) and the delta bytes published per event
+against the events' own bytes (target <= 2x).
 
 The probe's producer batches like an application's would: ``--probe-linger-ms`` (default 5,
 the ``linger.ms`` default of Apache Kafka's own client since 4.0). Latency counts from the
@@ -130,6 +135,9 @@ class ThroughputResult:
     core_us: float | None = None
     outside_us: float | None = None
     latencies: list[LatencyResult] = field(default_factory=list)
+    # --workers > 1: (b) again with the model sync on (issue 12), on fresh topics.
+    sync_rate: float | None = None
+    sync_bytes_per_event: float | None = None
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -144,6 +152,7 @@ def _run_specific(bootstrap: str, tag: str) -> dict[str, Any]:
         "recommendations_topic": f"{tag}.recommendations",
         "metrics_topic": f"{tag}.metrics",
         "dead_letter_topic": f"{tag}.dlq",
+        "model_updates_topic": f"{tag}.model-updates",
         "group_id": tag,
         "client_id": tag,
         "metrics_port": 0,
@@ -248,7 +257,14 @@ def _worker_process(
     ready.set()
     thread.join()
     summary = done.get("summary")
-    conn.send({"processed": 0 if summary is None else summary.processed, **_spans(shards)})
+    sync = worker._sync.stats if worker._sync is not None else None
+    conn.send(
+        {
+            "processed": 0 if summary is None else summary.processed,
+            "sync_bytes": sync.published_bytes if sync is not None else 0,
+            **_spans(shards),
+        }
+    )
     conn.close()
 
 
@@ -310,6 +326,7 @@ def measure_workers(settings: StreamSettings, n: int, workers: int) -> dict[str,
         "first": first,
         "last": last,
         "inside": sum(r["inside"] for r in reports),
+        "sync_bytes": sum(r["sync_bytes"] for r in reports),
     }
 
 
@@ -605,6 +622,27 @@ def run(
             f"{outside_us:.0f} us outside",
             flush=True,
         )
+        sync_rate = sync_bytes = None
+        if workers > 1 and "model_sync" not in overrides:
+            # Issue 12: the same workers with the model sync on, for per-worker throughput
+            # with it against without (same events, fresh topics and group).
+            synced = _settings(
+                bootstrap,
+                f"throughput-p{p}-sync",
+                **{**overrides, "events_partitions": p, "model_sync": True},
+            )
+            print("    ... and with the model sync on (STREAM_MODEL_SYNC=true) ...", flush=True)
+            _topics(synced, p)
+            _fill(bootstrap, synced.events_topic, records)
+            with_sync = measure_workers(synced, n, workers)
+            sync_rate = with_sync["rate"]
+            sync_bytes = with_sync["sync_bytes"] / n
+            print(
+                f"    {sync_rate:,.0f} events/s with the sync ({sync_rate / measured['rate']:.2f}x"
+                f" without); {sync_bytes:,.0f} delta bytes per event "
+                f"({sync_bytes / event_bytes:.2f}x the events)",
+                flush=True,
+            )
         result = ThroughputResult(
             events=n,
             broker=broker_name,
@@ -624,6 +662,8 @@ def run(
             workers=workers,
             core_us=core_us,
             outside_us=outside_us,
+            sync_rate=sync_rate,
+            sync_bytes_per_event=sync_bytes,
         )
         if latency_seconds > 0:
             rate = worker_rate / 2 if latency_rate is None else latency_rate
@@ -676,6 +716,17 @@ def _print_throughput(result: ThroughputResult) -> None:
         ["(a) kafka-python ceiling", fmt(a, 0), "1.00"],
         ["(b) worker end to end", fmt(b, 0), f"{b / a:.2f}"],
         ["    incl. shutdown", fmt(b_total, 0), f"{b_total / a:.2f}"],
+        *(
+            [
+                [
+                    "(b) with the model sync on",
+                    fmt(result.sync_rate, 0),
+                    f"{result.sync_rate / a:.2f}",
+                ]
+            ]
+            if result.sync_rate is not None
+            else []
+        ),
         ["(c) core alone", fmt(c, 0), f"{c / a:.2f}"],
         ["    decode only", fmt(result.decode_rate, 0), "-"],
         ["    encode only", fmt(result.encode_rate, 0), "-"],
@@ -690,6 +741,14 @@ def _print_throughput(result: ThroughputResult) -> None:
     )
     verdict = "MET" if ratio >= TARGET_RATIO else "NOT MET"
     print(f"\n  b/a = {ratio:.2f}  (target >= {TARGET_RATIO})  {verdict}")
+    if result.sync_rate is not None and result.sync_bytes_per_event is not None:
+        keeps = result.sync_rate / b
+        print(
+            f"  model sync: per-worker throughput with it / without = {keeps:.2f} (target >= 0.85)"
+            f"  {'MET' if keeps >= 0.85 else 'NOT MET'}; {result.sync_bytes_per_event:,.0f} delta"
+            f" bytes per event = {result.sync_bytes_per_event / (result.event_bytes or 1):.2f}x"
+            f" the events (target <= 2x)"
+        )
     print(
         f"  (b) per event: {fmt(result.core_us, 0)} us in the core (Pipeline.process_one), "
         f"{fmt(result.outside_us, 0)} us outside it (Kafka client, decode, records, metrics)"

@@ -312,14 +312,14 @@ class MatrixFactorization(Recommender):
         global mean (not part of this shard's next delta)."""
         mf, pending = self.river_model, self._item_sync
         rows: typing.Any = delta["items"]
-        if "biases" in delta:  # version 2: columns
-            changes = (
-                _dequantise(delta)
-                if "steps" in delta or "vectors" in delta
-                else np.zeros((len(rows), self.n_factors))  # a light delta: biases only
-            )
+        if "biases" in delta and "steps" not in delta and "vectors" not in delta:
+            rows = self._apply_light(rows, delta["biases"])  # the items new here remain
+        elif "biases" in delta:  # version 2: columns
             rows = zip(
-                rows, changes, np.asarray(delta["biases"], dtype=np.float64).tolist(), strict=True
+                rows,
+                _dequantise(delta),
+                np.asarray(delta["biases"], dtype=np.float64).tolist(),
+                strict=True,
             )
         for raw, change, db in rows:
             item = delta_item(raw)
@@ -344,6 +344,31 @@ class MatrixFactorization(Recommender):
                 mf.global_mean.update(total / weight, weight)
                 n0, sum0 = self._sync_mean
                 self._sync_mean = (n0 + weight, sum0 + total)
+
+    def _apply_light(
+        self, items: list[typing.Any], biases: typing.Any
+    ) -> list[tuple[typing.Any, np.ndarray, float]]:
+        """A light delta's bias changes (:meth:`item_delta_light`), added in place to the
+        items known here, without the vector arithmetic of a full delta (their vectors do
+        not change). Returns the rows of the items new here, for :meth:`apply_item_delta`'s
+        general path (a zero vector until a full delta brings the sender's)."""
+        mf, pending, index = self.river_model, self._item_sync, self._index
+        new: list[tuple[typing.Any, np.ndarray, float]] = []
+        changes = np.asarray(biases, dtype=np.float64).tolist()
+        for raw, db in zip(items, changes, strict=True):
+            item = delta_item(raw)
+            row = index.get(item)
+            if row is None or item not in mf.i_latents:
+                new.append((raw, np.zeros(self.n_factors), db))
+                continue
+            if self._biased:
+                value = mf.i_biases.get(item, 0.0) + db
+                mf.i_biases[item] = value
+                self._biases[row] = value
+            if pending is not None and item in pending:  # keep only this shard's own change
+                before, bias = pending[item]
+                pending[item] = (before, bias + db)
+        return new
 
     def item_delta_light(self) -> dict[str, typing.Any]:
         """The item biases changed since the last delta (what moves fastest with what is

@@ -143,8 +143,10 @@ class WorkerSync:
             self.shards[tp] = shard
             self._offered[tp] = {}
             self._boundaries[tp] = []
-        if self._read_upto:
+        rewound = bool(self._read_upto)
+        if rewound:
             self.reader.rewind()  # the shards attached before skip what they were offered
+        started, reread = time.monotonic(), self.stats.reread
         try:
             self.catch_up()
             # And up to the latest high watermark: the deltas a killed owner of this partition
@@ -161,6 +163,14 @@ class WorkerSync:
             raise
         finally:
             boundaries, self._boundaries = self._boundaries, {}
+        if rewound:
+            logger.info(
+                "model updates: read the topic again from its beginning for %s (%d record(s) "
+                "read before, %.1fs)",
+                ", ".join(f"{t}[{p}]" for t, p in attaching),
+                self.stats.reread - reread,
+                time.monotonic() - started,
+            )
         for tp, shard in attaching.items():
             self._replay_own(tp, shard, boundaries[tp])
 

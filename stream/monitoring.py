@@ -343,6 +343,11 @@ class SyncMetrics:
             "stream_sync_deltas_replayed_total",
             "own deltas re-learned after a restart and not published again",
         ),
+        "reread": (
+            "stream_sync_deltas_reread_total",
+            "records read again from the topic's beginning for a shard attached later",
+        ),
+        "reread_bytes": ("stream_sync_reread_bytes_total", "bytes of those records"),
     }
 
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -197,6 +197,10 @@ class Worker:
         self._sink: RecordSink | None = None
         self._sync: WorkerSync | None = None  # the model sync (stream.sync), when on
         self._sync_reader: TopicReader | None = None
+        # With the sync: the new shards of assigned partitions without a checkpoint, synced
+        # at the assignment with the restored ones (one re-read of the model-updates topic
+        # for all), until their first event makes them shards.
+        self._synced_new: dict[TopicPartition, Pipeline] = {}
         # Registered with the sync off too (at 0): the dashboard's sync panels have data.
         self._sync_metrics = SyncMetrics(self.registry)
         self._since_metrics = 0
@@ -481,6 +485,10 @@ class Worker:
     def _shard(self, tp: TopicPartition) -> Pipeline:
         shard = self.shards.get(tp)
         if shard is None:
+            synced = self._synced_new.pop(tp, None)
+            if synced is not None:
+                shard = self.shards[tp] = synced
+                return shard
             shard = self.shards[tp] = self._new_pipeline()
             if self._sync is not None:
                 self._sync.attach(tp, shard)
@@ -799,11 +807,14 @@ class Worker:
     def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Restore the shards of newly assigned partitions; returns offsets to seek to."""
         seek: dict[TopicPartition, int] = {}
+        synced: dict[TopicPartition, Pipeline] = {}  # attached to the sync together
         for tp in partitions:
-            if tp in self.shards or self.checkpoints is None:
+            if tp in self.shards or tp in self._synced_new:
                 continue
-            restored = self.checkpoints.load(tp)
+            restored = self.checkpoints.load(tp) if self.checkpoints is not None else None
             if restored is None:
+                if self._sync is not None:
+                    synced[tp] = self._synced_new[tp] = self._new_pipeline()
                 continue
             pipeline, offset = restored
             where = f"the checkpoint of {tp[0]}[{tp[1]}]"
@@ -815,11 +826,12 @@ class Worker:
                     "; ".join(str(c) for c in plan.applied),
                 )
             self.shards[tp] = pipeline
-            if self._sync is not None:
-                self._sync.attach(tp, pipeline)
+            synced[tp] = pipeline
             self._positions[tp] = self._checkpointed[tp] = self._safe_from[tp] = offset
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
+        if self._sync is not None:
+            self._sync.attach_all(synced)
         return seek
 
     def _on_revoked(self, partitions: list[TopicPartition]) -> None:
@@ -852,6 +864,7 @@ class Worker:
             self._checkpointed.pop(tp, None)
             self._checkpoint_failures.pop(tp, None)
             self.shards.pop(tp, None)
+            self._synced_new.pop(tp, None)
             if self._sync is not None:
                 self._sync.detach(tp)
             position = self._positions.pop(tp, None)
@@ -863,7 +876,8 @@ class Worker:
     # --- model sync (stream.sync) ---------------------------------------------------------
 
     def _start_sync(self) -> None:
-        """Read the model-updates topic from its beginning; publish through the sink."""
+        """The model-updates reader (each attach reads the topic from its beginning); publish
+        through the sink."""
         s, sink = self.settings, self._sink
         assert sink is not None
         self._sync_reader = TopicReader(
@@ -874,4 +888,3 @@ class Worker:
             sink.send(s.model_updates_topic, key, value)
 
         self._sync = WorkerSync(s, self._sync_reader, send)
-        self._sync.catch_up()

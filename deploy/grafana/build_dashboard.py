@@ -428,12 +428,16 @@ def _panels() -> list[dict[str, Any]]:
         ),
         _timeseries(
             "Deltas per second",
-            "Item-state deltas published and read, and the bytes they weigh (per second).",
+            "Item-state deltas published and read, and the bytes they weigh (per second); "
+            "re-read: records read again from the topic's beginning for a shard attached later "
+            "(a rebalance).",
             [
                 (f"sum({_rate('stream_sync_deltas_published_total')})", "published"),
                 (f"sum({_rate('stream_sync_deltas_received_total')})", "received"),
                 (f"sum({_rate('stream_sync_published_bytes_total')})", "bytes published"),
                 (f"sum({_rate('stream_sync_received_bytes_total')})", "bytes received"),
+                (f"sum({_rate('stream_sync_deltas_reread_total')})", "re-read"),
+                (f"sum({_rate('stream_sync_reread_bytes_total')})", "bytes re-read"),
             ],
             "short",
             width=8,

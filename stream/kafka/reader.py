@@ -186,6 +186,13 @@ class TopicReader:
         """The latest known high watermark of each partition (from fetch responses)."""
         return dict(self._highwater)
 
+    def rewind(self) -> None:
+        """Read again from each partition's first offset (``beginning_offsets``, right on every
+        broker); the high watermarks known stay, :attr:`start_marks` too."""
+        self._consumer.seek_to_beginning(*self._tps)
+        self._positions.clear()
+        self._skip_to_end = False
+
     def close(self) -> None:
         """Close the consumer (nothing to commit)."""
         self._consumer.close()

@@ -10,6 +10,10 @@ Exactly once, across restarts:
 - *Applied deltas*: each shard's :class:`~stream.sync.SyncState` (in its checkpoint) holds,
   per source shard, the last source offset applied; the topic is read from its beginning
   and anything at or before it is dropped as a duplicate.
+- *Shards attached later* (a rebalance): no delta is kept in memory. Attaching rewinds the
+  reader and reads the topic again from its beginning; a record is offered to each shard once
+  (per shard, the next offset of each model-updates partition it was offered), so the shards
+  already attached skip the re-read records (counted as ``reread``, not as duplicates).
 - *Own deltas*: a shard restored from a checkpoint re-learns the events after it. The deltas
   it published after that checkpoint are already on the topic: their boundaries (last source
   offsets) are replayed, the re-learned changes collected at each one and dropped, not sent
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,10 +51,18 @@ class UpdatesReader(Protocol):
 
     def behind(self, marks: dict[int, int]) -> bool: ...
 
+    def rewind(self) -> None: ...
+
 
 class _Record(Protocol):
     @property
     def value(self) -> bytes | None: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
 
 
 @dataclass
@@ -67,6 +79,10 @@ class SyncStats:
     replayed: int = 0
     lag_seconds: float = 0.0  # sender's collect -> applied here, of the last delta applied
     lag_events: int = 0  # events learned here and not yet shared (highest over shards)
+    # Records read again from the topic's beginning to bring a shard attached later up to date
+    # (the shards attached before skip them: not duplicates).
+    reread: int = 0
+    reread_bytes: int = 0
 
 
 class WorkerSync:
@@ -85,8 +101,12 @@ class WorkerSync:
         self.reader, self.send, self.clock = reader, send, clock
         self.shards: dict[TopicPartition, ShardSync] = {}
         self.stats = SyncStats()
-        self._log: list[ShardDelta] = []  # every delta read: a shard attached later applies them
-        # (last offset, full) of the deltas seen per source
+        # Per model-updates partition, the offset after the last record read (first reads
+        # versus re-reads); per shard, the same for what it was offered. Nothing per delta.
+        self._read_upto: dict[int, int] = {}
+        self._offered: dict[TopicPartition, dict[int, int]] = {}
+        # While shards attach: (last offset, full) of each one's own deltas after its
+        # checkpoint, from the re-read (what it replays); empty otherwise.
         self._boundaries: dict[TopicPartition, list[tuple[int, bool]]] = {}
         self._replay: dict[TopicPartition, list[tuple[int, bool]]] = {}
         self._last_sent: dict[TopicPartition, float] = {}
@@ -105,33 +125,64 @@ class WorkerSync:
                 return False
 
     def attach(self, tp: TopicPartition, pipeline: Pipeline) -> None:
-        """Sync ``pipeline``, the shard of ``tp`` (new or restored): it applies every delta
-        it does not hold yet and replays the boundaries of its own published ones."""
-        self.catch_up()
-        # And up to the latest high watermark: the deltas a killed owner of this partition
-        # published are on the topic by now (its session timed out before the reassignment).
-        # (Up to the marks of a fetch made now: the other shards keep publishing.)
-        deadline = time.monotonic() + 10.0
-        self.poll(timeout_ms=100)
-        marks = self.reader.highwaters()
-        while self.reader.behind(marks) and time.monotonic() < deadline:
+        """Sync ``pipeline``, the shard of ``tp`` (new or restored): :meth:`attach_all`."""
+        self.attach_all({tp: pipeline})
+
+    def attach_all(self, pipelines: Mapping[TopicPartition, Pipeline]) -> None:
+        """Sync each pipeline, the shard of its partition (new or restored): the topic is read
+        again from its beginning, once for all of them; each applies every delta it does not
+        hold yet and replays the boundaries of its own published ones."""
+        if not pipelines:
+            return
+        attaching = {
+            tp: ShardSync(pipeline, *tp, full_every=self.full_every)
+            for tp, pipeline in pipelines.items()
+        }
+        for tp, shard in attaching.items():
+            self.detach(tp)
+            self.shards[tp] = shard
+            self._offered[tp] = {}
+            self._boundaries[tp] = []
+        rewound = bool(self._read_upto)
+        if rewound:
+            self.reader.rewind()  # the shards attached before skip what they were offered
+        started, reread = time.monotonic(), self.stats.reread
+        try:
+            self.catch_up()
+            # And up to the latest high watermark: the deltas a killed owner of this partition
+            # published are on the topic by now (its session timed out before the
+            # reassignment). (Up to the marks of a fetch made now: the others keep publishing.)
+            deadline = time.monotonic() + 10.0
             self.poll(timeout_ms=100)
-        shard = ShardSync(pipeline, *tp, full_every=self.full_every)
-        self.shards[tp] = shard
-        for delta in self._log:
-            self._apply(shard, delta)
-        done = shard.state.published
-        # (A full delta closing the checkpoint's last light one ends at the same offset.)
-        closing = shard.state.heavy_pending
-        replay = sorted(
-            b
-            for b in self._boundaries.get(tp, ())
-            if b[0] > done or (closing and b[0] == done and b[1])
-        )
+            marks = self.reader.highwaters()
+            while self.reader.behind(marks) and time.monotonic() < deadline:
+                self.poll(timeout_ms=100)
+        except BaseException:
+            for tp in attaching:  # not synced: its replay is not planned
+                self.detach(tp)
+            raise
+        finally:
+            boundaries, self._boundaries = self._boundaries, {}
+        if rewound:
+            logger.info(
+                "model updates: read the topic again from its beginning for %s (%d record(s) "
+                "read before, %.1fs)",
+                ", ".join(f"{t}[{p}]" for t, p in attaching),
+                self.stats.reread - reread,
+                time.monotonic() - started,
+            )
+        for tp, shard in attaching.items():
+            self._replay_own(tp, shard, boundaries[tp])
+
+    def _replay_own(
+        self, tp: TopicPartition, shard: ShardSync, boundaries: list[tuple[int, bool]]
+    ) -> None:
+        """Plan the replay of the shard's own deltas published after its checkpoint."""
+        replay = sorted(boundaries)
         # A delta published after the checkpoint without a new event in between (the time
         # trigger, a shutdown) holds exactly what the checkpoint has pending: drop it now.
         learned = shard.state.last_offset
-        upto = learned if learned is not None else done
+        upto = learned if learned is not None else shard.state.published
         while replay and replay[0][0] <= upto:
             if learned is not None and replay[0][0] < learned:
                 logger.error(
@@ -158,6 +209,8 @@ class WorkerSync:
     def detach(self, tp: TopicPartition) -> None:
         self.shards.pop(tp, None)
         self._replay.pop(tp, None)
+        self._offered.pop(tp, None)
+        self._last_sent.pop(tp, None)
 
     # --- per event and per poll ---------------------------------------------------------
 
@@ -193,27 +246,18 @@ class WorkerSync:
 
     def poll(self, timeout_ms: int = 0) -> int:
         """Apply what the other shards published; share the shards whose interval is over.
-        Returns the records read."""
+        Returns the records read (none while no shard is attached: the first one attached
+        reads the topic from its beginning anyway)."""
+        if not self.shards:
+            self.stats.lag_events = 0
+            return 0
         records = self.reader.poll(timeout_ms)
         for record in records:
-            if record.value is None:
-                continue
-            self.stats.received += 1
-            self.stats.received_bytes += len(record.value)
-            try:
-                delta = ShardDelta.decode(record.value)
-            except DeltaError as exc:
-                self.stats.invalid += 1
-                logger.warning("model updates: dropped an undecodable record: %s", exc)
-                continue
-            self._log.append(delta)
-            self._boundaries.setdefault(delta.source, []).append((delta.last_offset, delta.full))
-            for shard in self.shards.values():
-                self._apply(shard, delta)
+            self._read_one(record)
         now = self.clock()
         lag = 0
         for tp, shard in self.shards.items():
-            if tp in self._replay:
+            if tp in self._replay or tp in self._boundaries:  # (attaching: replay not planned)
                 continue
             if not shard.events_pending and not shard.state.heavy_pending:
                 continue
@@ -251,6 +295,48 @@ class WorkerSync:
         for tp in list(self.shards):
             if tp not in self._replay:
                 self.publish(tp, full=True)
+
+    def _read_one(self, record: _Record) -> None:
+        """Offer one record to every shard that was not offered it yet."""
+        value = record.value
+        if value is None:
+            return
+        partition, offset = record.partition, record.offset
+        first = offset >= self._read_upto.get(partition, 0)
+        if first:
+            self._read_upto[partition] = offset + 1
+            self.stats.received += 1
+            self.stats.received_bytes += len(value)
+        else:
+            self.stats.reread += 1
+            self.stats.reread_bytes += len(value)
+        offered_to: list[tuple[TopicPartition, ShardSync]] = []
+        for tp, shard in self.shards.items():
+            offered = self._offered.setdefault(tp, {})
+            if offset >= offered.get(partition, 0):
+                offered[partition] = offset + 1
+                offered_to.append((tp, shard))
+        if not offered_to:
+            return
+        try:
+            delta = ShardDelta.decode(value)
+        except DeltaError as exc:
+            if first:  # (counted and logged once, not again at each re-read)
+                self.stats.invalid += 1
+                logger.warning("model updates: dropped an undecodable record: %s", exc)
+            return
+        for tp, shard in offered_to:
+            boundaries = self._boundaries.get(tp)
+            if boundaries is not None and delta.source == tp:
+                # Its own deltas after its checkpoint (a full one closing the checkpoint's
+                # last light one ends at the same offset).
+                state = shard.state
+                done = state.published
+                if delta.last_offset > done or (
+                    state.heavy_pending and delta.last_offset == done and delta.full
+                ):
+                    boundaries.append((delta.last_offset, delta.full))
+            self._apply(shard, delta)
 
     def _apply(self, shard: ShardSync, delta: ShardDelta) -> None:
         try:

@@ -12,6 +12,8 @@ __all__ = ["FakeReader", "FakeTopic", "Record"]
 @dataclass
 class Record:
     value: bytes | None
+    partition: int = 0
+    offset: int = 0
 
 
 class FakeTopic:
@@ -27,10 +29,12 @@ class FakeReader:
 
     def __init__(self, topic: FakeTopic) -> None:
         self.topic, self.position = topic, 0
+        self.rewinds = 0
 
     def poll(self, timeout_ms: int | None = None) -> list[Record]:
-        out = [Record(v) for v in self.topic.values[self.position :]]
-        self.position = len(self.topic.values)
+        values = self.topic.values
+        out = [Record(values[o], 0, o) for o in range(self.position, len(values))]
+        self.position = len(values)
         return out
 
     def caught_up(self) -> bool:
@@ -41,3 +45,7 @@ class FakeReader:
 
     def behind(self, marks: dict[int, int]) -> bool:
         return self.position < marks.get(0, 0)
+
+    def rewind(self) -> None:
+        self.position = 0
+        self.rewinds += 1

@@ -1,0 +1,118 @@
+"""The model sync's memory in a worker: what a :class:`stream.sync.live.WorkerSync` holds after
+reading ``--deltas`` deltas of another shard from a list-backed model-updates topic (no broker).
+
+The deltas are encoded before measuring (they are the topic's, not the worker's); the figure
+is what tracemalloc still traces after the worker read them all into one attached shard (models
+with a fixed set of items, so the shard's own state does not grow), then after a second shard
+attached late (bootstrapped from the same topic). Before the worker stopped keeping the deltas
+it read (issue 12), it grew with them: 32.8 MB after 10,000.
+
+    python benchmarks/sync_memory.py [--deltas 10000]
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stream.core import Pipeline
+from stream.events import Event, Source
+from stream.settings import StreamSettings
+from stream.sync import ShardSync
+from stream.sync.live import WorkerSync
+
+
+@dataclass
+class _Record:
+    value: bytes | None
+    partition: int = 0
+    offset: int = 0
+
+
+class _Topic:
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self.values.append(value)
+
+
+class _Reader:
+    """One partition, read from its beginning (and rewound), at most 500 records a poll."""
+
+    def __init__(self, topic: _Topic) -> None:
+        self.topic, self.position = topic, 0
+
+    def poll(self, timeout_ms: int | None = None) -> list[_Record]:
+        end = min(len(self.topic.values), self.position + 500)
+        out = [_Record(self.topic.values[o], 0, o) for o in range(self.position, end)]
+        self.position = end
+        return out
+
+    def caught_up(self) -> bool:
+        return self.position >= len(self.topic.values)
+
+    def highwaters(self) -> dict[int, int]:
+        return {0: len(self.topic.values)}
+
+    def behind(self, marks: dict[int, int]) -> bool:
+        return self.position < marks.get(0, 0)
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deltas", type=int, default=10_000)
+    args = parser.parse_args()
+    settings = StreamSettings(
+        _env_file=None,
+        models=("popularity", "knn"),
+        recommender="knn",
+        popularity_half_life=math.inf,
+        knn_half_life=None,
+        model_sync=True,
+        model_sync_events=10,
+        model_sync_ms=3_600_000,
+    )
+    sender = ShardSync(Pipeline.from_settings(settings), "events", 1)
+    topic = _Topic()
+    for n in range(args.deltas):  # one event per delta, over 20 items
+        event = Event(user_id=f"u{n % 50}", item_id=f"i{n % 20}", event_type="click", timestamp=n)
+        sender.pipeline.process_one(event, Source("events", 1, n))
+        sender.note_one(n)
+        delta = sender.collect_one(full=True)
+        assert delta is not None
+        topic.send(b"events:1", delta.encode())
+    topic_bytes = sum(map(len, topic.values))
+
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    sync = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    sync.attach(("events", 0), Pipeline.from_settings(settings))
+    while sync.poll():
+        pass
+    gc.collect()
+    after_read = tracemalloc.get_traced_memory()[0] - base
+    sync.attach(("events", 2), Pipeline.from_settings(settings))
+    gc.collect()
+    after_late = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    print(f"{args.deltas:,} deltas on the topic ({topic_bytes / 1e6:.2f} MB encoded)")
+    print(f"traced after reading them into one shard: {after_read / 1e6:.2f} MB")
+    print(f"traced after a second shard attached late: {after_late / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

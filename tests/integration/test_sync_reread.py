@@ -1,0 +1,105 @@
+"""The model sync's re-read on a real broker (issue 12): ``TopicReader.rewind`` reads every
+record again once and in order, and a shard attached later to a worker's sync is brought up to
+date from the topic itself (the worker keeps no delta in memory)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from kafka_helpers import produce, settings_for, unique
+
+from stream.core import Pipeline
+from stream.events import Event, Source
+from stream.kafka.admin import ensure_topics
+from stream.kafka.reader import TopicReader
+from stream.models import Popularity
+from stream.sync import ShardSync
+from stream.sync.live import WorkerSync
+
+pytestmark = pytest.mark.integration
+
+
+def _read(reader: TopicReader, n: int, timeout_s: float = 20.0) -> list[tuple[int, int, bytes]]:
+    """At least ``n`` records, then whatever else a few more polls return."""
+    out: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out.extend((r.partition, r.offset, r.value or b"") for r in reader.poll(200))
+    for _ in range(3):
+        out.extend((r.partition, r.offset, r.value or b"") for r in reader.poll(200))
+    return out
+
+
+def test_rewind_reads_every_record_again_once_and_in_order(kafka_bootstrap: str) -> None:
+    settings = settings_for(kafka_bootstrap)
+    topic = unique("reread")
+    ensure_topics(settings, {topic: 2}, timeout_s=30)
+    sent = 0
+    for size in (3, 7, 2):  # several batches: the broker's "latest" offsets are wrong there
+        produce(
+            kafka_bootstrap,
+            topic,
+            [b"v%d" % (sent + i) for i in range(size)],
+            [b"k%d" % (sent + i) for i in range(size)],
+        )
+        sent += size
+    reader = TopicReader(settings, topic, from_beginning=True)
+    try:
+        first = _read(reader, sent)
+        assert len(first) == sent and reader.caught_up()
+        reader.rewind()
+        assert not reader.caught_up()
+        produce(kafka_bootstrap, topic, [b"after"], [b"k0"])
+        again = _read(reader, sent + 1)
+    finally:
+        reader.close()
+    assert sorted(again) == sorted([*first, *[r for r in again if r[2] == b"after"]])
+    assert len(again) == sent + 1  # each once: nothing stale from before the rewind
+    for p in (0, 1):
+        offsets = [o for q, o, _ in again if q == p]
+        assert offsets == list(range(len(offsets)))  # from the first offset, in order
+
+
+def test_a_shard_attached_later_is_brought_up_to_date_from_the_topic(
+    kafka_bootstrap: str,
+) -> None:
+    settings = settings_for(
+        kafka_bootstrap,
+        models=("popularity",),
+        recommender="popularity",
+        popularity_half_life=math.inf,
+        model_sync=True,
+        model_updates_topic=unique("model-updates"),
+    )
+    topic = settings.model_updates_topic
+    ensure_topics(settings, {topic: 1}, timeout_s=30)
+    sender = ShardSync(Pipeline.from_settings(settings), "events", 1)
+    values = []
+    for o in range(30):
+        event = Event(user_id=f"u{o}", item_id=f"i{o % 7}", event_type="click", timestamp=o)
+        sender.pipeline.process_one(event, Source("events", 1, o))
+        sender.note_one(o)
+        delta = sender.collect_one(full=True)
+        assert delta is not None
+        values.append(delta.encode())
+    produce(kafka_bootstrap, topic, values[:20], [b"events:1"] * 20)
+    reader = TopicReader(settings, topic, from_beginning=True)
+    try:
+        sync = WorkerSync(settings, reader, lambda key, value: None)
+        early = Pipeline.from_settings(settings)
+        sync.attach(("events", 0), early)
+        assert sync.stats.applied == 20
+        produce(kafka_bootstrap, topic, values[20:], [b"events:1"] * 10)
+        late = Pipeline.from_settings(settings)
+        sync.attach(("events", 2), late)
+    finally:
+        reader.close()
+    assert sync.stats.reread == 20 and sync.stats.received == 30
+    assert sync.stats.applied == 30 + 30 and sync.stats.duplicates == 0
+    want = sender.pipeline.models["popularity"]
+    for pipe in (early, late):
+        got = pipe.models["popularity"]
+        assert isinstance(got, Popularity) and isinstance(want, Popularity)
+        assert got._counts == pytest.approx(want._counts, rel=1e-12)

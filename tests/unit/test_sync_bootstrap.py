@@ -1,0 +1,234 @@
+"""A worker's sync keeps nothing per delta (issue 12): a shard attached later (a rebalance) is
+brought up to date by re-reading the model-updates topic from its beginning, once for all the
+shards of one assignment, and the shards attached before skip the re-read (not duplicates)."""
+
+from __future__ import annotations
+
+import gc
+import math
+import pickle
+import random
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from sync_fakes import FakeReader, FakeTopic
+
+from stream.core import Pipeline
+from stream.events import Event, Source
+from stream.kafka.partitioner import partition_of
+from stream.models import ItemKNN, Popularity
+from stream.settings import StreamSettings
+from stream.sync import ShardDelta, ShardSync
+from stream.sync.live import WorkerSync
+from stream.worker import Worker
+
+SETTINGS = StreamSettings(
+    _env_file=None,
+    models=("popularity", "knn"),
+    recommender="knn",
+    popularity_half_life=math.inf,
+    knn_half_life=None,
+    knn_neighbors=500,
+    model_sync=True,
+    model_sync_events=15,
+    model_sync_ms=3_600_000,
+    model_sync_full_every=3,
+)
+
+
+def _co(model: ItemKNN) -> dict[tuple[str, str], float]:
+    items = model._items
+    return {
+        (str(items[i]), str(items[j])): v for i, r in enumerate(model._co) for j, v in r.items()
+    }
+
+
+def _topic_of(n: int) -> FakeTopic:
+    """``n`` deltas of shard ``events[1]``, one event each over a fixed set of 20 items."""
+    sender = ShardSync(Pipeline.from_settings(SETTINGS), "events", 1)
+    topic = FakeTopic()
+    for o in range(n):
+        event = Event(user_id=f"u{o % 50}", item_id=f"i{o % 20}", event_type="click", timestamp=o)
+        sender.pipeline.process_one(event, Source("events", 1, o))
+        sender.note_one(o)
+        delta = sender.collect_one(full=True)
+        assert delta is not None
+        topic.send(b"events:1", delta.encode())
+    return topic
+
+
+def _retained(topic: FakeTopic) -> tuple[int, dict[str, int]]:
+    """Bytes a worker's sync (and its two shards) hold once it read ``topic``: one shard from
+    the start, one attached late; and the sizes of the sync's containers."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+        sync.attach(("events", 0), Pipeline.from_settings(SETTINGS))
+        sync.poll()
+        sync.attach(("events", 2), Pipeline.from_settings(SETTINGS))
+        sync.poll()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sync.stats.applied == 2 * len(topic.values)  # every delta, to both shards
+    sizes = {name: len(v) for name, v in vars(sync).items() if isinstance(v, (list, dict, set))}
+    return held, sizes
+
+
+def test_the_sync_holds_nothing_per_delta_read() -> None:
+    small, large = _topic_of(200), _topic_of(2_000)
+    held_small, sizes_small = _retained(small)
+    held_large, sizes_large = _retained(large)
+    assert sizes_large == sizes_small  # no container grows with the deltas read
+    # (Keeping each decoded delta cost ~3 kB: 1,800 more would be ~6 MB.)
+    assert held_large - held_small < 1_800 * 16, (held_small, held_large)
+
+
+def _by_partition(events: list[Event], partitions: int) -> dict[int, list[tuple[int, int, Event]]]:
+    out: dict[int, list[tuple[int, int, Event]]] = {p: [] for p in range(partitions)}
+    for e in events:
+        p = partition_of(e.user_id, partitions)
+        out[p].append((p, len(out[p]), e))
+    return out
+
+
+def _feed(
+    owners: dict[int, tuple[WorkerSync, Pipeline]], events: list[tuple[int, int, Event]]
+) -> None:
+    for p, offset, event in events:
+        sync, pipeline = owners[p]
+        pipeline.process_one(event, Source("events", p, offset))
+        sync.after_one(("events", p), offset)
+        for other in {id(s): s for s, _ in owners.values()}.values():
+            other.poll()
+
+
+def test_shards_attached_late_end_with_the_one_partition_item_state() -> None:
+    """Worker A owns partitions 0 and 1 from the start; B owns 2, checkpoints it, publishes
+    more deltas and dies. A then takes over 2 (restored from B's checkpoint: it replays B's
+    deltas after it) and 3 (new, no event before) in one assignment: one re-read, and every
+    shard ends with the one-partition counts."""
+    rng = random.Random(3)
+    events = [
+        Event(
+            user_id=f"u{rng.randrange(60)}",
+            item_id=f"i{int(40 * rng.random() ** 2)}",
+            event_type="click",
+            timestamp=float(t),
+        )
+        for t in range(900)
+    ]
+    cut1, cut2 = 300, 600
+    # Partition 3 has no event before the takeover (a new partition's shard starts empty).
+    events = [e for t, e in enumerate(events) if t >= cut2 or partition_of(e.user_id, 4) != 3]
+    by_partition = _by_partition(events, 4)
+    stream = sorted((x for xs in by_partition.values() for x in xs), key=lambda x: x[2].timestamp)
+    first = [x for x in stream if x[2].timestamp < cut1]
+    middle = [x for x in stream if cut1 <= x[2].timestamp < cut2]
+    last = [x for x in stream if x[2].timestamp >= cut2]
+
+    topic = FakeTopic()
+    reader = FakeReader(topic)
+    a = WorkerSync(SETTINGS, reader, topic.send, clock=lambda: 0.0)
+    b = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    pipes = {p: Pipeline.from_settings(SETTINGS) for p in (0, 1, 2)}
+    a.attach_all({("events", 0): pipes[0], ("events", 1): pipes[1]})
+    b.attach(("events", 2), pipes[2])
+    owners = {0: (a, pipes[0]), 1: (a, pipes[1]), 2: (b, pipes[2])}
+    _feed(owners, first)
+    checkpoint = pickle.dumps(pipes[2])
+    at = max(o for p, o, _ in first if p == 2) + 1  # next offset of B's checkpoint
+    _feed(owners, middle)  # then B dies: what it learned after its last delta is lost
+    own_2 = sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 2)
+    assert a.stats.duplicates == 0 and a.stats.reread == 0
+
+    read_before = len(topic.values)
+    restored, new = pickle.loads(checkpoint), Pipeline.from_settings(SETTINGS)
+    a.attach_all({("events", 2): restored, ("events", 3): new})
+    assert reader.rewinds == 1  # one re-read for both partitions
+    assert a.stats.reread == read_before  # every record read before, read once more
+    assert a._boundaries == {}  # nothing per delta stays
+    assert a._replay[("events", 2)], "B published deltas after its checkpoint"
+    # The shards attached before skipped the re-read: nothing dropped as a duplicate there;
+    # the restored shard dropped what its checkpoint held.
+    for p in (0, 1):
+        assert a.shards[("events", p)].state.duplicates_dropped == 0
+    assert a.stats.duplicates == restored.sync_state.duplicates_dropped > 0
+
+    owners = {0: (a, pipes[0]), 1: (a, pipes[1]), 2: (a, restored), 3: (a, new)}
+    _feed(owners, [x for x in by_partition[2] if at <= x[1] and x[2].timestamp < cut2])
+    assert ("events", 2) not in a._replay
+    assert sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 2) == own_2
+    _feed(owners, last)
+    a.publish_all()
+    a.poll()
+
+    one = Pipeline.from_settings(SETTINGS)
+    for _, _, e in stream:
+        one.process_one(e, Source("events", 0, 0))
+    pop1, knn1 = one.models["popularity"], one.models["knn"]
+    assert isinstance(pop1, Popularity) and isinstance(knn1, ItemKNN)
+    for pipe in (pipes[0], pipes[1], restored, new):
+        pop, knn = pipe.models["popularity"], pipe.models["knn"]
+        assert isinstance(pop, Popularity) and isinstance(knn, ItemKNN)
+        assert pop._counts == pytest.approx(pop1._counts, rel=1e-12)
+        assert _co(knn) == pytest.approx(_co(knn1), rel=1e-12)
+
+
+def test_a_record_undecodable_is_counted_once_not_at_each_re_read() -> None:
+    topic = FakeTopic()
+    topic.send(b"x", b"not a delta")
+    sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    sync.attach(("events", 0), Pipeline.from_settings(SETTINGS))
+    sync.attach(("events", 1), Pipeline.from_settings(SETTINGS))
+    assert sync.stats.invalid == 1
+    assert (sync.stats.received, sync.stats.reread) == (1, 1)
+
+
+def test_no_shard_no_read() -> None:
+    """Before any partition is assigned the topic is not read (the first attach reads it from
+    its beginning: reading it before would only read it twice)."""
+    topic = _topic_of(3)
+    reader = FakeReader(topic)
+    sync = WorkerSync(SETTINGS, reader, topic.send, clock=lambda: 0.0)
+    assert sync.poll() == 0 and reader.position == 0
+    sync.attach(("events", 0), Pipeline.from_settings(SETTINGS))
+    assert reader.rewinds == 0 and sync.stats.received == 3 and sync.stats.applied == 3
+
+
+def test_a_worker_syncs_the_partitions_of_one_assignment_with_one_re_read(
+    tmp_path: Path,
+) -> None:
+    """Restored and new shards of one assignment are attached together (one re-read); a new
+    one becomes the partition's shard at its first event without another."""
+    settings = SETTINGS.model_copy(
+        update={
+            "checkpoint_dir": tmp_path,
+            "checkpoint_key": SecretStr("bootstrap-test-key"),
+            "checkpoint_mode": "inline",
+        }
+    )
+    topic = _topic_of(5)  # deltas of events[1]
+    reader = FakeReader(topic)
+    worker = Worker(settings, registry=CollectorRegistry())
+    assert worker.checkpoints is not None
+    worker._sync = sync = WorkerSync(settings, reader, topic.send, clock=lambda: 0.0)
+    worker.checkpoints.save(("events", 2), Pipeline.from_settings(settings), 0)
+
+    assert worker._on_assigned([("events", 0)]) == {}
+    assert set(sync.shards) == {("events", 0)} and sync.stats.received == 5
+    assert worker._on_assigned([("events", 2), ("events", 3)]) == {("events", 2): 0}
+    assert reader.rewinds == 1 and sync.stats.reread == 5
+    assert set(sync.shards) == {("events", 0), ("events", 2), ("events", 3)}
+    assert sync.stats.applied == 3 * 5 and sync.stats.duplicates == 0
+    new = worker._shard(("events", 3))
+    assert new is sync.shards[("events", 3)].pipeline and reader.rewinds == 1
+    assert new.models["popularity"].n_items == 5  # the deltas read at the assignment
+    worker._drop([("events", 0), ("events", 3)])
+    assert set(sync.shards) == {("events", 2)} and not worker._synced_new

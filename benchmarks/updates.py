@@ -6,6 +6,9 @@
    on and off: the served model's detection delay, false alarms (served-model detections and
    reactions before the drift), windowed HR@10 before the drift and the events until it is back
    to 90 % of it, promotions and reactions;
+   and ``reset*``: a fresh pipeline over the events after the drift only (every model
+   rebuilt at the change from post-drift data): how soon *any* reaction that cannot map the
+   old items to the new ones could be back, against the same pre-drift level;
 2. the quality suite's streams (``benchmarks/streams.py``, held-out ones included, no injected
    drift): HR@10 of what was served with reactions on vs off, reactions and promotions;
 3. two copies of one model under different seeds (no real difference): promotions per 100k
@@ -160,6 +163,7 @@ def drift_section(n: int, seed: int, held_out: list[str]) -> None:
         "back to 90% after  end     reactions  promotions (event: from->to)"
     )
     for kind, events, drift_at in drift_streams(n, seed, held_out):
+        pre: float | None = None
         for reaction in (False, True):
             s = settings(drift_reaction=reaction)
             run = drive(Pipeline.from_settings(s), events)
@@ -168,12 +172,35 @@ def drift_section(n: int, seed: int, held_out: list[str]) -> None:
             if f["recovery"] is None and f["pre"]:
                 recovery = f"not in {len(events) - drift_at:,}"
             promotions = ", ".join(f"{e:,}: {a}->{b}" for e, a, b in run.promotions) or "-"
+            pre = f["pre"] if reaction else pre
             print(
                 f"  {kind:<27} {'on' if reaction else 'off':<9} {fmt(f['delay']):>5}  "
                 f"{f['false_alarms']:>12}/{f['false_reactions']:<10} {fmt(f['pre']):>9}  "
                 f"{recovery:>17}  {fmt(f['end'])}  {len(run.reactions):>9}  {promotions}",
                 flush=True,
             )
+        # What a reset could do: a fresh pipeline on the events after the drift (as if every
+        # model were rebuilt at the change from post-drift data only): the bound on recovery
+        # for any reaction that cannot map old items to new ones.
+        reset = drive(Pipeline.from_settings(settings(drift_reaction=False)), events[drift_at:])
+        back = next(
+            (
+                n
+                for n, _, hr in reset.samples
+                # (from 1,000 events on: a window of a few evaluations is noise)
+                if n >= 1_000 and pre and hr is not None and hr >= 0.9 * pre
+            ),
+            None,
+        )
+        at5k = [hr for n, _, hr in reset.samples if n == 5_000]
+        print(
+            f"  {kind:<27} {'reset*':<9} {'-':>5}  {'-':>12}/{'-':<10} {fmt(pre):>9}  "
+            f"{'-' if back is None else f'{back:,} events':>17}  "
+            f"{fmt(reset.samples[-1][2] if reset.samples else None)}  "
+            f"(at +5,000: {fmt(at5k[0] if at5k else None)})"
+            + ("" if back else f"; not back in {len(events) - drift_at:,}"),
+            flush=True,
+        )
 
 
 def streams_section(seed: int, scale: float) -> None:

@@ -19,56 +19,19 @@ import gc
 import math
 import sys
 import tracemalloc
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The list-backed topic and reader of the sync's unit tests: the worker's side without a broker.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
+
+from sync_fakes import FakeReader, FakeTopic
 
 from stream.core import Pipeline
 from stream.events import Event, Source
 from stream.settings import StreamSettings
 from stream.sync import ShardSync
 from stream.sync.live import WorkerSync
-
-
-@dataclass
-class _Record:
-    value: bytes | None
-    partition: int = 0
-    offset: int = 0
-
-
-class _Topic:
-    def __init__(self) -> None:
-        self.values: list[bytes] = []
-
-    def send(self, key: bytes, value: bytes) -> None:
-        self.values.append(value)
-
-
-class _Reader:
-    """One partition, read from its beginning (and rewound), at most 500 records a poll."""
-
-    def __init__(self, topic: _Topic) -> None:
-        self.topic, self.position = topic, 0
-
-    def poll(self, timeout_ms: int | None = None) -> list[_Record]:
-        end = min(len(self.topic.values), self.position + 500)
-        out = [_Record(self.topic.values[o], 0, o) for o in range(self.position, end)]
-        self.position = end
-        return out
-
-    def caught_up(self) -> bool:
-        return self.position >= len(self.topic.values)
-
-    def highwaters(self) -> dict[int, int]:
-        return {0: len(self.topic.values)}
-
-    def behind(self, marks: dict[int, int]) -> bool:
-        return self.position < marks.get(0, 0)
-
-    def rewind(self) -> None:
-        self.position = 0
 
 
 def main() -> None:
@@ -86,7 +49,7 @@ def main() -> None:
         model_sync_ms=3_600_000,
     )
     sender = ShardSync(Pipeline.from_settings(settings), "events", 1)
-    topic = _Topic()
+    topic = FakeTopic()
     for n in range(args.deltas):  # one event per delta, over 20 items
         event = Event(user_id=f"u{n % 50}", item_id=f"i{n % 20}", event_type="click", timestamp=n)
         sender.pipeline.process_one(event, Source("events", 1, n))
@@ -99,7 +62,7 @@ def main() -> None:
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    sync = WorkerSync(settings, _Reader(topic), topic.send, clock=lambda: 0.0)
+    sync = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: 0.0)
     sync.attach(("events", 0), Pipeline.from_settings(settings))
     while sync.poll():
         pass

@@ -55,6 +55,8 @@ __all__ = ["RunSummary", "Worker", "json_bytes", "topic_layout"]
 
 logger = logging.getLogger(__name__)
 
+_END = 2**62  # an offset after every offset: "everything published before"
+
 TopicPartition = tuple[str, int]
 
 # Consecutive failed checkpoints of one partition after which the worker reports not ready
@@ -385,7 +387,7 @@ class Worker:
         if isinstance(decoded, Rejected):
             self._dead_letter(decoded, source)
         else:
-            shard = self._shard(tp)
+            shard = self._shard(tp, record.offset)
             try:
                 result = shard.process_one(decoded, source)
             except Exception as exc:  # a model bug must not take the stream down
@@ -482,7 +484,7 @@ class Worker:
             self.metrics.last_event.set(now)
             self._batch_last_timestamp = None
 
-    def _shard(self, tp: TopicPartition) -> Pipeline:
+    def _shard(self, tp: TopicPartition, offset: int) -> Pipeline:
         shard = self.shards.get(tp)
         if shard is None:
             synced = self._synced_new.pop(tp, None)
@@ -491,7 +493,7 @@ class Worker:
                 return shard
             shard = self.shards[tp] = self._new_pipeline()
             if self._sync is not None:
-                self._sync.attach(tp, shard)
+                self._sync.attach(tp, shard, start=offset)
         return shard
 
     # --- batches, metrics, safety ------------------------------------------------------------
@@ -831,8 +833,22 @@ class Worker:
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
         if self._sync is not None:
-            self._sync.attach_all(synced)
+            self._sync.attach_all(synced, self._new_shard_starts(synced))
         return seek
+
+    def _new_shard_starts(
+        self, synced: dict[TopicPartition, Pipeline]
+    ) -> dict[TopicPartition, int]:
+        """Where each new shard's first event will come from (the group's committed offset):
+        what a previous owner of the partition published before it is that shard's to apply
+        (:meth:`WorkerSync.attach_all`). Nothing committed: the start of the topic with
+        ``auto_offset_reset=earliest``, its end (everything published before) with latest."""
+        new = [tp for tp in synced if tp in self._synced_new]
+        if not new or self._source is None:
+            return {}
+        committed = self._source.committed(new)
+        nothing = 0 if self.settings.auto_offset_reset == "earliest" else _END
+        return {tp: nothing if committed.get(tp) is None else int(committed[tp] or 0) for tp in new}
 
     def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Make the revoked partitions' work safe, then drop their shards."""

@@ -188,10 +188,12 @@ class TopicReader:
 
     def rewind(self) -> None:
         """Read again from each partition's first offset (``beginning_offsets``, right on every
-        broker); the high watermarks known stay, :attr:`start_marks` too."""
+        broker). :meth:`caught_up` then means read up to the latest high watermarks known at
+        the rewind (the topic's end then), not those of the reader's start."""
         self._consumer.seek_to_beginning(*self._tps)
         self._positions.clear()
         self._skip_to_end = False
+        self.start_marks = dict(self._highwater)
 
     def close(self) -> None:
         """Close the consumer (nothing to commit)."""

@@ -33,11 +33,15 @@ from stream.settings import StreamSettings
 from stream.sync.delta import DeltaError, ShardDelta
 from stream.sync.shard import ShardSync
 
-__all__ = ["SyncStats", "UpdatesReader", "WorkerSync"]
+__all__ = ["SyncError", "SyncStats", "UpdatesReader", "WorkerSync"]
 
 logger = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+
+
+class SyncError(RuntimeError):
+    """The sync cannot bring a shard up to date without risking its exactly-once state."""
 
 
 class UpdatesReader(Protocol):
@@ -98,6 +102,9 @@ class WorkerSync:
         self.every_events = settings.model_sync_events
         self.every_s = settings.model_sync_ms / 1000
         self.full_every = settings.model_sync_full_every
+        # An attach runs in the rebalance callback: it must end well within the group's
+        # max.poll.interval.ms, or this member is dropped from the group mid-attach.
+        self.attach_budget_s = settings.max_poll_interval_ms / 1000 / 2
         self.reader, self.send, self.clock = reader, send, clock
         self.shards: dict[TopicPartition, ShardSync] = {}
         self.stats = SyncStats()
@@ -113,25 +120,28 @@ class WorkerSync:
 
     # --- shards -------------------------------------------------------------------------
 
-    def catch_up(self, timeout_s: float = 30.0) -> bool:
-        """Read the topic up to where it ended when the reader started."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.poll(timeout_ms=100)
-            if self.reader.caught_up():
-                return True
-            if time.monotonic() >= deadline:
-                logger.warning("model updates: not caught up after %gs; going on", timeout_s)
-                return False
-
-    def attach(self, tp: TopicPartition, pipeline: Pipeline) -> None:
+    def attach(self, tp: TopicPartition, pipeline: Pipeline, start: int | None = None) -> None:
         """Sync ``pipeline``, the shard of ``tp`` (new or restored): :meth:`attach_all`."""
-        self.attach_all({tp: pipeline})
+        self.attach_all({tp: pipeline}, {} if start is None else {tp: start})
 
-    def attach_all(self, pipelines: Mapping[TopicPartition, Pipeline]) -> None:
+    def attach_all(
+        self,
+        pipelines: Mapping[TopicPartition, Pipeline],
+        starts: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
         """Sync each pipeline, the shard of its partition (new or restored): the topic is read
         again from its beginning, once for all of them; each applies every delta it does not
-        hold yet and replays the boundaries of its own published ones."""
+        hold yet and replays the boundaries of its own published ones.
+
+        ``starts`` gives, for a *new* shard of a partition that may have had an owner before
+        (no checkpoint here), the source offset its first event will come from (the group's
+        committed offset): the previous owner's deltas ending before it are applied as any
+        other shard's, those at or after it are replayed (their events are learned again).
+
+        Raises :class:`SyncError` when the topic cannot be read to its end within
+        :attr:`attach_budget_s` (half of ``STREAM_MAX_POLL_INTERVAL_MS``): going on would
+        leave replays unplanned and apply deltas twice.
+        """
         if not pipelines:
             return
         attaching = {
@@ -143,26 +153,22 @@ class WorkerSync:
             self.shards[tp] = shard
             self._offered[tp] = {}
             self._boundaries[tp] = []
+            if starts is not None and tp in starts:
+                shard.adopt_before = starts[tp]
         rewound = bool(self._read_upto)
-        if rewound:
-            self.reader.rewind()  # the shards attached before skip what they were offered
         started, reread = time.monotonic(), self.stats.reread
         try:
-            self.catch_up()
-            # And up to the latest high watermark: the deltas a killed owner of this partition
-            # published are on the topic by now (its session timed out before the
-            # reassignment). (Up to the marks of a fetch made now: the others keep publishing.)
-            deadline = time.monotonic() + 10.0
-            self.poll(timeout_ms=100)
-            marks = self.reader.highwaters()
-            while self.reader.behind(marks) and time.monotonic() < deadline:
-                self.poll(timeout_ms=100)
+            if rewound:
+                self.reader.rewind()  # the shards attached before skip what they were offered
+            self._read_to_end(started + self.attach_budget_s)
         except BaseException:
             for tp in attaching:  # not synced: its replay is not planned
                 self.detach(tp)
             raise
         finally:
             boundaries, self._boundaries = self._boundaries, {}
+            for shard in attaching.values():
+                shard.adopt_before = None
         if rewound:
             logger.info(
                 "model updates: read the topic again from its beginning for %s (%d record(s) "
@@ -173,6 +179,29 @@ class WorkerSync:
             )
         for tp, shard in attaching.items():
             self._replay_own(tp, shard, boundaries[tp])
+
+    def _read_to_end(self, deadline: float) -> None:
+        """Read up to where the topic ended at the (re)start of the reader, then up to the
+        high watermarks of a fetch made after that: the deltas a killed owner of an attaching
+        partition published are on the topic by now (its session timed out before the
+        reassignment); the other shards keep publishing, so not up to a moving end."""
+
+        def read(done: Callable[[], bool], what: str) -> None:
+            while True:
+                self.poll(timeout_ms=100)
+                if done():
+                    return
+                if time.monotonic() >= deadline:
+                    raise SyncError(
+                        f"model updates: the topic was not read {what} within "
+                        f"{self.attach_budget_s:g}s (half of STREAM_MAX_POLL_INTERVAL_MS): a "
+                        "shard attached now would apply deltas twice; raise "
+                        "STREAM_MAX_POLL_INTERVAL_MS or shorten the topic's retention"
+                    )
+
+        read(self.reader.caught_up, "to its end")
+        marks = self.reader.highwaters()
+        read(lambda: not self.reader.behind(marks), "to its latest high watermarks")
 
     def _replay_own(
         self, tp: TopicPartition, shard: ShardSync, boundaries: list[tuple[int, bool]]
@@ -327,7 +356,10 @@ class WorkerSync:
             return
         for tp, shard in offered_to:
             boundaries = self._boundaries.get(tp)
-            if boundaries is not None and delta.source == tp:
+            adopt = shard.adopt_before
+            if adopt is not None and delta.source == tp and delta.last_offset < adopt:
+                pass  # a previous owner's, before this shard's start: applied (ShardSync)
+            elif boundaries is not None and delta.source == tp:
                 # Its own deltas after its checkpoint (a full one closing the checkpoint's
                 # last light one ends at the same offset).
                 state = shard.state

@@ -113,6 +113,10 @@ class ShardSync:
             for model in shared_models(pipeline).values():
                 model.item_delta()
         self.state: SyncState = state
+        # While a new shard of a partition attaches (no checkpoint): the source offset its
+        # first event comes from. Its own partition's deltas ending before it were learned by
+        # a previous owner and are applied like any other shard's (see WorkerSync.attach_all).
+        self.adopt_before: int | None = None
 
     @property
     def source(self) -> tuple[str, int]:
@@ -170,9 +174,11 @@ class ShardSync:
 
     def apply_one(self, delta: ShardDelta) -> Outcome:
         """Apply another shard's delta, unless it is this shard's own or already applied."""
-        if delta.source == self.source:
-            return "own"
         state = self.state
+        if delta.source == self.source:
+            if self.adopt_before is None or delta.last_offset >= self.adopt_before:
+                return "own"
+            state.published = max(state.published, delta.last_offset)  # a previous owner's
         done = state.applied.get(delta.source, -1)
         light_at = getattr(state, "light_at", None)
         if light_at is None:  # a SyncState pickled before light deltas

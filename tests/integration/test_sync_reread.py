@@ -49,14 +49,18 @@ def test_rewind_reads_every_record_again_once_and_in_order(kafka_bootstrap: str)
     try:
         first = _read(reader, sent)
         assert len(first) == sent and reader.caught_up()
+        produce(kafka_bootstrap, topic, [b"grown%d" % i for i in range(4)], [b"k1"] * 4)
+        first += _read(reader, 4)  # the topic grew after the reader started
         reader.rewind()
         assert not reader.caught_up()
+        # Caught up again means at the end the topic had at the rewind, not at the start.
+        assert sum(reader.start_marks.values()) == sent + 4
         produce(kafka_bootstrap, topic, [b"after"], [b"k0"])
-        again = _read(reader, sent + 1)
+        again = _read(reader, sent + 5)
     finally:
         reader.close()
     assert sorted(again) == sorted([*first, *[r for r in again if r[2] == b"after"]])
-    assert len(again) == sent + 1  # each once: nothing stale from before the rewind
+    assert len(again) == sent + 5  # each once: nothing stale from before the rewind
     for p in (0, 1):
         offsets = [o for q, o, _ in again if q == p]
         assert offsets == list(range(len(offsets)))  # from the first offset, in order

@@ -4,6 +4,7 @@ broker. A plain module (like ``tests/integration/kafka_helpers``), imported by n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["FakeReader", "FakeTopic", "Record"]
@@ -25,20 +26,31 @@ class FakeTopic:
 
 
 class FakeReader:
-    """Reads a :class:`FakeTopic` from its beginning, as the worker's TopicReader does."""
+    """Reads a :class:`FakeTopic` from its beginning, as the worker's TopicReader does: at most
+    ``per_poll`` records a poll; :meth:`caught_up` against the end the topic had at the first
+    poll (or at the last :meth:`rewind`), not its current end; ``on_poll`` is called before each
+    poll (a test's clock)."""
 
-    def __init__(self, topic: FakeTopic) -> None:
+    def __init__(self, topic: FakeTopic, per_poll: int = 1_000_000) -> None:
         self.topic, self.position = topic, 0
+        self.per_poll = per_poll
         self.rewinds = 0
+        self.start_mark: int | None = None
+        self.on_poll: Callable[[], None] | None = None
 
     def poll(self, timeout_ms: int | None = None) -> list[Record]:
+        if self.on_poll is not None:
+            self.on_poll()
         values = self.topic.values
-        out = [Record(values[o], 0, o) for o in range(self.position, len(values))]
-        self.position = len(values)
+        if self.start_mark is None:
+            self.start_mark = len(values)
+        end = min(len(values), self.position + self.per_poll)
+        out = [Record(values[o], 0, o) for o in range(self.position, end)]
+        self.position = end
         return out
 
     def caught_up(self) -> bool:
-        return self.position >= len(self.topic.values)
+        return self.start_mark is not None and self.position >= self.start_mark
 
     def highwaters(self) -> dict[int, int]:
         return {0: len(self.topic.values)}
@@ -48,4 +60,5 @@ class FakeReader:
 
     def rewind(self) -> None:
         self.position = 0
+        self.start_mark = len(self.topic.values)
         self.rewinds += 1

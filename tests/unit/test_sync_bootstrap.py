@@ -22,7 +22,7 @@ from stream.kafka.partitioner import partition_of
 from stream.models import ItemKNN, Popularity
 from stream.settings import StreamSettings
 from stream.sync import ShardDelta, ShardSync
-from stream.sync.live import WorkerSync
+from stream.sync.live import SyncError, WorkerSync
 from stream.worker import Worker
 
 SETTINGS = StreamSettings(
@@ -227,8 +227,100 @@ def test_a_worker_syncs_the_partitions_of_one_assignment_with_one_re_read(
     assert reader.rewinds == 1 and sync.stats.reread == 5
     assert set(sync.shards) == {("events", 0), ("events", 2), ("events", 3)}
     assert sync.stats.applied == 3 * 5 and sync.stats.duplicates == 0
-    new = worker._shard(("events", 3))
+    new = worker._shard(("events", 3), 0)
     assert new is sync.shards[("events", 3)].pipeline and reader.rewinds == 1
     assert new.models["popularity"].n_items == 5  # the deltas read at the assignment
     worker._drop([("events", 0), ("events", 3)])
     assert set(sync.shards) == {("events", 2)} and not worker._synced_new
+
+
+def _one_partition_state(stream: list[tuple[int, int, Event]]) -> tuple[Popularity, ItemKNN]:
+    one = Pipeline.from_settings(SETTINGS)
+    for _, _, e in stream:
+        one.process_one(e, Source("events", 0, 0))
+    pop, knn = one.models["popularity"], one.models["knn"]
+    assert isinstance(pop, Popularity) and isinstance(knn, ItemKNN)
+    return pop, knn
+
+
+def test_a_partition_moved_without_a_checkpoint_adopts_its_previous_owners_deltas() -> None:
+    """B owns partition 1 without checkpoints and dies; A gets it with a new shard starting at
+    the committed offset: B's deltas ending before it are A's to apply (its own partition's,
+    from a previous owner), those after it are replayed while A learns those events again.
+    Every shard ends with the one-partition popularity counts (not B's partition missing, not
+    twice)."""
+    rng = random.Random(5)
+    events = [
+        Event(
+            user_id=f"u{rng.randrange(40)}",
+            item_id=f"i{rng.randrange(30)}",
+            event_type="click",
+            timestamp=float(t),
+        )
+        for t in range(600)
+    ]
+    by_partition = _by_partition(events, 2)
+    stream = sorted((x for xs in by_partition.values() for x in xs), key=lambda x: x[2].timestamp)
+    topic = FakeTopic()
+    a = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    b = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    mine, theirs = Pipeline.from_settings(SETTINGS), Pipeline.from_settings(SETTINGS)
+    a.attach(("events", 0), mine)
+    b.attach(("events", 1), theirs)
+    owners = {0: (a, mine), 1: (b, theirs)}
+    first = stream[:400]
+    _feed(owners, first)
+    published = [ShardDelta.decode(v) for v in topic.values]
+    ends = [d.last_offset for d in published if d.source_partition == 1]
+    assert len(ends) >= 4
+    committed = ends[len(ends) // 2] + 1  # B committed there, then published more and died
+
+    new = Pipeline.from_settings(SETTINGS)
+    a.attach(("events", 1), new, start=committed)
+    assert len(a._replay[("events", 1)]) == len([e for e in ends if e >= committed])
+    again = [x for x in by_partition[1] if x[1] >= committed and x[2].timestamp < 400]
+    owners = {0: (a, mine), 1: (a, new)}
+    _feed(owners, again)  # learned again from the committed offset
+    assert ("events", 1) not in a._replay
+    _feed(owners, stream[400:])
+    a.publish_all()
+    a.poll()
+
+    pop1, _ = _one_partition_state(stream)
+    for pipe in (mine, new):
+        pop = pipe.models["popularity"]
+        assert isinstance(pop, Popularity)
+        # (Co-occurrences cannot match: they need the users' histories, which a shard without
+        # a checkpoint does not have.)
+        assert pop._counts == pytest.approx(pop1._counts, rel=1e-12)
+
+
+def test_an_attach_that_cannot_read_the_topic_in_time_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-read at an attach runs in the rebalance callback: past half of
+    STREAM_MAX_POLL_INTERVAL_MS it raises (nothing attached, no replay left unplanned), and
+    within it, it reads to the topic's end at the rewind, not to the end of the reader's start."""
+    now = [0.0]
+    monkeypatch.setattr("stream.sync.live.time.monotonic", lambda: now[0])
+    topic = _topic_of(3)
+    reader = FakeReader(topic, per_poll=1)
+    sync = WorkerSync(SETTINGS, reader, topic.send, clock=lambda: 0.0)
+    sync.attach(("events", 0), Pipeline.from_settings(SETTINGS))
+    late = _topic_of(250)
+    topic.values[:] = late.values  # the topic grew (same sender: the first 3 are the same)
+
+    def tick() -> None:
+        now[0] += 0.1  # a poll every 0.1 s: 250 records in 25 s of the 30 s budget
+
+    reader.on_poll = tick
+    sync.attach(("events", 2), pipe := Pipeline.from_settings(SETTINGS))
+    popularity = pipe.models["popularity"]
+    assert isinstance(popularity, Popularity) and popularity.n_items == 20
+    assert sync.shards[("events", 2)].state.applied[("events", 1)] == 249
+
+    reader.per_poll, now[0] = 1, 0.0
+    topic.values[:] = _topic_of(400).values
+    with pytest.raises(SyncError, match="STREAM_MAX_POLL_INTERVAL_MS"):
+        sync.attach(("events", 3), Pipeline.from_settings(SETTINGS))
+    assert ("events", 3) not in sync.shards and sync._boundaries == {}

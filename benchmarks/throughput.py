@@ -623,7 +623,11 @@ def run(
             flush=True,
         )
         sync_rate = sync_bytes = None
-        if workers > 1 and "model_sync" not in overrides:
+        if (
+            workers > 1
+            and "model_sync" not in overrides
+            and str(overrides.get("model_sync_events", "")) != "0"  # (0: the sync is off)
+        ):
             # Issue 12: the same workers with the model sync on, for per-worker throughput
             # with it against without (same events, fresh topics and group).
             synced = _settings(

@@ -381,17 +381,21 @@ class MatrixFactorization(Recommender):
         pending = self._item_sync
         if pending is None or not self._biased:
             return self.item_delta() if pending is None else {"items": [], "biases": _NO_BIAS}
-        index, biases = self._index, self._biases
-        items, sent = [], []
-        for item, (vector, before) in pending.items():
-            now = float(biases[index[item]])
-            if abs(now - before) >= _LIGHT_MIN_BIAS:  # smaller ones wait for the full delta
-                change = float(np.float16(now - before))  # what receivers will add
-                items.append(item)
-                sent.append(change)
-                # The vector change stays pending, and so does float16's rounding of the bias.
-                pending[item] = (vector, before + change)
-        return {"items": items, "biases": np.array(sent, dtype=np.float16)}
+        if not pending:
+            return {"items": [], "biases": np.zeros(0, dtype=np.float16)}
+        index = self._index
+        names = list(pending)
+        befores = np.fromiter((b for _, b in pending.values()), float, len(names))
+        moved = self._biases[[index[item] for item in names]] - befores
+        # Smaller ones wait for the full delta; float16 is what receivers will add.
+        at = np.flatnonzero(np.abs(moved) >= _LIGHT_MIN_BIAS)
+        sent = moved[at].astype(np.float16)
+        items = [names[i] for i in at.tolist()]
+        for item, change in zip(items, sent.astype(np.float64).tolist(), strict=True):
+            # The vector change stays pending, and so does float16's rounding of the bias.
+            vector, before = pending[item]
+            pending[item] = (vector, before + change)
+        return {"items": items, "biases": sent}
 
     def top_k_among(
         self,

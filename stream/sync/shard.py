@@ -113,6 +113,7 @@ class ShardSync:
             for model in shared_models(pipeline).values():
                 model.item_delta()
         self.state: SyncState = state
+        self._shared: tuple[tuple[int, ...], dict[str, SharedItemState]] | None = None
         # While a new shard of a partition attaches (no checkpoint): the source offset its
         # first event comes from. Its own partition's deltas ending before it were learned by
         # a previous owner and are applied like any other shard's (see WorkerSync.attach_all).
@@ -121,6 +122,15 @@ class ShardSync:
     @property
     def source(self) -> tuple[str, int]:
         return self.topic, self.partition
+
+    def shared(self) -> dict[str, SharedItemState]:
+        """:func:`shared_models` of the pipeline, kept while its models are the same objects
+        (a Protocol ``isinstance`` per model and delta cost more than applying a light one)."""
+        pipeline = self.pipeline
+        key = (id(pipeline.fallback), *map(id, pipeline.models.values()))
+        if self._shared is None or self._shared[0] != key:
+            self._shared = (key, shared_models(pipeline))
+        return self._shared[1]
 
     def note_one(self, offset: int) -> None:
         """Record that the pipeline learned the event at source ``offset``."""
@@ -154,7 +164,7 @@ class ShardSync:
             # it with the changes that waited (receivers apply it once, see apply_one).
             closing = True
         models: dict[str, dict[str, Any]] = {}
-        for name, model in shared_models(self.pipeline).items():
+        for name, model in self.shared().items():
             if full:
                 models[name] = model.item_delta()
             elif hasattr(model, "item_delta_light"):
@@ -187,7 +197,7 @@ class ShardSync:
         if delta.last_offset <= done and not closes:
             state.duplicates_dropped += 1
             return "duplicate"
-        shared = shared_models(self.pipeline)
+        shared = self.shared()
         for name, part in delta.models.items():
             model = shared.get(name)
             if model is not None:

@@ -439,6 +439,16 @@ class EventSource:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` in the consumer's metadata (``None`` while unknown).
+
+        A subscribed topic's metadata is cached and refreshed by the consumer itself (every
+        ``metadata.max.age.ms``, and when it sees partitions added), so this costs no request
+        once the group is joined.
+        """
+        found = self._consumer.partitions_for_topic(topic)
+        return len(found) if found else None
+
 
 def failing_fetch(consumer: KafkaConsumer) -> str:
     """``topic[partition]@offset`` of the fetched records a ``poll`` just failed to read.

@@ -135,3 +135,22 @@ def test_evaluate_partitions_8_shares_every_5_events_by_default(
     monkeypatch.setenv("STREAM_MODEL_SYNC_EVENTS", "10")
     assert main(argv) == 0
     assert "a delta every 10 events per shard" in capsys.readouterr().out
+
+
+def test_the_worker_follows_the_events_topics_partition_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stream.worker import Worker
+
+    s = _settings(model_sync=True, events_partitions=1, metrics_port=0)
+    worker = Worker(s)
+    topic = FakeTopic()
+    worker._sync = WorkerSync(s, FakeReader(topic), topic.send)
+    worker._follow_partitions(None)  # metadata not known yet: as configured
+    assert worker._sync.every_events == 30
+    worker._follow_partitions(4)  # at start, as the broker reports the topic
+    assert worker._sync.every_events == 10
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        worker._follow_partitions(8)  # partitions added while running
+    assert worker._sync.every_events == 5
+    assert "8 partitions, not 4: a light delta every 5 events" in caplog.text

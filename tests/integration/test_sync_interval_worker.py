@@ -43,6 +43,10 @@ def test_the_worker_shares_every_ceil_staleness_over_p_minus_1_events(
     summary = worker.run(max_events=len(sent), idle_timeout=30)
     assert summary.processed == len(sent)
     assert worker._sync is not None and worker._sync.every_events == expected
+    # What follows the count while running: the consumer's metadata cache, read without a
+    # request (stream.kafka.source.cached_partition_count).
+    assert worker._source is not None
+    assert worker._source.partition_count(s.events_topic) == PARTITIONS
 
     deltas = [
         ShardDelta.decode(r.value or b"")

@@ -79,6 +79,8 @@ def test_bad_values_are_refused_naming_the_setting(
         load_settings(**{env.removeprefix("STREAM_").lower(): value})
     assert main(["worker"]) == 2  # refused at start, before any broker is asked
     assert env in capsys.readouterr().err
+    assert main(["evaluate", "e.jsonl", "--format", "jsonl", "--partitions", "8"]) == 2
+    assert env in capsys.readouterr().err
 
 
 def test_the_worker_sync_starts_from_the_configured_partition_count() -> None:

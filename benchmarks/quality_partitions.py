@@ -4,7 +4,7 @@ streams. Target: HR@10 of the default at every P >= 0.95 x its P = 1 figure. Als
 traffic: delta bytes per event against the bytes of the events themselves (compact JSON).
 
     python benchmarks/quality.py --skip-suite --partitions 1,4,8 [--streams a,b] [--scale F]
-                                 [--set model_sync_events=N]
+                                 [--set model_sync_events=N|auto] [--set model_sync_staleness=B]
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ def partitions_section(
 ) -> dict[str, Any]:
     counts = [int(p) for p in partitions.split(",") if p.strip()]
     settings = StreamSettings(_env_file=None, **overrides)
+    every = settings.model_sync_events
+    if every == "auto":
+        every = f"auto (ceil({settings.model_sync_staleness} / (P - 1)))"
     print(
-        f"\n## Partitions (default {settings.recommender}, sync every "
-        f"{settings.model_sync_events} events per shard, every "
-        f"{settings.model_sync_full_every}th delta full)"
+        f"\n## Partitions (default {settings.recommender}, sync every {every} events per "
+        f"shard, every {settings.model_sync_full_every}th delta full)"
     )
     print(
-        f"{'stream':<18} {'P':>3} {'HR@10':>8} {'x P=1':>7} {'ok':>3} "
+        f"{'stream':<18} {'P':>3} {'every':>5} {'HR@10':>8} {'x P=1':>7} {'ok':>3} "
         f"{'delta B/ev':>10} {'event B':>8} {'s':>5}"
     )
     out: dict[str, Any] = {}
@@ -52,8 +54,9 @@ def partitions_section(
             ratio = hr / base if hr is not None and base else None
             per_event = result.sync.get("delta_bytes", 0) / max(result.events, 1)
             ok = "" if ratio is None or p == 1 else ("yes" if ratio >= TARGET else "NO")
+            every_p = result.sync.get("sync_events", 0)
             print(
-                f"{name:<18} {p:>3} {hr or 0:>8.4f} {ratio or 0:>7.3f} {ok:>3} "
+                f"{name:<18} {p:>3} {every_p:>5} {hr or 0:>8.4f} {ratio or 0:>7.3f} {ok:>3} "
                 f"{per_event:>10.1f} {event_bytes:>8.1f} {seconds:>5.0f}",
                 flush=True,
             )
@@ -63,6 +66,7 @@ def partitions_section(
                 "delta_bytes_per_event": per_event,
                 "event_bytes": event_bytes,
                 "delta_records": result.sync.get("delta_records", 0),
+                "sync_events": result.sync.get("sync_events", 0),
                 "seconds": seconds,
             }
         out[name] = rows

@@ -107,7 +107,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="split the file into P shards as Kafka splits the events topic (user key), one "
-        "model per shard sharing item state every STREAM_MODEL_SYNC_EVENTS events",
+        "model per shard sharing item state every STREAM_MODEL_SYNC_EVENTS events (auto: "
+        "ceil(STREAM_MODEL_SYNC_STALENESS / (P - 1)))",
     )
 
     c = sub.add_parser("checkpoint", help="list, inspect, export or prune stored checkpoints")

@@ -208,16 +208,18 @@ def evaluate_partitioned(
     shard as the worker runs them, sharing item state through :mod:`stream.sync`.
 
     Each shard shares a delta every ``sync_events`` events it learned (default
-    ``settings.model_sync_events``; 0: isolated shards) and the others apply it at once,
-    through the same encoding, merge rules and dedupe as the worker. The metrics of the
+    ``settings.model_sync_events``, ``auto`` derived from ``partitions`` by
+    :func:`~stream.sync.interval.light_interval`; 0: isolated shards) and the others apply
+    it at once, through the same encoding, merge rules and dedupe as the worker. The metrics of the
     shards are merged (:func:`~stream.core.merge_metrics`) as the worker merges them.
     """
     from stream.core import merge_metrics
+    from stream.sync.interval import light_interval
     from stream.sync.offline import LocalShards
 
     if settings.rebuild_background is None:
         settings = settings.model_copy(update={"rebuild_background": False})
-    every = settings.model_sync_events if sync_events is None else sync_events
+    every = light_interval(settings, partitions) if sync_events is None else sync_events
     if partitions == 1:
         every = 0  # nobody to share with
     shards = LocalShards(
@@ -328,7 +330,26 @@ def print_table(result: EvaluationResult, out: TextIO | None = None) -> None:
             "evicted",
             file=out,
         )
+    if result.sync:
+        print(sync_summary(result), file=out)
     print(drift_summary(result.drifts), file=out)
+
+
+def sync_summary(result: EvaluationResult) -> str:
+    """``evaluate --partitions``: the shards, the light-delta interval used, the traffic.
+
+    >>> r = EvaluationResult(1000, 10, "knn", {}, {}, 1.0, [])
+    >>> r.sync = {"partitions": 8, "sync_events": 5, "delta_records": 210, "delta_bytes": 150000}
+    >>> print(sync_summary(r))
+    8 partitions: a delta every 5 events per shard; 210 deltas, 150.0 bytes per event
+    """
+    sync = result.sync
+    every = sync.get("sync_events", 0)
+    shared = f"a delta every {every} events per shard" if every else "no sync (isolated shards)"
+    return (
+        f"{sync.get('partitions', 1)} partitions: {shared}; {sync.get('delta_records', 0):,} "
+        f"deltas, {sync.get('delta_bytes', 0) / max(result.events, 1):.1f} bytes per event"
+    )
 
 
 def updates_summary(result: EvaluationResult) -> str:

@@ -329,13 +329,12 @@ class StreamSettings(BaseSettings):
     """Evaluated events a reaction lasts (the half-lives of decaying models divided by 4)."""
 
     # --- Model sync across shards (issue 12, stream/sync) ------------------------------------
-    model_sync_events: int = Field(
-        10,
-        ge=0,
-        le=10_000_000,
+    model_sync_events: int | Literal["auto"] = Field(
+        "auto",
         description="Events a shard (partition) learns between two item-state deltas it "
         "shares with the other shards (the worker and `stream evaluate --partitions`); "
-        "0: no sync, each partition its own model.",
+        "auto: ceil(STREAM_MODEL_SYNC_STALENESS / (P - 1)) for P partitions (the events "
+        "topic's, or --partitions); 0: no sync, each partition its own model.",
     )
     model_sync: bool = Field(
         False,
@@ -360,6 +359,15 @@ class StreamSettings(BaseSettings):
     )
     model_updates_topic: str = Field("model-updates", min_length=1)
     """Topic of the item-state deltas the worker's shards share (one partition)."""
+    # --- Sync interval derived from the shard count (issue 12: STREAM_MODEL_SYNC_EVENTS=auto) --
+    model_sync_staleness: int = Field(
+        30,
+        ge=1,
+        le=10_000_000,
+        description="With STREAM_MODEL_SYNC_EVENTS=auto: events of the other shards' learning "
+        "a shard may miss; each shares a light delta every ceil(this / (P - 1)) events "
+        "(P = 4: 10, P = 8: 5).",
+    )
     # --- Two-stage recommendation and sampled challengers (issue 11) ----------------------
     retrieval: Literal["candidates", "exact"] = "candidates"
     """candidates: models score only the union of the items the cheap sources retrieve (the
@@ -447,6 +455,24 @@ class StreamSettings(BaseSettings):
                 return json.loads(value)
             except ValueError as exc:
                 raise ValueError(f'not a JSON object like {{"knn": 1.0}}: {exc}') from None
+        return value
+
+    @field_validator("model_sync_events", mode="before")
+    @classmethod
+    def _sync_events(cls, value: Any) -> Any:
+        # "auto" or a whole number of events; one clear message instead of a union's two.
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return text
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"must be auto or a whole number >= 0, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be auto or a whole number >= 0, got {value!r}")
+        if not 0 <= value <= 10_000_000:
+            raise ValueError(f"must be auto or between 0 and 10000000, got {value}")
         return value
 
     @field_validator("compression_type", mode="before")

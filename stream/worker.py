@@ -49,6 +49,7 @@ from stream.log_sampler import LogSampler
 from stream.monitoring import HealthState, MetricsServer, SyncMetrics, WorkerMetrics
 from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
+from stream.sync.interval import light_interval
 from stream.sync.live import WorkerSync
 
 __all__ = ["RunSummary", "Worker", "json_bytes", "topic_layout"]
@@ -203,6 +204,7 @@ class Worker:
         # at the assignment with the restored ones (one re-read of the model-updates topic
         # for all), until their first event makes them shards.
         self._synced_new: dict[TopicPartition, Pipeline] = {}
+        self._sync_partitions: int | None = None  # events topic partitions the interval is for
         # Registered with the sync off too (at 0): the dashboard's sync panels have data.
         self._sync_metrics = SyncMetrics(self.registry)
         self._since_metrics = 0
@@ -271,7 +273,7 @@ class Worker:
             logger.info("serving /metrics, /healthz, /readyz on port %d", self._server.port)
         try:
             sizes, configs = topic_layout(s)
-            ensure_topics(
+            found = ensure_topics(
                 s,
                 sizes,
                 timeout_s=s.broker_wait_seconds,
@@ -281,6 +283,7 @@ class Worker:
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
             if s.model_sync and s.model_sync_events:
                 self._start_sync()
+                self._follow_partitions(found.get(s.events_topic))
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
             )
@@ -754,6 +757,7 @@ class Worker:
         self.metrics.observe_lag(self._source.lag())
         if self._sync is not None:
             self._sync_metrics.observe(self._sync.stats)
+            self._follow_partitions(self._source.partition_count(self.settings.events_topic))
         if self.shards:
             record = merge_metrics([p.metrics_record() for p in self.shards.values()])
             self.metrics.observe_accuracy(record)
@@ -904,3 +908,30 @@ class Worker:
             sink.send(s.model_updates_topic, key, value)
 
         self._sync = WorkerSync(s, self._sync_reader, send)
+
+    def _follow_partitions(self, count: int | None) -> None:
+        """Size the light-delta interval for ``count`` partitions of the events topic (at
+        start, then as the consumer's metadata sees partitions added: with
+        STREAM_MODEL_SYNC_EVENTS=auto the interval follows the shard count)."""
+        if self._sync is None or not count or count == self._sync_partitions:
+            return
+        every = light_interval(self.settings, count)
+        if self._sync_partitions is not None and every != self._sync.every_events:
+            logger.warning(
+                "events topic %s: %d partitions, not %d: a light delta every %d events per "
+                "shard from now on (was %d)",
+                self.settings.events_topic,
+                count,
+                self._sync_partitions,
+                every,
+                self._sync.every_events,
+            )
+        elif self._sync_partitions is None:
+            logger.info(
+                "model sync: %d partitions, a delta every %d events per shard (every %dth full)",
+                count,
+                every,
+                self.settings.model_sync_full_every,
+            )
+        self._sync_partitions = count
+        self._sync.every_events = every

@@ -36,6 +36,7 @@ __all__ = [
     "EventSource",
     "OffsetRegressionError",
     "RevokedCallback",
+    "cached_partition_count",
     "failing_fetch",
 ]
 
@@ -438,6 +439,29 @@ class EventSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` in the consumer's metadata cache (``None`` while unknown).
+
+        A subscribed topic's metadata is refreshed by the consumer itself (every
+        ``metadata.max.age.ms``, and when it sees partitions added). Never a request: the
+        public ``partitions_for_topic`` fetches every topic's metadata, without a timeout,
+        when the cache misses (a broker outage would hang the caller).
+        """
+        return cached_partition_count(self._consumer, topic)
+
+
+def cached_partition_count(consumer: KafkaConsumer, topic: str) -> int | None:
+    """Partitions of ``topic`` in ``consumer``'s cluster metadata, without a request.
+
+    kafka-python keeps that cache in ``_cluster`` (kafka-python 3.0, ``ClusterMetadata``).
+    When that moves, the answer is ``None`` (the worker keeps the count it read at start;
+    tests/integration/test_sync_interval_worker.py fails then).
+    """
+    cluster = getattr(consumer, "_cluster", None)
+    lookup = getattr(cluster, "partitions_for_topic", None)
+    found = lookup(topic) if callable(lookup) else None
+    return len(found) if found else None
 
 
 def failing_fetch(consumer: KafkaConsumer) -> str:

@@ -31,6 +31,7 @@ from typing import Protocol
 from stream.core import Pipeline
 from stream.settings import StreamSettings
 from stream.sync.delta import DeltaError, ShardDelta
+from stream.sync.interval import light_interval
 from stream.sync.shard import ShardSync
 
 __all__ = ["SyncError", "SyncStats", "UpdatesReader", "WorkerSync"]
@@ -99,7 +100,7 @@ class WorkerSync:
         send: Callable[[bytes, bytes], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.every_events = settings.model_sync_events
+        self.every_events = light_interval(settings, settings.events_partitions)  # see worker
         self.every_s = settings.model_sync_ms / 1000
         self.full_every = settings.model_sync_full_every
         # An attach runs in the rebalance callback: it must end well within the group's

@@ -8,6 +8,8 @@ import math
 import typing
 from collections.abc import Hashable, Iterable
 
+import numpy as np
+
 from stream.models.base import Recommender, Scored, scored_many
 from stream.models.fusion import LearnedFusion
 
@@ -120,6 +122,10 @@ class Blend(Recommender):
         self._last = None  # the learned fusion's last candidates (what observe_one learns on)
         self._gains = [0.0] * len(self._active)  # decayed prequential gains, per active component
         self.updates = 0  # outcomes the weights learned from
+        # The model sync (stream.sync): own gains since the last delta, and their outcomes
+        # (None: not tracking; the first item_delta starts it).
+        self._sync_gains: dict[str, float] | None = None
+        self._sync_ticks = 0
         self._consulted = self._heavy()
 
     def _heavy(self) -> list[tuple[str, Recommender, float]]:
@@ -145,6 +151,10 @@ class Blend(Recommender):
             self.__dict__.setdefault(name, value)
         self.__dict__.setdefault("_keep", 2.0 ** (-1.0 / self.half_life))
         self.__dict__.setdefault("_gains", [0.0] * len(self._active))
+        # Pickled before the weights' evidence was shared: tracking starts empty, never with
+        # the gains it had (a restored shard with the sync on would send them again).
+        self.__dict__.setdefault("_sync_gains", {})
+        self.__dict__.setdefault("_sync_ticks", 0)
         self._consulted = self._heavy()
 
     @classmethod
@@ -208,6 +218,9 @@ class Blend(Recommender):
         ]
         self._gains = list(other._gains)
         self.updates = other.updates
+        sync = getattr(other, "_sync_gains", None)  # what waits to be shared (stream.sync)
+        self._sync_gains = None if sync is None else dict(sync)
+        self._sync_ticks = getattr(other, "_sync_ticks", 0)
         self._consulted = self._heavy()
         if self._learned is not None and other._learned is not None:
             self._learned = copy.deepcopy(other._learned)
@@ -245,6 +258,7 @@ class Blend(Recommender):
         k = self.k
         keep = self._keep
         gains = self._gains
+        sync = self._sync_gains
         for m, (name, _, _) in enumerate(self._active):
             gain = 0.0
             for rank, scored in enumerate(rankings[name][:k], start=1):
@@ -252,8 +266,17 @@ class Blend(Recommender):
                     gain = 1.0 / math.log2(1.0 + rank)
                     break
             gains[m] = gains[m] * keep + gain
+            if sync is not None:  # this shard's own evidence, for the other shards
+                sync[name] = sync.get(name, 0.0) * keep + gain
         self.updates += 1
-        top = max(gains)
+        if sync is not None:
+            self._sync_ticks += 1
+        self._reweigh()
+
+    def _reweigh(self) -> None:
+        """The fusion weights from the gains (see :meth:`observe_one`)."""
+        gains = self._gains
+        top = max(gains, default=0.0)
         if top <= 0.0:
             return
         rate = self.learning_rate / top
@@ -406,3 +429,50 @@ class Blend(Recommender):
         if self._learned.update_one(heads, fused, item):
             self.updates += 1
         self._last = None
+
+    # --- sharing the weights' evidence across shards (stream.sync) ----------------------
+
+    def item_delta(self) -> dict[str, typing.Any]:
+        """The prequential gains this shard's outcomes added to the Hedge weights since the
+        last call (tracking starts on the first call, which returns the gains so far), named
+        per component, in gains as of now, and ``ticks`` the outcomes they came from.
+
+        Not item state, but like it not per user: a receiver decays its own gains by the
+        sender's ticks and adds these (:meth:`apply_item_delta`), so every shard weighs its
+        components by every shard's outcomes, as one partition would, instead of by its own
+        1/P of them. A learned fusion (``fusion="learned"``) shares nothing.
+        """
+        if self._learned is not None or not self.learning_rate:
+            return {"ticks": 0, "names": [], "gains": np.zeros(0)}
+        pending = self._sync_gains
+        if pending is None:
+            pending = {name: g for (name, _, _), g in zip(self._active, self._gains, strict=True)}
+        ticks = self._sync_ticks
+        self._sync_gains, self._sync_ticks = {}, 0
+        names = list(pending)
+        gains = np.fromiter(pending.values(), np.float64, len(names))
+        return {"ticks": ticks, "names": names, "gains": gains}
+
+    def item_delta_light(self) -> dict[str, typing.Any]:
+        """A light delta carries the gains too: a few numbers, and the weights follow the
+        stream as fast as what is popular does."""
+        return self.item_delta()
+
+    def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """Another shard's :meth:`item_delta`: decay the gains by its outcomes, add its gains,
+        and weigh the components again (not part of this shard's next delta)."""
+        if self._learned is not None or not self.learning_rate:
+            return
+        decay = self._keep ** int(delta["ticks"])
+        added = dict(
+            zip(delta["names"], np.asarray(delta["gains"], dtype=np.float64).tolist(), strict=True)
+        )
+        self._gains = [
+            g * decay + added.get(name, 0.0)
+            for (name, _, _), g in zip(self._active, self._gains, strict=True)
+        ]
+        pending = self._sync_gains
+        if pending:  # this shard's own evidence ages with the others' outcomes too
+            for name in pending:
+                pending[name] *= decay
+        self._reweigh()

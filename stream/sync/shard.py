@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from stream.core import Pipeline
-from stream.models import learns
+from stream.models import Blend, learns
 from stream.sync.delta import ShardDelta
 
 __all__ = ["Outcome", "ShardSync", "SharedItemState", "SyncState", "shared_models"]
@@ -65,11 +65,13 @@ class SyncState:
 
 def shared_models(pipeline: Pipeline) -> dict[str, SharedItemState]:
     """The models of ``pipeline`` (and its cold-start popularity) whose item state is shared:
-    every model it learns that has ``item_delta`` / ``apply_item_delta``. Others (a blend's
-    weights, BPR, UserKNN, the rebuilt SVD / EASE) stay per shard."""
+    every model it learns that has ``item_delta`` / ``apply_item_delta``, and the blend's
+    weights' evidence (its components' gains). Others (BPR, UserKNN, the rebuilt SVD / EASE)
+    stay per shard."""
     out: dict[str, SharedItemState] = {}
     for name, model in pipeline.models.items():
-        if learns(name, model) and isinstance(model, SharedItemState):
+        # A blend of the pipeline's models learns only its weights: their evidence is shared.
+        if (learns(name, model) or isinstance(model, Blend)) and isinstance(model, SharedItemState):
             out[name] = model
     if pipeline.fallback is not pipeline.models.get("popularity"):
         out[_FALLBACK] = pipeline.fallback

@@ -13,7 +13,7 @@ from stream.__main__ import main
 from stream.core import Pipeline, PipelineConfig
 from stream.events import Event, Source
 from stream.kafka.partitioner import partition_of
-from stream.models import ItemKNN, MatrixFactorization, Popularity, build_models
+from stream.models import Blend, ItemKNN, MatrixFactorization, Popularity, build_models
 from stream.settings import StreamSettings
 from stream.sync import DeltaError, ShardDelta, ShardSync
 from stream.sync.offline import LocalShards
@@ -230,3 +230,44 @@ def test_with_every_delta_applied_a_shard_ranks_as_the_one_shard_model() -> None
             assert [i for i, _ in got] == [i for i, _ in want], n
             assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-9)
             assert pop._ranked == pop1._ranked and pop.n_items == pop1.n_items > 50
+
+
+def test_the_blends_weights_learn_from_every_shards_outcomes() -> None:
+    """The blend's Hedge gains are shared like item state: with a delta after every event,
+    every shard's gains (and so its weights) are the one-partition blend's, not those of its
+    own 1/P of the outcomes; the sync off, they are not."""
+    rng = random.Random(4)
+    events = [
+        Event(
+            user_id=f"u{rng.randrange(120)}",
+            item_id=f"i{int(200 * rng.random() ** 3)}",  # popularity carries the signal
+            event_type="click",
+            timestamp=float(t),
+        )
+        for t in range(1_500)
+    ]
+    settings = _settings(models=("popularity", "knn", "blend"), drift_reaction=False)
+
+    def pipeline() -> Pipeline:
+        return Pipeline.from_settings(settings)
+
+    def gains(shards: LocalShards) -> list[list[float]]:
+        out = []
+        for pipe in shards.pipelines:
+            blend = pipe.models["blend"]
+            assert isinstance(blend, Blend)
+            out.append(list(blend._gains))
+        return out
+
+    one, shared = LocalShards(pipeline, 1, 0), LocalShards(pipeline, 4, 1)
+    alone = LocalShards(pipeline, 4, 0)
+    for event in events:
+        one.process_one(event)
+        shared.process_one(event)
+        alone.process_one(event)
+    want = gains(one)[0]
+    assert min(want) > 0
+    for got in gains(shared):
+        assert got == pytest.approx(want, rel=1e-9)
+    for got in gains(alone):
+        assert got != pytest.approx(want, rel=0.05)

@@ -55,6 +55,8 @@ def _as_v1(delta: ShardDelta) -> bytes:
     """The same delta as a version-1 record wrote it: zlib JSON, rows of lists."""
     models: dict[str, Any] = {}
     for name, part in delta.models.items():
+        if "names" in part:  # a blend's gains: version 1 never carried them
+            continue
         if "co_at" in part:  # ItemKNN
             items = part["items"]
             models[name] = {

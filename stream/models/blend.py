@@ -453,11 +453,6 @@ class Blend(Recommender):
         gains = np.fromiter(pending.values(), np.float64, len(names))
         return {"ticks": ticks, "names": names, "gains": gains}
 
-    def item_delta_light(self) -> dict[str, typing.Any]:
-        """A light delta carries the gains too: a few numbers, and the weights follow the
-        stream as fast as what is popular does."""
-        return self.item_delta()
-
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """Another shard's :meth:`item_delta`: decay the gains by its outcomes, add its gains,
         and weigh the components again (not part of this shard's next delta)."""

@@ -65,7 +65,7 @@ def _co(model: ItemKNN) -> dict[tuple[str, str], float]:
     }
 
 
-def test_a_light_delta_carries_popularity_item_biases_and_the_blends_gains_only() -> None:
+def test_a_light_delta_carries_popularity_and_item_biases_only() -> None:
     settings = _settings()
     a = ShardSync(Pipeline.from_settings(settings), "events", 0, full_every=4)
     b = ShardSync(Pipeline.from_settings(settings), "events", 1, full_every=4)
@@ -80,7 +80,7 @@ def test_a_light_delta_carries_popularity_item_biases_and_the_blends_gains_only(
             b.apply_one(ShardDelta.decode(delta.encode()))
             if not delta.full:
                 assert set(delta.models["biased_mf"]) == {"items", "biases"}
-    assert kinds == [(False, ["biased_mf", "blend", "popularity"])] * 3 + [
+    assert kinds == [(False, ["biased_mf", "popularity"])] * 3 + [
         (True, ["biased_mf", "blend", "knn", "popularity"])
     ]
     # After the light ones b knew a's items by their biases (zero vectors) and counts; the

@@ -258,6 +258,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from stream.checkpoint import CheckpointError
     from stream.kafka import BrokerUnavailableError, UnreadableRecordsError
     from stream.settings import SettingsError
+    from stream.sync.live import SyncError
 
     try:
         handler = getattr(ns, "handler", None)
@@ -288,7 +289,13 @@ def _main(argv: Sequence[str] | None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, BrokerUnavailableError, BrokerError, UnreadableRecordsError) as exc:
+    except (
+        CheckpointError,
+        BrokerUnavailableError,
+        BrokerError,
+        UnreadableRecordsError,
+        SyncError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

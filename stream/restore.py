@@ -365,6 +365,12 @@ def _rebuilt(old: Pipeline, settings: StreamSettings, plan: RestorePlan) -> Pipe
     fallback = old.fallback if reuse_fallback else None
     pipeline = Pipeline(PipelineConfig.from_settings(settings), models, fallback=fallback)
     pipeline.built_with = built_with(settings)
+    # The model sync's record of what the restored models hold (stream.sync): without it every
+    # delta on the topic would be applied again. A model built new here starts its tracking
+    # when the shard is synced (ShardSync).
+    sync_state = getattr(old, "sync_state", None)
+    if sync_state is not None:
+        pipeline.sync_state = sync_state
 
     size = settings.history_size
     for user, seen in old.history.items():

@@ -865,7 +865,7 @@ class Worker:
             if self._sync is not None:
                 for tp in partitions:
                     if tp in self._sync.shards:
-                        self._sync.publish(tp)
+                        self._sync.publish(tp, full=True)  # nothing may wait for a next delta
             self._sink.flush()
             if self.checkpoints is not None:
                 safe = self._checkpoint([tp for tp in partitions if tp in self._positions])

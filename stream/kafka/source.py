@@ -460,7 +460,10 @@ def cached_partition_count(consumer: KafkaConsumer, topic: str) -> int | None:
     """
     cluster = getattr(consumer, "_cluster", None)
     lookup = getattr(cluster, "partitions_for_topic", None)
-    found = lookup(topic) if callable(lookup) else None
+    try:
+        found = lookup(topic) if callable(lookup) else None
+    except (KeyError, AttributeError, TypeError):  # the IO thread swapped the cache meanwhile
+        return None
     return len(found) if found else None
 
 

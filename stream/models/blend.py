@@ -432,6 +432,11 @@ class Blend(Recommender):
 
     # --- sharing the weights' evidence across shards (stream.sync) ----------------------
 
+    @property
+    def sync_tracking(self) -> bool:
+        """Whether :meth:`item_delta` tracks this shard's own gains (its first call starts it)."""
+        return self._sync_gains is not None
+
     def item_delta(self) -> dict[str, typing.Any]:
         """The prequential gains this shard's outcomes added to the Hedge weights since the
         last call (tracking starts on the first call, which returns the gains so far), named
@@ -458,10 +463,11 @@ class Blend(Recommender):
         and weigh the components again (not part of this shard's next delta)."""
         if self._learned is not None or not self.learning_rate:
             return
-        decay = self._keep ** int(delta["ticks"])
-        added = dict(
-            zip(delta["names"], np.asarray(delta["gains"], dtype=np.float64).tolist(), strict=True)
-        )
+        ticks, gains = int(delta["ticks"]), np.asarray(delta["gains"], dtype=np.float64)
+        if ticks < 0 or not np.isfinite(gains).all() or (gains < 0).any():
+            raise ValueError(f"blend gains delta with {ticks} ticks and gains {gains.tolist()}")
+        decay = self._keep**ticks
+        added = dict(zip(delta["names"], gains.tolist(), strict=True))
         self._gains = [
             g * decay + added.get(name, 0.0)
             for (name, _, _), g in zip(self._active, self._gains, strict=True)

@@ -468,6 +468,11 @@ class ItemKNN(DecayClock, Recommender):
 
     # --- sharing item state across shards (stream.sync) ---------------------------------
 
+    @property
+    def sync_tracking(self) -> bool:
+        """Whether :meth:`item_delta` tracks changes (its first call starts it)."""
+        return self._item_sync is not None
+
     def item_delta(self) -> dict[str, typing.Any]:
         """What this shard added to the item state since the last call, as plain data
         (tracking starts on the first call, which returns everything learned so far).

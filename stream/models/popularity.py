@@ -297,6 +297,11 @@ class Popularity(DecayClock, Recommender):
 
     # --- sharing item state across shards (stream.sync) ---------------------------------
 
+    @property
+    def sync_tracking(self) -> bool:
+        """Whether :meth:`item_delta` tracks changes (its first call starts it)."""
+        return self._item_sync is not None
+
     def item_delta(self) -> dict[str, typing.Any]:
         """What this shard added since the last call, as plain data (tracking starts on the
         first call, which returns what was learned so far).

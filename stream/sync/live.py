@@ -374,7 +374,7 @@ class WorkerSync:
     def _apply(self, shard: ShardSync, delta: ShardDelta) -> None:
         try:
             outcome = shard.apply_one(delta)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
             # A delta that decodes but does not fit the models (a foreign or corrupt writer):
             # never a crash loop on a topic read from its beginning; counted and logged loudly,
             # since the models it reached before failing may hold part of it.

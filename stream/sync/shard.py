@@ -107,12 +107,15 @@ class ShardSync:
         self.topic, self.partition = topic, partition
         self.full_every = full_every
         state = getattr(pipeline, "sync_state", None)
+        fresh = not isinstance(state, SyncState)
         if not isinstance(state, SyncState):
             state = SyncState()
             pipeline.sync_state = state
-            # Starts every model's tracking. A pipeline restored from a checkpoint taken
-            # without the sync shares what it learns from now on, not what it knew before.
-            for model in shared_models(pipeline).values():
+        # Starts every model's tracking. A pipeline restored from a checkpoint taken without
+        # the sync shares what it learns from now on, not what it knew before; so does a model
+        # built new at a restore (a changed setting), or it would send back what it applied.
+        for model in shared_models(pipeline).values():
+            if fresh or not getattr(model, "sync_tracking", True):
                 model.item_delta()
         self.state: SyncState = state
         self._shared: tuple[tuple[int, ...], dict[str, SharedItemState]] | None = None

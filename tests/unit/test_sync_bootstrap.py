@@ -19,7 +19,8 @@ from sync_fakes import FakeReader, FakeTopic
 from stream.core import Pipeline
 from stream.events import Event, Source
 from stream.kafka.partitioner import partition_of
-from stream.models import ItemKNN, Popularity
+from stream.models import Blend, ItemKNN, Popularity
+from stream.restore import apply_settings
 from stream.settings import StreamSettings
 from stream.sync import ShardDelta, ShardSync
 from stream.sync.live import SyncError, WorkerSync
@@ -323,3 +324,39 @@ def test_an_attach_that_cannot_read_the_topic_in_time_fails_loudly(
     with pytest.raises(SyncError, match="STREAM_MAX_POLL_INTERVAL_MS"):
         sync.attach(("events", 3), Pipeline.from_settings(SETTINGS))
     assert ("events", 3) not in sync.shards and sync._boundaries == {}
+
+
+def test_a_restore_that_applies_changed_settings_keeps_the_sync_state() -> None:
+    """A checkpoint restored under a changed setting is rebuilt (stream.restore): it keeps
+    what the sync applied, so the re-read drops it as duplicates instead of adding it again;
+    and a blend built new there starts tracking empty, never sending back what it applied."""
+    settings = SETTINGS.model_copy(update={"models": ("popularity", "knn", "blend")})
+    topic = FakeTopic()
+    sync = WorkerSync(settings, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    pa, pb = Pipeline.from_settings(settings), Pipeline.from_settings(settings)
+    sync.attach_all({("events", 0): pa, ("events", 1): pb})
+    rng = random.Random(1)
+    for o in range(200):
+        p = o % 2
+        event = Event(user_id=f"u{rng.randrange(30)}", item_id=f"i{rng.randrange(20)}",
+                      event_type="click", timestamp=float(o))  # fmt: skip
+        (pa, pb)[p].process_one(event, Source("events", p, o // 2))
+        sync.after_one(("events", p), o // 2)
+        sync.poll()
+    sync.publish_all()
+    sync.poll()
+    pop = pb.models["popularity"]
+    assert isinstance(pop, Popularity)
+    total = sum(pop._counts.values())
+    changed = settings.model_copy(update={"recommender": "popularity", "blend": {"knn": 1.0}})
+    restored, plan = apply_settings(pickle.loads(pickle.dumps(pb)), changed, "the checkpoint")
+    assert plan.applied
+    again = WorkerSync(changed, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    again.attach(("events", 1), restored)
+    pop = restored.models["popularity"]
+    assert isinstance(pop, Popularity)
+    assert sum(pop._counts.values()) == pytest.approx(total, rel=1e-12)
+    assert again.stats.duplicates > 0 and again.stats.applied == 0
+    blend = restored.models["blend"]
+    assert isinstance(blend, Blend) and blend.sync_tracking
+    assert blend.item_delta()["ticks"] == 0

@@ -812,6 +812,9 @@ class Worker:
 
     def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Restore the shards of newly assigned partitions; returns offsets to seek to."""
+        # The sync's attach must end within the poll interval counted from here: the
+        # checkpoint loads below are inside the same rebalance callback.
+        deadline = time.monotonic() + (self._sync.attach_budget_s if self._sync else 0.0)
         seek: dict[TopicPartition, int] = {}
         synced: dict[TopicPartition, Pipeline] = {}  # attached to the sync together
         for tp in partitions:
@@ -836,8 +839,12 @@ class Worker:
             self._positions[tp] = self._checkpointed[tp] = self._safe_from[tp] = offset
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
-        if self._sync is not None:
-            self._sync.attach_all(synced, self._new_shard_starts(synced))
+        if self._sync is not None and synced:
+            was = self.health.ready, self.health.reason
+            # Not ready while the new shards catch up with the other shards' item state.
+            self._set_ready(False, "model sync: reading the model-updates topic for new partitions")
+            self._sync.attach_all(synced, self._new_shard_starts(synced), deadline)
+            self._set_ready(*was)
         return seek
 
     def _new_shard_starts(

@@ -129,6 +129,7 @@ class WorkerSync:
         self,
         pipelines: Mapping[TopicPartition, Pipeline],
         starts: Mapping[TopicPartition, int] | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Sync each pipeline, the shard of its partition (new or restored): the topic is read
         again from its beginning, once for all of them; each applies every delta it does not
@@ -139,9 +140,10 @@ class WorkerSync:
         committed offset): the previous owner's deltas ending before it are applied as any
         other shard's, those at or after it are replayed (their events are learned again).
 
-        Raises :class:`SyncError` when the topic cannot be read to its end within
-        :attr:`attach_budget_s` (half of ``STREAM_MAX_POLL_INTERVAL_MS``): going on would
-        leave replays unplanned and apply deltas twice.
+        Raises :class:`SyncError` when the topic cannot be read to its end by ``deadline``
+        (``time.monotonic()``; default: :attr:`attach_budget_s`, half of
+        ``STREAM_MAX_POLL_INTERVAL_MS``, from now): going on would leave replays unplanned
+        and apply deltas twice.
         """
         if not pipelines:
             return
@@ -161,7 +163,7 @@ class WorkerSync:
         try:
             if rewound:
                 self.reader.rewind()  # the shards attached before skip what they were offered
-            self._read_to_end(started + self.attach_budget_s)
+            self._read_to_end(started + self.attach_budget_s if deadline is None else deadline)
         except BaseException:
             for tp in attaching:  # not synced: its replay is not planned
                 self.detach(tp)

@@ -4,10 +4,14 @@ broker. A plain module (like ``tests/integration/kafka_helpers``), imported by n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["FakeReader", "FakeTopic", "Record"]
+from stream.settings import StreamSettings
+
+__all__ = ["FakeReader", "FakeTopic", "Record", "sync_settings"]
 
 
 @dataclass
@@ -62,3 +66,20 @@ class FakeReader:
         self.position = 0
         self.start_mark = len(self.topic.values)
         self.rewinds += 1
+
+
+def sync_settings(**extra: Any) -> StreamSettings:
+    """The sync tests' settings: popularity and knn without decay or pruned rows (their item
+    state merges exactly), a delta every 15 events, no time trigger."""
+    values: dict[str, Any] = {
+        "models": ("popularity", "knn"),
+        "recommender": "knn",
+        "popularity_half_life": math.inf,
+        "knn_half_life": None,
+        "knn_neighbors": 500,
+        "model_sync": True,
+        "model_sync_events": 15,
+        "model_sync_ms": 3_600_000,
+        **extra,
+    }
+    return StreamSettings(_env_file=None, **values)

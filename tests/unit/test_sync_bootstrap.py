@@ -5,7 +5,6 @@ shards of one assignment, and the shards attached before skip the re-read (not d
 from __future__ import annotations
 
 import gc
-import math
 import pickle
 import random
 import tracemalloc
@@ -14,30 +13,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sync_fakes import FakeReader, FakeTopic
+from sync_fakes import FakeReader, FakeTopic, sync_settings
 
 from stream.core import Pipeline
 from stream.events import Event, Source
 from stream.kafka.partitioner import partition_of
 from stream.models import Blend, ItemKNN, Popularity
 from stream.restore import apply_settings
-from stream.settings import StreamSettings
 from stream.sync import ShardDelta, ShardSync
 from stream.sync.live import SyncError, WorkerSync
 from stream.worker import Worker
 
-SETTINGS = StreamSettings(
-    _env_file=None,
-    models=("popularity", "knn"),
-    recommender="knn",
-    popularity_half_life=math.inf,
-    knn_half_life=None,
-    knn_neighbors=500,
-    model_sync=True,
-    model_sync_events=15,
-    model_sync_ms=3_600_000,
-    model_sync_full_every=3,
-)
+SETTINGS = sync_settings(model_sync_full_every=3)
 
 
 def _co(model: ItemKNN) -> dict[tuple[str, str], float]:
@@ -360,3 +347,24 @@ def test_a_restore_that_applies_changed_settings_keeps_the_sync_state() -> None:
     blend = restored.models["blend"]
     assert isinstance(blend, Blend) and blend.sync_tracking
     assert blend.item_delta()["ticks"] == 0
+
+
+def test_a_worker_is_not_ready_while_new_partitions_catch_up(tmp_path: Path) -> None:
+    """/readyz says not ready while an assignment's shards read the model-updates topic, and
+    what it said before once they are synced; the attach's deadline counts from the start of
+    the rebalance callback (one in the past fails the attach)."""
+    topic = _topic_of(5)
+    reader = FakeReader(topic)
+    worker = Worker(SETTINGS, registry=CollectorRegistry())
+    worker._sync = sync = WorkerSync(SETTINGS, reader, topic.send, clock=lambda: 0.0)
+    worker._set_ready(True, "")
+    seen: list[tuple[bool, str]] = []
+    reader.on_poll = lambda: seen.append((worker.health.ready, worker.health.reason))
+    worker._on_assigned([("events", 0)])
+    assert seen and all(not ready and "model sync" in reason for ready, reason in seen)
+    assert worker.health.ready and ("events", 0) in sync.shards
+
+    sync.attach_budget_s, reader.per_poll = -1.0, 1  # time is up after the first record
+    with pytest.raises(SyncError):
+        worker._on_assigned([("events", 1)])
+    assert ("events", 1) not in sync.shards and not worker.health.ready

@@ -4,32 +4,20 @@ and applies nothing twice."""
 
 from __future__ import annotations
 
-import math
 import pickle
 import random
 
 import pytest
-from sync_fakes import FakeReader, FakeTopic
+from sync_fakes import FakeReader, FakeTopic, sync_settings
 
 from stream.core import Pipeline
 from stream.events import Event, Source
 from stream.kafka.partitioner import partition_of
 from stream.models import Popularity
-from stream.settings import StreamSettings
 from stream.sync import ShardDelta
 from stream.sync.live import WorkerSync
 
-SETTINGS = StreamSettings(
-    _env_file=None,
-    models=("popularity", "knn"),
-    recommender="knn",
-    popularity_half_life=math.inf,
-    knn_half_life=None,
-    knn_neighbors=500,
-    model_sync=True,
-    model_sync_events=15,
-    model_sync_ms=3_600_000,
-)
+SETTINGS = sync_settings()
 
 
 def _events(n: int) -> list[Event]:

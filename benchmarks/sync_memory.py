@@ -25,12 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The list-backed topic and reader of the sync's unit tests: the worker's side without a broker.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 
-from sync_fakes import FakeReader, FakeTopic
+from sync_fakes import FakeReader, delta_topic
 
 from stream.core import Pipeline
-from stream.events import Event, Source
 from stream.settings import StreamSettings
-from stream.sync import ShardSync
 from stream.sync.live import WorkerSync
 
 
@@ -48,15 +46,7 @@ def main() -> None:
         model_sync_events=10,
         model_sync_ms=3_600_000,
     )
-    sender = ShardSync(Pipeline.from_settings(settings), "events", 1)
-    topic = FakeTopic()
-    for n in range(args.deltas):  # one event per delta, over 20 items
-        event = Event(user_id=f"u{n % 50}", item_id=f"i{n % 20}", event_type="click", timestamp=n)
-        sender.pipeline.process_one(event, Source("events", 1, n))
-        sender.note_one(n)
-        delta = sender.collect_one(full=True)
-        assert delta is not None
-        topic.send(b"events:1", delta.encode())
+    topic = delta_topic(settings, args.deltas)  # one event per delta, over 20 items
     topic_bytes = sum(map(len, topic.values))
 
     gc.collect()

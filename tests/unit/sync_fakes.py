@@ -11,7 +11,7 @@ from typing import Any
 
 from stream.settings import StreamSettings
 
-__all__ = ["FakeReader", "FakeTopic", "Record", "sync_settings"]
+__all__ = ["FakeReader", "FakeTopic", "Record", "delta_topic", "sync_settings"]
 
 
 @dataclass
@@ -83,3 +83,22 @@ def sync_settings(**extra: Any) -> StreamSettings:
         **extra,
     }
     return StreamSettings(_env_file=None, **values)
+
+
+def delta_topic(settings: StreamSettings, n: int) -> FakeTopic:
+    """A topic of ``n`` full deltas of shard ``events[1]``, one event each over a fixed set of
+    20 items (the shard's own state stops growing early)."""
+    from stream.core import Pipeline
+    from stream.events import Event, Source
+    from stream.sync import ShardSync
+
+    sender = ShardSync(Pipeline.from_settings(settings), "events", 1)
+    topic = FakeTopic()
+    for o in range(n):
+        event = Event(user_id=f"u{o % 50}", item_id=f"i{o % 20}", event_type="click", timestamp=o)
+        sender.pipeline.process_one(event, Source("events", 1, o))
+        sender.note_one(o)
+        delta = sender.collect_one(full=True)
+        assert delta is not None
+        topic.send(b"events:1", delta.encode())
+    return topic

@@ -8,19 +8,20 @@ import gc
 import pickle
 import random
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sync_fakes import FakeReader, FakeTopic, sync_settings
+from sync_fakes import FakeReader, FakeTopic, delta_topic, sync_settings
 
 from stream.core import Pipeline
 from stream.events import Event, Source
 from stream.kafka.partitioner import partition_of
 from stream.models import Blend, ItemKNN, Popularity
 from stream.restore import apply_settings
-from stream.sync import ShardDelta, ShardSync
+from stream.sync import ShardDelta
 from stream.sync.live import SyncError, WorkerSync
 from stream.worker import Worker
 
@@ -35,17 +36,7 @@ def _co(model: ItemKNN) -> dict[tuple[str, str], float]:
 
 
 def _topic_of(n: int) -> FakeTopic:
-    """``n`` deltas of shard ``events[1]``, one event each over a fixed set of 20 items."""
-    sender = ShardSync(Pipeline.from_settings(SETTINGS), "events", 1)
-    topic = FakeTopic()
-    for o in range(n):
-        event = Event(user_id=f"u{o % 50}", item_id=f"i{o % 20}", event_type="click", timestamp=o)
-        sender.pipeline.process_one(event, Source("events", 1, o))
-        sender.note_one(o)
-        delta = sender.collect_one(full=True)
-        assert delta is not None
-        topic.send(b"events:1", delta.encode())
-    return topic
+    return delta_topic(SETTINGS, n)
 
 
 def _retained(topic: FakeTopic) -> tuple[int, dict[str, int]]:
@@ -78,6 +69,14 @@ def test_the_sync_holds_nothing_per_delta_read() -> None:
     assert held_large - held_small < 1_800 * 16, (held_small, held_large)
 
 
+def _clicks(n: int, draw: Callable[[], tuple[int, int]]) -> list[Event]:
+    """``n`` clicks, one per second; ``draw()`` gives each one's user and item numbers."""
+    return [
+        Event(user_id=f"u{u}", item_id=f"i{i}", event_type="click", timestamp=float(t))
+        for t, (u, i) in ((t, draw()) for t in range(n))
+    ]
+
+
 def _by_partition(events: list[Event], partitions: int) -> dict[int, list[tuple[int, int, Event]]]:
     out: dict[int, list[tuple[int, int, Event]]] = {p: [] for p in range(partitions)}
     for e in events:
@@ -103,15 +102,7 @@ def test_shards_attached_late_end_with_the_one_partition_item_state() -> None:
     deltas after it) and 3 (new, no event before) in one assignment: one re-read, and every
     shard ends with the one-partition counts."""
     rng = random.Random(3)
-    events = [
-        Event(
-            user_id=f"u{rng.randrange(60)}",
-            item_id=f"i{int(40 * rng.random() ** 2)}",
-            event_type="click",
-            timestamp=float(t),
-        )
-        for t in range(900)
-    ]
+    events = _clicks(900, lambda: (rng.randrange(60), int(40 * rng.random() ** 2)))
     cut1, cut2 = 300, 600
     # Partition 3 has no event before the takeover (a new partition's shard starts empty).
     events = [e for t, e in enumerate(events) if t >= cut2 or partition_of(e.user_id, 4) != 3]
@@ -237,15 +228,7 @@ def test_a_partition_moved_without_a_checkpoint_adopts_its_previous_owners_delta
     Every shard ends with the one-partition popularity counts (not B's partition missing, not
     twice)."""
     rng = random.Random(5)
-    events = [
-        Event(
-            user_id=f"u{rng.randrange(40)}",
-            item_id=f"i{rng.randrange(30)}",
-            event_type="click",
-            timestamp=float(t),
-        )
-        for t in range(600)
-    ]
+    events = _clicks(600, lambda: (rng.randrange(40), rng.randrange(30)))
     by_partition = _by_partition(events, 2)
     stream = sorted((x for xs in by_partition.values() for x in xs), key=lambda x: x[2].timestamp)
     topic = FakeTopic()

@@ -605,7 +605,19 @@ def run(
     )
 
     for p in partitions:
-        settings = _settings(bootstrap, f"throughput-p{p}", **{**overrides, "events_partitions": p})
+        compare_sync = (
+            workers > 1
+            and "model_sync" not in overrides
+            and str(overrides.get("model_sync_events", "")) != "0"  # (0: the sync is off)
+        )
+        # Compared with the sync: the first run has it off (STREAM_MODEL_SYNC=auto, the
+        # default, would turn it on with several partitions).
+        base = {
+            **overrides,
+            "events_partitions": p,
+            **({"model_sync": False} if compare_sync else {}),
+        }
+        settings = _settings(bootstrap, f"throughput-p{p}", **base)
         print(f"(b) worker end to end, {p} partition(s), {workers} worker(s) ...", flush=True)
         _topics(settings, p)
         _fill(bootstrap, settings.events_topic, records)
@@ -623,11 +635,7 @@ def run(
             flush=True,
         )
         sync_rate = sync_bytes = None
-        if (
-            workers > 1
-            and "model_sync" not in overrides
-            and str(overrides.get("model_sync_events", "")) != "0"  # (0: the sync is off)
-        ):
+        if compare_sync:
             # Issue 12: the same workers with the model sync on, for per-worker throughput
             # with it against without (same events, fresh topics and group).
             synced = _settings(

@@ -339,6 +339,10 @@ class SyncMetrics:
             "deltas dropped by a shard as already applied (same source, offsets)",
         ),
         "invalid": ("stream_sync_deltas_invalid_total", "undecodable model-updates records"),
+        "foreign": (
+            "stream_sync_deltas_foreign_total",
+            "deltas of another events topic on the model-updates topic, skipped",
+        ),
         "replayed": (
             "stream_sync_deltas_replayed_total",
             "own deltas re-learned after a restart and not published again",

@@ -336,11 +336,12 @@ class StreamSettings(BaseSettings):
         "auto: ceil(STREAM_MODEL_SYNC_STALENESS / (P - 1)) for P partitions (the events "
         "topic's, or --partitions); 0: no sync, each partition its own model.",
     )
-    model_sync: bool = Field(
-        False,
+    model_sync: bool | Literal["auto"] = Field(
+        "auto",
         description="The worker's shards share item state through STREAM_MODEL_UPDATES_TOPIC "
-        "(every STREAM_MODEL_SYNC_EVENTS events or STREAM_MODEL_SYNC_MS); off: each partition "
-        "learns alone.",
+        "(every STREAM_MODEL_SYNC_EVENTS events or STREAM_MODEL_SYNC_MS); false: each "
+        "partition learns alone; auto: on when the events topic has more than one partition "
+        "as the worker starts.",
     )
     model_sync_ms: int = Field(
         1_000,

@@ -49,7 +49,7 @@ from stream.log_sampler import LogSampler
 from stream.monitoring import HealthState, MetricsServer, SyncMetrics, WorkerMetrics
 from stream.restore import apply_settings, check_restorable
 from stream.settings import StreamSettings
-from stream.sync.interval import light_interval
+from stream.sync.interval import light_interval, sync_enabled
 from stream.sync.live import WorkerSync
 
 __all__ = ["RunSummary", "Worker", "json_bytes", "topic_layout"]
@@ -72,15 +72,18 @@ def json_bytes(record: BaseModel) -> bytes:
     return record.__pydantic_serializer__.to_json(record)
 
 
-def topic_layout(s: StreamSettings) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
-    """The topics the worker creates when missing: partitions, and configs by topic."""
+def topic_layout(
+    s: StreamSettings, events_partitions: int | None = None
+) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The topics the worker creates when missing: partitions, and configs by topic
+    (``events_partitions``: the events topic's as the broker reports it, if known)."""
     sizes = {
         s.events_topic: s.events_partitions,
         s.recommendations_topic: 1,
         s.metrics_topic: 1,
         s.dead_letter_topic: 1,
     }
-    if s.model_sync and s.model_sync_events:
+    if sync_enabled(s, events_partitions):
         sizes[s.model_updates_topic] = 1  # one partition: every shard reads it in one order
     # Latest top-K per user: compaction keeps one record per key and the tombstone of a
     # forgotten user deletes theirs (``stream serve`` reads the topic as a table).
@@ -205,6 +208,7 @@ class Worker:
         # for all), until their first event makes them shards.
         self._synced_new: dict[TopicPartition, Pipeline] = {}
         self._sync_partitions: int | None = None  # events topic partitions the interval is for
+        self._warned_unsynced = False  # STREAM_MODEL_SYNC=auto off, partitions added since
         # Registered with the sync off too (at 0): the dashboard's sync panels have data.
         self._sync_metrics = SyncMetrics(self.registry)
         self._since_metrics = 0
@@ -280,10 +284,26 @@ class Worker:
                 wait_setting="STREAM_BROKER_WAIT_SECONDS",
                 configs=configs,
             )
+            partitions = found.get(s.events_topic)
+            if sync_enabled(s, partitions) and s.model_updates_topic not in found:
+                # STREAM_MODEL_SYNC=auto on an events topic found with several partitions.
+                ensure_topics(
+                    s,
+                    {s.model_updates_topic: 1},
+                    timeout_s=s.broker_wait_seconds,
+                    wait_setting="STREAM_BROKER_WAIT_SECONDS",
+                )
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
-            if s.model_sync and s.model_sync_events:
+            if sync_enabled(s, partitions):
                 self._start_sync()
-                self._follow_partitions(found.get(s.events_topic))
+                self._follow_partitions(partitions)
+            elif s.model_sync == "auto" and s.model_sync_events:
+                logger.info(
+                    "model sync off: events topic %s has %s partition "
+                    "(STREAM_MODEL_SYNC=auto shares item state across several)",
+                    s.events_topic,
+                    partitions,
+                )
             self._source = EventSource(
                 s, [s.events_topic], on_assigned=self._on_assigned, on_revoked=self._on_revoked
             )
@@ -758,6 +778,8 @@ class Worker:
         if self._sync is not None:
             self._sync_metrics.observe(self._sync.stats)
             self._follow_partitions(self._source.partition_count(self.settings.events_topic))
+        elif self.settings.model_sync == "auto" and not self._warned_unsynced:
+            self._warn_if_partitions_added()
         if self.shards:
             record = merge_metrics([p.metrics_record() for p in self.shards.values()])
             self.metrics.observe_accuracy(record)
@@ -915,6 +937,21 @@ class Worker:
             sink.send(s.model_updates_topic, key, value)
 
         self._sync = WorkerSync(s, self._sync_reader, send)
+
+    def _warn_if_partitions_added(self) -> None:
+        """With STREAM_MODEL_SYNC=auto decided off (one partition at start), say once that
+        partitions added since are separate models until a restart turns the sync on."""
+        assert self._source is not None
+        count = self._source.partition_count(self.settings.events_topic)
+        if count is not None and sync_enabled(self.settings, count):
+            self._warned_unsynced = True
+            logger.warning(
+                "events topic %s now has %d partitions: each learns alone until the workers "
+                "restart (STREAM_MODEL_SYNC=auto decides at start; set STREAM_MODEL_SYNC=true "
+                "to share item state from the first partition on)",
+                self.settings.events_topic,
+                count,
+            )
 
     def _follow_partitions(self, count: int | None) -> None:
         """Size the light-delta interval for ``count`` partitions of the events topic (at

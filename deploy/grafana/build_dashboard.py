@@ -445,13 +445,15 @@ def _panels() -> list[dict[str, Any]]:
         _timeseries(
             "Deltas applied / dropped",
             "Deltas applied to a shard, dropped as duplicates (already applied: a re-read after a "
-            "restart), own deltas re-learned after a restart and not published again, and "
-            "undecodable records.",
+            "restart), own deltas re-learned after a restart and not published again, "
+            "undecodable records, and deltas of another events topic (a model-updates topic "
+            "shared by two deployments: give each its own).",
             [
                 (f"sum({_rate('stream_sync_deltas_applied_total')})", "applied"),
                 (f"sum({_rate('stream_sync_deltas_duplicate_total')})", "duplicates"),
                 (f"sum({_rate('stream_sync_deltas_replayed_total')})", "replayed"),
                 (f"sum({_rate('stream_sync_deltas_invalid_total')})", "undecodable"),
+                (f"sum({_rate('stream_sync_deltas_foreign_total')})", "foreign"),
             ],
             "cps",
             width=8,

@@ -320,9 +320,16 @@ class MatrixFactorization(Recommender):
         if "biases" in delta and "steps" not in delta and "vectors" not in delta:
             rows = self._apply_light(rows, delta["biases"])  # the items new here remain
         elif "biases" in delta:  # version 2: columns
+            changes = _dequantise(delta)
+            if len(rows) and (changes.ndim != 2 or changes.shape[1] != self.n_factors):
+                # A sender with other STREAM_MF_FACTORS (e.g. deltas from before a restart
+                # that changed them): refused whole, before any row is touched.
+                raise ValueError(
+                    f"a delta of {changes.shape[-1]} factors for a model of {self.n_factors}"
+                )
             rows = zip(
                 rows,
-                _dequantise(delta),
+                changes,
                 np.asarray(delta["biases"], dtype=np.float64).tolist(),
                 strict=True,
             )

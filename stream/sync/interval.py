@@ -15,7 +15,7 @@ import math
 
 from stream.settings import StreamSettings
 
-__all__ = ["auto_interval", "light_interval"]
+__all__ = ["auto_interval", "light_interval", "sync_enabled"]
 
 
 def auto_interval(staleness: int, partitions: int) -> int:
@@ -54,3 +54,31 @@ def light_interval(settings: StreamSettings, partitions: int) -> int:
     if every == "auto":
         return auto_interval(settings.model_sync_staleness, partitions)
     return every
+
+
+def sync_enabled(settings: StreamSettings, partitions: int | None) -> bool:
+    """Whether the worker's shards share item state, for an events topic of ``partitions``
+    partitions (``None``: not known yet; the topic the worker would create has
+    ``STREAM_EVENTS_PARTITIONS``).
+
+    ``STREAM_MODEL_SYNC=true`` / ``false`` decide alone; ``auto`` (the default) turns the sync
+    on when there is more than one partition, so a topic with many partitions is one model
+    rather than one per partition. ``STREAM_MODEL_SYNC_EVENTS=0`` turns it off in any case.
+
+    Examples
+    --------
+    >>> s = StreamSettings(_env_file=None)
+    >>> s.model_sync, sync_enabled(s, 1), sync_enabled(s, 4)
+    ('auto', False, True)
+    >>> sync_enabled(s.model_copy(update={"model_sync": False}), 4)
+    False
+    >>> sync_enabled(s.model_copy(update={"model_sync": True}), 1)
+    True
+    >>> sync_enabled(s.model_copy(update={"model_sync_events": 0}), 4)
+    False
+    """
+    if not settings.model_sync_events or settings.model_sync is False:
+        return False
+    if settings.model_sync is True:
+        return True
+    return (partitions or settings.events_partitions) > 1

@@ -82,6 +82,8 @@ class SyncStats:
     duplicates: int = 0
     invalid: int = 0
     replayed: int = 0
+    # Deltas of another events topic (another deployment sharing the model-updates topic).
+    foreign: int = 0
     lag_seconds: float = 0.0  # sender's collect -> applied here, of the last delta applied
     lag_events: int = 0  # events learned here and not yet shared (highest over shards)
     # Records read again from the topic's beginning to bring a shard attached later up to date
@@ -107,6 +109,7 @@ class WorkerSync:
         # max.poll.interval.ms, or this member is dropped from the group mid-attach.
         self.attach_budget_s = settings.max_poll_interval_ms / 1000 / 2
         self.reader, self.send, self.clock = reader, send, clock
+        self.events_topic = settings.events_topic
         self.shards: dict[TopicPartition, ShardSync] = {}
         self.stats = SyncStats()
         # Per model-updates partition, the offset after the last record read (first reads
@@ -356,6 +359,18 @@ class WorkerSync:
             if first:  # (counted and logged once, not again at each re-read)
                 self.stats.invalid += 1
                 logger.warning("model updates: dropped an undecodable record: %s", exc)
+            return
+        if delta.source_topic != self.events_topic:
+            if first:
+                if not self.stats.foreign:
+                    logger.warning(
+                        "model updates: the topic carries deltas of events topic %r, not %r: "
+                        "another deployment shares it (give each its own "
+                        "STREAM_MODEL_UPDATES_TOPIC); they are skipped",
+                        delta.source_topic,
+                        self.events_topic,
+                    )
+                self.stats.foreign += 1
             return
         for tp, shard in offered_to:
             boundaries = self._boundaries.get(tp)

@@ -20,7 +20,7 @@ __all__ = ["Outcome", "ShardSync", "SharedItemState", "SyncState", "shared_model
 
 logger = logging.getLogger(__name__)
 
-Outcome = Literal["applied", "duplicate", "own"]
+Outcome = Literal["applied", "duplicate", "own", "foreign"]
 
 _FALLBACK = "_fallback_popularity"
 
@@ -188,8 +188,11 @@ class ShardSync:
         return delta
 
     def apply_one(self, delta: ShardDelta) -> Outcome:
-        """Apply another shard's delta, unless it is this shard's own or already applied."""
+        """Apply another shard's delta, unless it is this shard's own, already applied, or
+        of another events topic."""
         state = self.state
+        if delta.source_topic != self.topic:
+            return "foreign"  # another events topic's model (a shared model-updates topic)
         if delta.source == self.source:
             if self.adopt_before is None or delta.last_offset >= self.adopt_before:
                 return "own"

@@ -101,6 +101,7 @@ def test_topic_init_creates_every_topic_the_worker_uses() -> None:
             "STREAM_RECOMMENDATIONS_TOPIC",
             "STREAM_METRICS_TOPIC",
             "STREAM_DEAD_LETTER_TOPIC",
+            "STREAM_MODEL_UPDATES_TOPIC",  # the sync is on with several partitions (auto)
         )
     }
     assert set(topics) == needed

@@ -44,6 +44,8 @@ def settings_for(bootstrap: str, **overrides: Any) -> StreamSettings:
         "recommendations_topic": unique("recommendations"),
         "metrics_topic": unique("metrics"),
         "dead_letter_topic": unique("dlq"),
+        # STREAM_MODEL_SYNC=auto shares item state on topics with several partitions.
+        "model_updates_topic": unique("model-updates"),
         "group_id": unique("group"),
         "client_id": unique("client"),
         "metrics_port": 0,

@@ -48,6 +48,9 @@ def test_sigkill_at_random_points_then_restart_equals_an_uninterrupted_run(
 ) -> None:
     settings = settings_for(
         kafka_bootstrap,
+        # Compared with each partition's events replayed offline: every partition its own
+        # model (STREAM_MODEL_SYNC=auto would share item state; that is test_model_sync.py's).
+        model_sync=False,
         events_partitions=PARTITIONS,
         models=("popularity", "knn", "biased_mf", "funk_mf", "blend"),
         recommender="blend",

@@ -67,6 +67,9 @@ def test_forget_removes_the_user_from_models_outputs_and_the_next_checkpoint(
 ) -> None:
     settings = settings_for(
         kafka_bootstrap,
+        # Compared with each partition's events replayed offline: every partition its own
+        # model (STREAM_MODEL_SYNC=auto would share item state; that is test_model_sync.py's).
+        model_sync=False,
         events_partitions=PARTITIONS,
         models=("popularity", "knn", "biased_mf", "funk_mf", "blend"),
         recommender="blend",

@@ -63,6 +63,9 @@ def test_the_survivor_takes_over_from_the_stopped_workers_checkpoint(
 ) -> None:
     settings = settings_for(
         kafka_bootstrap,
+        # Compared with each partition's events replayed offline: every partition its own
+        # model (STREAM_MODEL_SYNC=auto would share item state; that is test_model_sync.py's).
+        model_sync=False,
         events_partitions=PARTITIONS,
         models=("popularity", "knn", "biased_mf", "blend"),
         seed=5,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from kafka import KafkaAdminClient
 from kafka_helpers import consume, produce, unique
 
 from producers.synthetic import SyntheticConfig, SyntheticStream
@@ -61,3 +62,33 @@ def test_the_worker_shares_every_ceil_staleness_over_p_minus_1_events(
         # the interval's events.
         assert sizes[:-1] and set(sizes[:-1]) == {expected}, by_shard
         assert 0 <= sizes[-1] <= expected
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_by_default_the_sync_is_on_exactly_when_the_events_topic_has_several_partitions(
+    kafka_bootstrap: str, kafka_settings: Callable[..., StreamSettings], partitions: int
+) -> None:
+    """STREAM_MODEL_SYNC=auto (the default): a topic found with several partitions (here
+    created by someone else, as a producer's auto-creation would) is one model."""
+    s = kafka_settings(models=("popularity",), recommender="popularity")
+    assert s.model_sync == "auto" and s.events_partitions == 1
+    ensure_topics(s, {s.events_topic: partitions}, timeout_s=30)
+    sent = list(SyntheticStream(SyntheticConfig(n_events=120, n_users=32, seed=3)).records())
+    produce(kafka_bootstrap, s.events_topic, [r.value for r in sent], [r.key for r in sent])
+
+    worker = Worker(s)
+    assert worker.run(max_events=len(sent), idle_timeout=30).processed == len(sent)
+    admin = KafkaAdminClient(bootstrap_servers=[kafka_bootstrap])
+    try:
+        created = s.model_updates_topic in admin.list_topics()
+    finally:
+        admin.close()
+    assert created == (partitions > 1)
+    assert (worker._sync is not None) == (partitions > 1)
+    if partitions > 1:
+        deltas = [
+            ShardDelta.decode(r.value or b"")
+            for r in consume(kafka_bootstrap, s.model_updates_topic, n=None)
+        ]
+        assert {d.source_partition for d in deltas} == set(range(partitions))
+        assert sum(d.events for d in deltas) == len(sent)

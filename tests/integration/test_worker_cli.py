@@ -48,6 +48,7 @@ def env_for(s: StreamSettings, **extra: str) -> dict[str, str]:
             "STREAM_RECOMMENDATIONS_TOPIC": s.recommendations_topic,
             "STREAM_METRICS_TOPIC": s.metrics_topic,
             "STREAM_DEAD_LETTER_TOPIC": s.dead_letter_topic,
+            "STREAM_MODEL_UPDATES_TOPIC": s.model_updates_topic,
             "STREAM_GROUP_ID": s.group_id,
             "STREAM_CLIENT_ID": s.client_id,
             "STREAM_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),

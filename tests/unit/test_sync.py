@@ -147,6 +147,24 @@ def test_a_delta_is_applied_once_and_never_by_its_sender() -> None:
     assert mine is not None and len(mine.models["popularity"]["counts"]) == 1
 
 
+def test_a_factor_delta_of_another_width_is_refused_whole() -> None:
+    """A delta from a sender with other STREAM_MF_FACTORS (read back after a restart that
+    changed them) raises before it touches any item: the live sync counts it as invalid."""
+    sender = MatrixFactorization("biased", n_factors=10, seed=1)
+    receiver = MatrixFactorization("biased", n_factors=8, seed=1)
+    for event in _events(40):
+        sender.learn_one(event.user_id, event.item_id, 1.0)
+        receiver.learn_one(event.user_id, event.item_id, 1.0)
+    delta = sender.item_delta()
+    assert delta["items"]
+    before = {i: v.copy() for i, v in receiver.river_model.i_latents.items()}
+    biases = dict(receiver.river_model.i_biases)
+    with pytest.raises(ValueError, match="10 factors for a model of 8"):
+        receiver.apply_item_delta(delta)
+    assert receiver.river_model.i_biases == biases
+    assert all((receiver.river_model.i_latents[i] == v).all() for i, v in before.items())
+
+
 def test_the_sync_state_travels_with_the_pickled_pipeline() -> None:
     import pickle
 

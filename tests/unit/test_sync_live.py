@@ -149,3 +149,24 @@ def test_a_delta_that_decodes_but_does_not_fit_the_models_is_counted_not_a_crash
     sync.poll()  # must not raise
     assert sync.stats.invalid == 1
     assert "could not be applied" in caplog.text
+
+
+def test_deltas_of_another_events_topic_are_skipped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two deployments sharing one model-updates topic (the default name) do not mix models."""
+    topic = FakeTopic()
+    sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    shard = Pipeline.from_settings(SETTINGS)
+    sync.attach(("events", 0), shard)
+    other = Pipeline.from_settings(SETTINGS)
+    for offset, event in enumerate(_events(20)):
+        other.process_one(event, Source("other-events", 1, offset))
+    part = other.models["popularity"].item_delta()
+    for first in (0, 20):
+        delta = ShardDelta("other-events", 1, first, first + 19, 20, {"popularity": part})
+        topic.send(b"other-events:1", delta.encode())
+    sync.poll()
+    assert (sync.stats.foreign, sync.stats.applied, sync.stats.invalid) == (2, 0, 0)
+    assert shard.models["popularity"].n_items == 0
+    assert caplog.text.count("another deployment shares it") == 1

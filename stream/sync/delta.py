@@ -62,6 +62,10 @@ class ShardDelta:
     # False: a light delta (STREAM_MODEL_SYNC_FULL_EVERY), only the models' fast-moving part;
     # the rest stays pending at the sender for its next full delta.
     full: bool = True
+    # The sender's consumer group (STREAM_GROUP_ID): two groups reading one events topic
+    # learn the same events, so a receiver skips another group's deltas ("": unknown, as in
+    # records written before the field existed, which are applied).
+    group: str = ""
 
     @property
     def source(self) -> tuple[str, int]:
@@ -79,6 +83,7 @@ class ShardDelta:
             "models": _pack(self.models, arrays),
             "t": self.created,
             "full": self.full,
+            **({"group": self.group} if self.group else {}),
             "arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
         }
         header = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -107,6 +112,7 @@ class ShardDelta:
                 dict(body["models"]),
                 float(body.get("t", 0.0)),
                 bool(body.get("full", True)),
+                str(body.get("group", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DeltaError(f"delta without a valid {exc}") from exc

@@ -109,7 +109,7 @@ class WorkerSync:
         # max.poll.interval.ms, or this member is dropped from the group mid-attach.
         self.attach_budget_s = settings.max_poll_interval_ms / 1000 / 2
         self.reader, self.send, self.clock = reader, send, clock
-        self.events_topic = settings.events_topic
+        self.events_topic, self.group = settings.events_topic, settings.group_id
         self.shards: dict[TopicPartition, ShardSync] = {}
         self.stats = SyncStats()
         # Per model-updates partition, the offset after the last record read (first reads
@@ -319,6 +319,7 @@ class WorkerSync:
             delta.models,
             self.clock(),
             delta.full,
+            self.group,
         )
         value = delta.encode()
         self.send(f"{tp[0]}:{tp[1]}".encode(), value)
@@ -360,15 +361,20 @@ class WorkerSync:
                 self.stats.invalid += 1
                 logger.warning("model updates: dropped an undecodable record: %s", exc)
             return
-        if delta.source_topic != self.events_topic:
+        foreign = delta.source_topic != self.events_topic or (
+            delta.group and delta.group != self.group
+        )
+        if foreign:
             if first:
                 if not self.stats.foreign:
                     logger.warning(
-                        "model updates: the topic carries deltas of events topic %r, not %r: "
-                        "another deployment shares it (give each its own "
-                        "STREAM_MODEL_UPDATES_TOPIC); they are skipped",
+                        "model updates: the topic carries deltas of events topic %r (group "
+                        "%r), not %r (group %r): another deployment shares it (give each its "
+                        "own STREAM_MODEL_UPDATES_TOPIC); they are skipped",
                         delta.source_topic,
+                        delta.group,
                         self.events_topic,
+                        self.group,
                     )
                 self.stats.foreign += 1
             return

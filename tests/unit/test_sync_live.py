@@ -170,3 +170,39 @@ def test_deltas_of_another_events_topic_are_skipped_and_counted(
     assert (sync.stats.foreign, sync.stats.applied, sync.stats.invalid) == (2, 0, 0)
     assert shard.models["popularity"].n_items == 0
     assert caplog.text.count("another deployment shares it") == 1
+
+
+def test_deltas_of_another_consumer_group_on_the_same_topic_are_skipped() -> None:
+    """Two groups reading one events topic learn the same events: applying each other's
+    deltas would count them twice. Records without a group (older senders) still apply."""
+    topic = FakeTopic()
+    sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    shard = Pipeline.from_settings(SETTINGS)
+    sync.attach(("events", 0), shard)
+    other = Pipeline.from_settings(SETTINGS)
+    for offset, event in enumerate(_events(20)):
+        other.process_one(event, Source("events", 1, offset))
+    part = other.models["popularity"].item_delta()
+    theirs = ShardDelta("events", 1, 0, 19, 20, {"popularity": part}, group="other-group")
+    topic.send(b"events:1", theirs.encode())
+    sync.poll()
+    assert (sync.stats.foreign, sync.stats.applied) == (1, 0)
+    assert shard.models["popularity"].n_items == 0
+    ours = ShardDelta("events", 1, 0, 19, 20, {"popularity": part}, group=SETTINGS.group_id)
+    unnamed = ShardDelta("events", 2, 0, 19, 20, {"popularity": part})
+    for delta in (ours, unnamed):
+        topic.send(f"events:{delta.source_partition}".encode(), delta.encode())
+    sync.poll()
+    assert (sync.stats.foreign, sync.stats.applied) == (1, 2)
+    assert shard.models["popularity"].n_items == other.models["popularity"].n_items
+
+
+def test_a_published_delta_names_the_workers_group() -> None:
+    topic = FakeTopic()
+    sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    shard = Pipeline.from_settings(SETTINGS)
+    sync.attach(("events", 0), shard)
+    _feed(sync, {0: shard}, [(0, o, e) for o, e in enumerate(_events(15))])
+    assert topic.values and {ShardDelta.decode(v).group for v in topic.values} == {
+        SETTINGS.group_id
+    }

@@ -77,27 +77,27 @@ def test_a_shard_attached_later_is_brought_up_to_date_from_the_topic(
         model_sync=True,
         model_updates_topic=unique("model-updates"),
     )
-    topic = settings.model_updates_topic
+    topic, events = settings.model_updates_topic, settings.events_topic
     ensure_topics(settings, {topic: 1}, timeout_s=30)
-    sender = ShardSync(Pipeline.from_settings(settings), "events", 1)
+    sender = ShardSync(Pipeline.from_settings(settings), events, 1)
     values = []
     for o in range(30):
         event = Event(user_id=f"u{o}", item_id=f"i{o % 7}", event_type="click", timestamp=o)
-        sender.pipeline.process_one(event, Source("events", 1, o))
+        sender.pipeline.process_one(event, Source(events, 1, o))
         sender.note_one(o)
         delta = sender.collect_one(full=True)
         assert delta is not None
         values.append(delta.encode())
-    produce(kafka_bootstrap, topic, values[:20], [b"events:1"] * 20)
+    produce(kafka_bootstrap, topic, values[:20], [f"{events}:1".encode()] * 20)
     reader = TopicReader(settings, topic, from_beginning=True)
     try:
         sync = WorkerSync(settings, reader, lambda key, value: None)
         early = Pipeline.from_settings(settings)
-        sync.attach(("events", 0), early)
+        sync.attach((events, 0), early)
         assert sync.stats.applied == 20
-        produce(kafka_bootstrap, topic, values[20:], [b"events:1"] * 10)
+        produce(kafka_bootstrap, topic, values[20:], [f"{events}:1".encode()] * 10)
         late = Pipeline.from_settings(settings)
-        sync.attach(("events", 2), late)
+        sync.attach((events, 2), late)
     finally:
         reader.close()
     assert sync.stats.reread == 20 and sync.stats.received == 30

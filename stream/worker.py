@@ -549,12 +549,30 @@ class Worker:
             return
         self._last_flush_at = time.monotonic()  # after the flush, which may have waited
         if self.checkpoints is None:
-            self._commit(dict(self._positions))
+            self._commit(self._shared_positions())
         elif checkpoint_due and self._forks is not None and not force_checkpoint:
             # Committed by _collect_checkpoints once each child has written its file.
             self._checkpoint(list(self._positions), background=True)
         elif checkpoint_due:
             self._commit(self._checkpoint(list(self._positions)))
+
+    def _shared_positions(self) -> dict[TopicPartition, int]:
+        """What is safe to commit without checkpoints: everything processed and flushed, and,
+        with the model sync, no further than each shard's last full delta (its changes up to
+        there are all published). A partition moved after a crash then starts exactly where
+        its previous owner's shared learning ends: it adopts every delta before that offset
+        and re-learns the rest, instead of losing the part of a delta before the commit."""
+        positions = dict(self._positions)
+        if self._sync is None:
+            return positions
+        safe = {}
+        for tp, position in positions.items():
+            shard = self._sync.shards.get(tp)
+            if shard is not None:
+                position = min(position, shard.state.shared_upto + 1)
+            if position > self._safe_from.get(tp, position - 1):
+                safe[tp] = position
+        return safe
 
     def _commit(self, safe: dict[TopicPartition, int]) -> None:
         assert self._source is not None

@@ -56,6 +56,10 @@ class SyncState:
     # applied: a full delta ending at that same offset (a sender closing its light deltas with
     # nothing new learned) is then still to apply. Class-level default for older pickles.
     light_at: dict[tuple[str, int], int] = field(default_factory=dict)
+    # The last source offset of this shard's last full delta: every change it learned up to
+    # there is in deltas it published (light ones leave part for the next full one). Without
+    # checkpoints the worker commits no further (a moved partition then adopts all of it).
+    shared_upto: int = -1
 
     @property
     def heavy_pending(self) -> bool:
@@ -183,6 +187,8 @@ class ShardSync:
             first = state.first_offset if state.first_offset is not None else last
         delta = ShardDelta(self.topic, self.partition, first, last, state.events, models, full=full)
         state.published = last
+        if full:
+            state.shared_upto = last
         state.first_offset = state.last_offset = None
         state.events = 0
         return delta

@@ -5,13 +5,20 @@ so the kills lost nothing and nothing was applied twice."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
 
 import pytest
 from kafka_helpers import consume, produce, settings_for, unique
-from recovery_helpers import WorkerProcess, checkpoint_offsets, offline_shard, wait_for
+from recovery_helpers import (
+    WorkerProcess,
+    checkpoint_offsets,
+    committed_offsets,
+    offline_shard,
+    wait_for,
+)
 
 from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.checkpoint import CheckpointStore
@@ -20,6 +27,7 @@ from stream.events import MetricsRecord
 from stream.kafka.admin import ensure_topics
 from stream.models import ItemKNN, MatrixFactorization, Popularity
 from stream.sync import ShardDelta, ShardSync
+from stream.worker import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +218,85 @@ def test_two_workers_with_sync_killed_at_random_end_with_the_one_partition_item_
         f"as duplicates: {time.monotonic() - started:.0f}s"
     )
     assert duplicates > 0  # restarted shards re-read the topic and dropped what they held
+
+
+class _KeepingWorker(Worker):
+    """A worker that keeps its shards' pipelines when it drops them (at its stop), so the
+    test can read what they hold."""
+
+    kept: dict[tuple[str, int], Pipeline]
+
+    def _drop(self, partitions: list[tuple[str, int]]) -> None:
+        self.kept = {
+            **getattr(self, "kept", {}),
+            **{tp: self.shards[tp] for tp in partitions if tp in self.shards},
+        }
+        super()._drop(partitions)
+
+
+def test_without_checkpoints_a_partition_moved_by_a_crash_loses_none_of_its_learning(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """No checkpoints: the worker commits a partition's offset no further than its last full
+    delta, so the next owner adopts every delta before the committed offset and re-learns
+    from there: no delta straddles the commit (its events before it would be lost)."""
+    settings = settings_for(
+        kafka_bootstrap,
+        events_partitions=2,
+        models=("popularity",),
+        recommender="popularity",
+        popularity_half_life=math.inf,
+        model_sync=True,
+        model_sync_events=7,
+        model_sync_full_every=3,
+        model_sync_ms=3_600_000,
+        commit_interval_ms=50,  # commits land between deltas, not at their ends
+        max_poll_records=20,
+    )
+    topic = settings.events_topic
+    ensure_topics(settings, {topic: 2}, timeout_s=30)
+    sent = list(SyntheticStream(SyntheticConfig(n_events=4_000, n_users=200, seed=5)).records())
+    produce(kafka_bootstrap, topic, [r.value for r in sent], [r.key for r in sent])
+
+    victim = WorkerProcess(settings, tmp_path / "victim.log")
+    try:
+        wait_for(
+            lambda: (
+                sum(committed_offsets(kafka_bootstrap, settings.group_id, topic).values()) >= 400
+                or not victim.alive()
+            ),
+            90,
+            "the first worker's commits",
+        )
+        assert victim.alive(), victim.log()
+        time.sleep(random.Random(SEED).uniform(0.0, 0.2))
+    finally:
+        victim.kill()
+    committed = committed_offsets(kafka_bootstrap, settings.group_id, topic)
+    assert 0 < sum(committed.values()) < len(sent), committed
+
+    survivor = _KeepingWorker(settings)
+    summary = survivor.run(idle_timeout=5.0)
+    assert summary.processed == len(sent) - sum(committed.values())
+    records = consume(kafka_bootstrap, topic, n=len(sent))
+    want = offline_shard(settings, sorted(records, key=lambda r: r.offset)).models["popularity"]
+    deltas = [
+        ShardDelta.decode(r.value)
+        for r in consume(kafka_bootstrap, settings.model_updates_topic)
+        if r.value is not None
+    ]
+    assert {d.source_partition for d in deltas} == {0, 1}
+    for p in range(2):
+        pipeline = survivor.kept[(topic, p)]
+        shard = ShardSync(pipeline, topic, p)
+        for delta in deltas:  # what it had not read yet (the other shard's last one)
+            shard.apply_one(delta)
+        got = pipeline.models["popularity"]
+        assert isinstance(got, Popularity) and isinstance(want, Popularity)
+        assert got._counts.keys() == want._counts.keys(), p
+        wrong = {
+            i: (got._counts[i], c)
+            for i, c in want._counts.items()
+            if got._counts[i] != pytest.approx(c, rel=1e-9)
+        }
+        assert not wrong, (p, committed, list(wrong.items())[:5])

@@ -63,6 +63,8 @@ TopicPartition = tuple[str, int]
 # Consecutive failed checkpoints of one partition after which the worker reports not ready
 # (one failure can be a blip; the next one means nothing is being made safe).
 CHECKPOINT_FAILURES_UNREADY = 2
+# /readyz's reason while new shards read the model-updates topic (their events wait).
+ATTACHING = "model sync: reading the model-updates topic for new partitions"
 
 
 def json_bytes(record: BaseModel) -> bytes:
@@ -161,6 +163,9 @@ class Worker:
     LOG_SUMMARY_EVERY_S = 60.0
     # A long run says how it is doing this often (one INFO line).
     PROGRESS_EVERY_S = 60.0
+    # Longest stretch the loop reads the model-updates topic for attaching shards while other
+    # partitions have events (five times that while none has).
+    ATTACH_SLICE_S = 0.2
 
     def __init__(
         self,
@@ -209,6 +214,8 @@ class Worker:
         self._synced_new: dict[TopicPartition, Pipeline] = {}
         self._sync_partitions: int | None = None  # events topic partitions the interval is for
         self._warned_unsynced = False  # STREAM_MODEL_SYNC=auto off, partitions added since
+        # Partitions paused while their new shards catch up on the model-updates topic.
+        self._paused: set[TopicPartition] = set()
         # Registered with the sync off too (at 0): the dashboard's sync panels have data.
         self._sync_metrics = SyncMetrics(self.registry)
         self._since_metrics = 0
@@ -338,7 +345,12 @@ class Worker:
             if budget is not None:
                 batch = batch[:budget]
             if self._sync is not None:
+                if self._sync.attaching:
+                    batch = self._hold_attaching(batch)
+                    last_record_at = time.monotonic()  # (catching up is not idle)
                 self._sync.poll()
+                if self._sync.attaching:
+                    self._catch_up(busy=bool(batch))
             if batch:
                 last_record_at = time.monotonic()
                 try:
@@ -839,6 +851,8 @@ class Worker:
             ready, reason = False, "no partitions assigned"
         elif failing := self._failing_checkpoints():
             ready, reason = False, failing
+        elif self._sync is not None and self._sync.attaching:
+            ready, reason = False, ATTACHING
         else:
             ready, reason = True, ""
         self._set_ready(ready, reason)
@@ -852,9 +866,6 @@ class Worker:
 
     def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Restore the shards of newly assigned partitions; returns offsets to seek to."""
-        # The sync's attach must end within the poll interval counted from here: the
-        # checkpoint loads below are inside the same rebalance callback.
-        deadline = time.monotonic() + (self._sync.attach_budget_s if self._sync else 0.0)
         seek: dict[TopicPartition, int] = {}
         synced: dict[TopicPartition, Pipeline] = {}  # attached to the sync together
         for tp in partitions:
@@ -880,12 +891,52 @@ class Worker:
             seek[tp] = offset
             logger.info("restored %s[%d] from checkpoint at offset %d", *tp, offset)
         if self._sync is not None and synced:
-            was = self.health.ready, self.health.reason
-            # Not ready while the new shards catch up with the other shards' item state.
-            self._set_ready(False, "model sync: reading the model-updates topic for new partitions")
-            self._sync.attach_all(synced, self._new_shard_starts(synced), deadline)
-            self._set_ready(*was)
+            # The new shards catch up with the other shards' item state between polls (the
+            # loop holds their events meanwhile, see _hold_attaching), not in this callback:
+            # reading a long topic here would outlast the group's poll interval.
+            self._sync.begin_attach(synced, self._new_shard_starts(synced))
+            self._set_ready(False, ATTACHING)
         return seek
+
+    def _hold_attaching(self, batch: list[RawRecord]) -> list[RawRecord]:
+        """The records of ``batch`` whose shards are synced. The partitions of shards still
+        catching up are paused, and set back to their first record held here, so those
+        events are fetched again once the shard holds the item state it must learn on."""
+        assert self._sync is not None and self._source is not None
+        held = self._sync.attaching
+        pause = held - self._paused
+        if pause:
+            self._source.pause(pause)
+            self._paused |= pause
+        first: dict[TopicPartition, int] = {}
+        kept = []
+        for record in batch:
+            tp = (record.topic, record.partition)
+            if tp in held:
+                first.setdefault(tp, record.offset)
+            else:
+                kept.append(record)
+        for tp, offset in first.items():
+            self._source.seek(tp, offset)
+        return kept
+
+    def _catch_up(self, busy: bool) -> None:
+        """Read the model-updates topic for the attaching shards for a slice of time (short
+        while other partitions have events to learn), then resume the partitions synced."""
+        assert self._sync is not None
+        synced = self._sync.catch_up(self.ATTACH_SLICE_S if busy else 5 * self.ATTACH_SLICE_S)
+        resume = self._paused.intersection(synced)
+        if resume and self._source is not None:
+            self._source.resume(resume)
+        self._paused -= resume
+        if synced and not self._sync.attaching:
+            logger.info(
+                "model sync: %s synced with the other shards' item state (%.1fs)",
+                ", ".join(f"{t}[{p}]" for t, p in sorted(synced)),
+                self._sync.last_attach_s,
+            )
+            if self.health.reason == ATTACHING:
+                self._set_ready(True, "")
 
     def _new_shard_starts(
         self, synced: dict[TopicPartition, Pipeline]
@@ -932,6 +983,7 @@ class Worker:
             self._checkpoint_failures.pop(tp, None)
             self.shards.pop(tp, None)
             self._synced_new.pop(tp, None)
+            self._paused.discard(tp)
             if self._sync is not None:
                 self._sync.detach(tp)
             position = self._positions.pop(tp, None)

@@ -321,6 +321,19 @@ class EventSource:
         self._consumer.seek(KafkaTopicPartition(*tp), offset)
         self._committed.pop(tp, None)
 
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch nothing more from ``partitions`` until :meth:`resume` (they stay assigned;
+        records already fetched for them are not returned)."""
+        tps = [KafkaTopicPartition(*tp) for tp in partitions]
+        if tps:
+            self._consumer.pause(*tps)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch from paused ``partitions`` again, from their positions."""
+        tps = [KafkaTopicPartition(*tp) for tp in partitions]
+        if tps:
+            self._consumer.resume(*tps)
+
     def position(self, tp: TopicPartition) -> int | None:
         """The offset of the next record to fetch from ``tp``, if known."""
         try:

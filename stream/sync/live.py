@@ -121,6 +121,12 @@ class WorkerSync:
         self._boundaries: dict[TopicPartition, list[tuple[int, bool]]] = {}
         self._replay: dict[TopicPartition, list[tuple[int, bool]]] = {}
         self._last_sent: dict[TopicPartition, float] = {}
+        # The shards catching up (begin_attach .. catch_up), and that catch-up's progress.
+        self._attaching: dict[TopicPartition, ShardSync] = {}
+        self._attach_marks: dict[int, int] | None = None
+        self._attach_started, self._attach_reread, self._rewound = 0.0, 0, False
+        self._attach_polled = False  # a poll since the last begin_attach (fresh marks)
+        self.last_attach_s = 0.0  # seconds the last attach took, from its begin_attach
 
     # --- shards -------------------------------------------------------------------------
 
@@ -134,26 +140,57 @@ class WorkerSync:
         starts: Mapping[TopicPartition, int] | None = None,
         deadline: float | None = None,
     ) -> None:
-        """Sync each pipeline, the shard of its partition (new or restored): the topic is read
-        again from its beginning, once for all of them; each applies every delta it does not
-        hold yet and replays the boundaries of its own published ones.
+        """Sync each pipeline, the shard of its partition (new or restored), at once:
+        :meth:`begin_attach`, then :meth:`catch_up` until they are synced.
+
+        Raises :class:`SyncError` when the topic cannot be read to its end by ``deadline``
+        (``time.monotonic()``; default: :attr:`attach_budget_s`, half of
+        ``STREAM_MAX_POLL_INTERVAL_MS``, from now): going on would leave replays unplanned
+        and apply deltas twice. (The worker does not wait: it catches up between polls.)
+        """
+        if not pipelines:
+            return
+        started = time.monotonic()
+        deadline = started + self.attach_budget_s if deadline is None else deadline
+        self.begin_attach(pipelines, starts)
+        try:
+            while self._attaching:
+                if time.monotonic() >= deadline:
+                    raise SyncError(
+                        "model updates: the topic was not read to its end within "
+                        f"{self.attach_budget_s:g}s (half of STREAM_MAX_POLL_INTERVAL_MS): a "
+                        "shard attached now would apply deltas twice; raise "
+                        "STREAM_MAX_POLL_INTERVAL_MS or shorten the topic's retention"
+                    )
+                self.catch_up(0.0)
+        except BaseException:
+            for tp in list(self._attaching):  # not synced: its replay is not planned
+                self.detach(tp)
+            raise
+
+    def begin_attach(
+        self,
+        pipelines: Mapping[TopicPartition, Pipeline],
+        starts: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        """Start syncing each pipeline, the shard of its partition (new or restored): the
+        topic is read again from its beginning, once for all of them (and for any still
+        attaching); each applies every delta it does not hold yet and replays the
+        boundaries of its own published ones. They are synced once :meth:`catch_up` has
+        read to the topic's end; until then they must learn nothing (the worker holds their
+        events) and publish nothing.
 
         ``starts`` gives, for a *new* shard of a partition that may have had an owner before
         (no checkpoint here), the source offset its first event will come from (the group's
         committed offset): the previous owner's deltas ending before it are applied as any
         other shard's, those at or after it are replayed (their events are learned again).
-
-        Raises :class:`SyncError` when the topic cannot be read to its end by ``deadline``
-        (``time.monotonic()``; default: :attr:`attach_budget_s`, half of
-        ``STREAM_MAX_POLL_INTERVAL_MS``, from now): going on would leave replays unplanned
-        and apply deltas twice.
         """
-        if not pipelines:
-            return
         attaching = {
             tp: ShardSync(pipeline, *tp, full_every=self.full_every)
             for tp, pipeline in pipelines.items()
         }
+        if not attaching:
+            return
         for tp, shard in attaching.items():
             self.detach(tp)
             self.shards[tp] = shard
@@ -161,53 +198,56 @@ class WorkerSync:
             self._boundaries[tp] = []
             if starts is not None and tp in starts:
                 shard.adopt_before = starts[tp]
-        rewound = bool(self._read_upto)
-        started, reread = time.monotonic(), self.stats.reread
-        try:
-            if rewound:
-                self.reader.rewind()  # the shards attached before skip what they were offered
-            self._read_to_end(started + self.attach_budget_s if deadline is None else deadline)
-        except BaseException:
-            for tp in attaching:  # not synced: its replay is not planned
-                self.detach(tp)
-            raise
-        finally:
-            boundaries, self._boundaries = self._boundaries, {}
-            for shard in attaching.values():
-                shard.adopt_before = None
-        if rewound:
+        if not self._attaching:
+            self._attach_started, self._attach_reread = time.monotonic(), self.stats.reread
+        self._attaching.update(attaching)
+        self._rewound = bool(self._read_upto)
+        if self._rewound:
+            self.reader.rewind()  # the shards attached before skip what they were offered
+        self._attach_marks, self._attach_polled = None, False
+
+    @property
+    def attaching(self) -> frozenset[TopicPartition]:
+        """The partitions whose shards are still catching up (:meth:`begin_attach`)."""
+        return frozenset(self._attaching)
+
+    def catch_up(self, budget_s: float) -> list[TopicPartition]:
+        """Read the topic for the attaching shards for about ``budget_s`` seconds (at least
+        one poll): up to where it ended at the (re)start of the reader, then up to the high
+        watermarks of a fetch made after that (the deltas a killed owner of an attaching
+        partition published are on the topic by now: its session timed out before the
+        reassignment; the other shards keep publishing, so not up to a moving end). Returns
+        the partitions synced by this call (all attaching ones at once, or none)."""
+        if not self._attaching:
+            return []
+        until, polled = time.monotonic() + budget_s, False
+        while True:
+            if self._attach_marks is None and self._attach_polled and self.reader.caught_up():
+                self._attach_marks = self.reader.highwaters()
+            if self._attach_marks is not None and not self.reader.behind(self._attach_marks):
+                return self._finish_attach()
+            if polled and time.monotonic() >= until:
+                return []
+            self.poll(timeout_ms=100)
+            polled = self._attach_polled = True
+
+    def _finish_attach(self) -> list[TopicPartition]:
+        self.last_attach_s = time.monotonic() - self._attach_started
+        attaching, self._attaching = self._attaching, {}
+        boundaries, self._boundaries = self._boundaries, {}
+        for shard in attaching.values():
+            shard.adopt_before = None
+        if self._rewound:
             logger.info(
                 "model updates: read the topic again from its beginning for %s (%d record(s) "
                 "read before, %.1fs)",
                 ", ".join(f"{t}[{p}]" for t, p in attaching),
-                self.stats.reread - reread,
-                time.monotonic() - started,
+                self.stats.reread - self._attach_reread,
+                time.monotonic() - self._attach_started,
             )
         for tp, shard in attaching.items():
             self._replay_own(tp, shard, boundaries[tp])
-
-    def _read_to_end(self, deadline: float) -> None:
-        """Read up to where the topic ended at the (re)start of the reader, then up to the
-        high watermarks of a fetch made after that: the deltas a killed owner of an attaching
-        partition published are on the topic by now (its session timed out before the
-        reassignment); the other shards keep publishing, so not up to a moving end."""
-
-        def read(done: Callable[[], bool], what: str) -> None:
-            while True:
-                self.poll(timeout_ms=100)
-                if done():
-                    return
-                if time.monotonic() >= deadline:
-                    raise SyncError(
-                        f"model updates: the topic was not read {what} within "
-                        f"{self.attach_budget_s:g}s (half of STREAM_MAX_POLL_INTERVAL_MS): a "
-                        "shard attached now would apply deltas twice; raise "
-                        "STREAM_MAX_POLL_INTERVAL_MS or shorten the topic's retention"
-                    )
-
-        read(self.reader.caught_up, "to its end")
-        marks = self.reader.highwaters()
-        read(lambda: not self.reader.behind(marks), "to its latest high watermarks")
+        return list(attaching)
 
     def _replay_own(
         self, tp: TopicPartition, shard: ShardSync, boundaries: list[tuple[int, bool]]
@@ -243,6 +283,8 @@ class WorkerSync:
 
     def detach(self, tp: TopicPartition) -> None:
         self.shards.pop(tp, None)
+        self._attaching.pop(tp, None)
+        self._boundaries.pop(tp, None)
         self._replay.pop(tp, None)
         self._offered.pop(tp, None)
         self._last_sent.pop(tp, None)
@@ -304,7 +346,11 @@ class WorkerSync:
         return len(records)
 
     def publish(self, tp: TopicPartition, full: bool | None = None) -> None:
-        """Collect and send the shard's delta now (when it learned anything)."""
+        """Collect and send the shard's delta now (when it learned anything; never while it
+        catches up: it has learned nothing, and what its checkpoint left pending may be on
+        the topic already)."""
+        if tp in self._attaching:
+            return
         shard = self.shards[tp]
         self._last_sent[tp] = self.clock()
         delta = shard.collect_one(full)

@@ -10,6 +10,7 @@ import time
 import pytest
 from kafka_helpers import produce, settings_for, unique
 
+from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.core import Pipeline
 from stream.events import Event, Source
 from stream.kafka.admin import ensure_topics
@@ -17,6 +18,7 @@ from stream.kafka.reader import TopicReader
 from stream.models import Popularity
 from stream.sync import ShardSync
 from stream.sync.live import WorkerSync
+from stream.worker import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +109,43 @@ def test_a_shard_attached_later_is_brought_up_to_date_from_the_topic(
         got = pipe.models["popularity"]
         assert isinstance(got, Popularity) and isinstance(want, Popularity)
         assert got._counts == pytest.approx(want._counts, rel=1e-12)
+
+
+def test_a_topic_longer_than_the_poll_interval_allows_is_caught_up_between_polls(
+    kafka_bootstrap: str,
+) -> None:
+    """The new shards read the model-updates topic in the loop, between polls, with their
+    events held: an attach longer than half of STREAM_MAX_POLL_INTERVAL_MS (which used to stop
+    the worker from inside the rebalance callback) neither fails nor loses the group."""
+    settings = settings_for(
+        kafka_bootstrap,
+        models=("popularity", "knn"),
+        recommender="knn",
+        popularity_half_life=math.inf,
+        model_sync=True,
+        session_timeout_ms=3_000,
+        max_poll_interval_ms=1_500,  # an attach inside the callback had 0.75 s
+        events_partitions=2,
+    )
+    events, updates = settings.events_topic, settings.model_updates_topic
+    ensure_topics(settings, {events: 2, updates: 1}, timeout_s=30)
+    # A previous run's deltas, of a partition this worker does not own (events[5]).
+    sender = ShardSync(Pipeline.from_settings(settings), events, 5)
+    values = []
+    for o in range(8_000):
+        event = Event(user_id=f"u{o % 300}", item_id=f"i{o % 97}", event_type="click", timestamp=o)
+        sender.pipeline.process_one(event, Source(events, 5, o))
+        sender.note_one(o)
+        delta = sender.collect_one(full=True)
+        assert delta is not None
+        values.append(delta.encode())
+    produce(kafka_bootstrap, updates, values, [f"{events}:5".encode()] * len(values))
+    sent = list(SyntheticStream(SyntheticConfig(n_events=200, n_users=40, seed=3)).records())
+    produce(kafka_bootstrap, events, [r.value for r in sent], [r.key for r in sent])
+
+    worker = Worker(settings)
+    summary = worker.run(max_events=len(sent), idle_timeout=30)
+    assert worker._sync is not None
+    assert worker._sync.last_attach_s > worker._sync.attach_budget_s  # the case that failed
+    assert summary.processed == len(sent)
+    assert worker._sync.stats.applied >= 2 * len(values) and worker._sync.stats.invalid == 0

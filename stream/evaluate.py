@@ -209,7 +209,8 @@ def evaluate_partitioned(
 
     Each shard shares a delta every ``sync_events`` events it learned (default
     ``settings.model_sync_events``, ``auto`` derived from ``partitions`` by
-    :func:`~stream.sync.interval.light_interval`; 0: isolated shards) and the others apply
+    :func:`~stream.sync.interval.light_interval`; 0, or ``STREAM_MODEL_SYNC=false``: isolated
+    shards, as the worker runs them then) and the others apply
     it at once, through the same encoding, merge rules and dedupe as the worker. The metrics of the
     shards are merged (:func:`~stream.core.merge_metrics`) as the worker merges them.
     """
@@ -220,8 +221,8 @@ def evaluate_partitioned(
     if settings.rebuild_background is None:
         settings = settings.model_copy(update={"rebuild_background": False})
     every = light_interval(settings, partitions) if sync_events is None else sync_events
-    if partitions == 1:
-        every = 0  # nobody to share with
+    if partitions == 1 or (sync_events is None and settings.model_sync is False):
+        every = 0  # nobody to share with, or STREAM_MODEL_SYNC=false: as the worker would
     shards = LocalShards(
         lambda: Pipeline.from_settings(settings),
         partitions,

@@ -289,3 +289,16 @@ def test_the_blends_weights_learn_from_every_shards_outcomes() -> None:
         assert got == pytest.approx(want, rel=1e-9)
     for got in gains(alone):
         assert got != pytest.approx(want, rel=0.05)
+
+
+def test_evaluate_partitions_follows_stream_model_sync_false() -> None:
+    """``STREAM_MODEL_SYNC=false`` makes `stream evaluate --partitions P` run isolated shards,
+    as the worker runs them (the default, auto, shares with P > 1)."""
+    from stream.evaluate import evaluate_partitioned
+
+    events = _events(300)
+    shared = evaluate_partitioned(events, _settings(), 4)
+    isolated = evaluate_partitioned(events, _settings(model_sync=False), 4)
+    assert shared.sync is not None and isolated.sync is not None
+    assert shared.sync["sync_events"] > 0 and shared.sync["delta_records"] > 0
+    assert isolated.sync["sync_events"] == 0 and isolated.sync["delta_records"] == 0

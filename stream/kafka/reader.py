@@ -186,12 +186,20 @@ class TopicReader:
         """The latest known high watermark of each partition (from fetch responses)."""
         return dict(self._highwater)
 
-    def rewind(self) -> None:
+    def rewind(self, offsets: dict[int, int] | None = None) -> None:
         """Read again from each partition's first offset (``beginning_offsets``, right on every
-        broker). :meth:`caught_up` then means read up to the latest high watermarks known at
-        the rewind (the topic's end then), not those of the reader's start."""
-        self._consumer.seek_to_beginning(*self._tps)
+        broker), or from ``offsets[partition]`` where given. :meth:`caught_up` then means read
+        up to the latest high watermarks known at the rewind (the topic's end then), not those
+        of the reader's start."""
+        offsets = offsets or {}
+        first = [tp for tp in self._tps if tp.partition not in offsets]
+        if first:
+            self._consumer.seek_to_beginning(*first)
         self._positions.clear()
+        for tp in self._tps:
+            if tp.partition in offsets:
+                self._consumer.seek(tp, offsets[tp.partition])
+                self._positions[tp.partition] = offsets[tp.partition]
         self._skip_to_end = False
         self.start_marks = dict(self._highwater)
 

@@ -32,7 +32,7 @@ from stream.core import Pipeline
 from stream.settings import StreamSettings
 from stream.sync.delta import DeltaError, ShardDelta
 from stream.sync.interval import light_interval
-from stream.sync.shard import ShardSync
+from stream.sync.shard import ShardSync, SyncState
 
 __all__ = ["SyncError", "SyncStats", "UpdatesReader", "WorkerSync"]
 
@@ -56,7 +56,7 @@ class UpdatesReader(Protocol):
 
     def behind(self, marks: dict[int, int]) -> bool: ...
 
-    def rewind(self) -> None: ...
+    def rewind(self, offsets: dict[int, int] | None = None) -> None: ...
 
 
 class _Record(Protocol):
@@ -92,6 +92,25 @@ class SyncStats:
     reread_bytes: int = 0
 
 
+def _offered_of(state: SyncState, topic: str) -> dict[int, int]:
+    """The shard's record, in its :class:`SyncState` (so in its checkpoint), of the
+    model-updates ``topic``'s records it was offered: partition -> the next offset. The same
+    dict is kept up to date as records are offered (an older state starts one)."""
+    offered = getattr(state, "offered", None)
+    if not isinstance(offered, dict):
+        offered = state.offered = {}
+    return offered.setdefault(topic, {})
+
+
+def _lowest(offered: list[dict[int, int]]) -> dict[int, int]:
+    """Per partition, the lowest next offset of all ``offered`` (a partition missing from one
+    of them: from its beginning, so left out)."""
+    if not offered or not all(offered):
+        return {}
+    common = set.intersection(*(set(o) for o in offered))
+    return {p: min(o[p] for o in offered) for p in common}
+
+
 class WorkerSync:
     """Every shard of one worker, syncing through the model-updates topic."""
 
@@ -110,6 +129,7 @@ class WorkerSync:
         self.attach_budget_s = settings.max_poll_interval_ms / 1000 / 2
         self.reader, self.send, self.clock = reader, send, clock
         self.events_topic, self.group = settings.events_topic, settings.group_id
+        self.updates_topic = settings.model_updates_topic
         self.shards: dict[TopicPartition, ShardSync] = {}
         self.stats = SyncStats()
         # Per model-updates partition, the offset after the last record read (first reads
@@ -194,16 +214,22 @@ class WorkerSync:
         for tp, shard in attaching.items():
             self.detach(tp)
             self.shards[tp] = shard
-            self._offered[tp] = {}
+            # What a restored shard was offered before its checkpoint (its state holds it):
+            # the re-read starts there instead of at the topic's beginning. New: everything.
+            self._offered[tp] = _offered_of(shard.state, self.updates_topic)
             self._boundaries[tp] = []
             if starts is not None and tp in starts:
                 shard.adopt_before = starts[tp]
         if not self._attaching:
             self._attach_started, self._attach_reread = time.monotonic(), self.stats.reread
         self._attaching.update(attaching)
-        self._rewound = bool(self._read_upto)
+        # From the lowest offset any shard still needs (the shards attached before were
+        # offered everything read so far, so never past the reader's position): with
+        # checkpoints, the oldest checkpoint's, not the topic's beginning.
+        start = _lowest(list(self._offered.values()))
+        self._rewound = bool(self._read_upto) or bool(start)
         if self._rewound:
-            self.reader.rewind()  # the shards attached before skip what they were offered
+            self.reader.rewind(start)  # the shards attached before skip what they were offered
         self._attach_marks, self._attach_polled = None, False
 
     @property

@@ -60,6 +60,10 @@ class SyncState:
     # there is in deltas it published (light ones leave part for the next full one). Without
     # checkpoints the worker commits no further (a moved partition then adopts all of it).
     shared_upto: int = -1
+    # Model-updates topic -> partition -> the next offset of the records this shard was
+    # offered (applied, or dropped as own / duplicate): a restored shard's re-read starts
+    # there (stream.sync.live keeps it current). Missing in older pickles (getattr).
+    offered: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def heavy_pending(self) -> bool:

@@ -68,6 +68,24 @@ def test_rewind_reads_every_record_again_once_and_in_order(kafka_bootstrap: str)
         assert offsets == list(range(len(offsets)))  # from the first offset, in order
 
 
+def test_rewind_to_offsets_reads_from_there(kafka_bootstrap: str) -> None:
+    """A rewind to given offsets (where a restored shard's reading stood) reads from them,
+    the partitions not given from their beginning."""
+    settings = settings_for(kafka_bootstrap)
+    topic = unique("reread")
+    ensure_topics(settings, {topic: 2}, timeout_s=30)
+    for p in (0, 1):
+        produce(kafka_bootstrap, topic, [b"p%d-%d" % (p, i) for i in range(6)], None, partition=p)
+    reader = TopicReader(settings, topic, from_beginning=True)
+    try:
+        assert len(_read(reader, 12)) == 12
+        reader.rewind({0: 4})
+        again = _read(reader, 8)
+    finally:
+        reader.close()
+    assert sorted((p, o) for p, o, _ in again) == [(0, 4), (0, 5)] + [(1, o) for o in range(6)]
+
+
 def test_a_shard_attached_later_is_brought_up_to_date_from_the_topic(
     kafka_bootstrap: str,
 ) -> None:

@@ -39,6 +39,7 @@ class FakeReader:
         self.topic, self.position = topic, 0
         self.per_poll = per_poll
         self.rewinds = 0
+        self.rewound_to: int | None = None
         self.start_mark: int | None = None
         self.on_poll: Callable[[], None] | None = None
 
@@ -62,8 +63,9 @@ class FakeReader:
     def behind(self, marks: dict[int, int]) -> bool:
         return self.position < marks.get(0, 0)
 
-    def rewind(self) -> None:
-        self.position = 0
+    def rewind(self, offsets: dict[int, int] | None = None) -> None:
+        self.position = (offsets or {}).get(0, 0)
+        self.rewound_to = self.position
         self.start_mark = len(self.topic.values)
         self.rewinds += 1
 

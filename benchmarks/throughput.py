@@ -25,9 +25,11 @@ Target: p99 < 100 ms in every run.
 run, on the same broker): the events topic gets that many partitions, the worker one shard per
 partition. ``--workers N`` runs N worker processes in one consumer group instead of one
 in-process worker (the partitions are split between them; their rebalance is inside (b)).
-With ``--workers`` > 1 (and no ``--set model_sync=...``), (b) is measured twice per partition
-count, with the model sync off and on (issue 12: ``STREAM_MODEL_SYNC=true`` at its default
-interval, fresh topics and group, the same events), printing both, their ratio (target: the
+With more than one partition the worker runs with the model sync on (``STREAM_MODEL_SYNC=auto``,
+the default since the fifth session; ``--set model_sync=false`` for isolated shards, as runs
+before it measured). With ``--workers`` > 1 (and no ``--set model_sync=...``), (b) is measured
+twice per partition count, with the model sync off and on (issue 12: ``STREAM_MODEL_SYNC=true``
+at its default interval, fresh topics and group, the same events), printing both, their ratio (target: the
 sync keeps >= 0.85 of the per-worker throughput) and the delta bytes published per event
 against the events' own bytes (target <= 2x).
 

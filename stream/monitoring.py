@@ -341,7 +341,7 @@ class SyncMetrics:
         "invalid": ("stream_sync_deltas_invalid_total", "undecodable model-updates records"),
         "foreign": (
             "stream_sync_deltas_foreign_total",
-            "deltas of another events topic on the model-updates topic, skipped",
+            "deltas of another events topic or consumer group on the model-updates topic, skipped",
         ),
         "replayed": (
             "stream_sync_deltas_replayed_total",

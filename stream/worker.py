@@ -41,7 +41,7 @@ from stream.events import (
     decode_one,
 )
 from stream.kafka import Backoff, BrokerUnavailableError, RawRecord
-from stream.kafka.admin import COMPACTED, ensure_topics
+from stream.kafka.admin import COMPACTED, TopicError, ensure_topics
 from stream.kafka.reader import TopicReader
 from stream.kafka.sink import DeliveryError, DeliveryFailure, OutputTooLargeError, RecordSink
 from stream.kafka.source import EventSource
@@ -85,7 +85,8 @@ def topic_layout(
         s.metrics_topic: 1,
         s.dead_letter_topic: 1,
     }
-    if sync_enabled(s, events_partitions):
+    if sync_enabled(s, events_partitions) and (s.model_sync is True or events_partitions):
+        # (auto: once the events topic's partitions are known, see Worker.run)
         sizes[s.model_updates_topic] = 1  # one partition: every shard reads it in one order
     # Latest top-K per user: compaction keeps one record per key and the tombstone of a
     # forgotten user deletes theirs (``stream serve`` reads the topic as a table).
@@ -216,6 +217,7 @@ class Worker:
         self._warned_unsynced = False  # STREAM_MODEL_SYNC=auto off, partitions added since
         # Partitions paused while their new shards catch up on the model-updates topic.
         self._paused: set[TopicPartition] = set()
+        self._batch_seconds = 0.0  # how long the last poll batch took to learn
         # Registered with the sync off too (at 0): the dashboard's sync panels have data.
         self._sync_metrics = SyncMetrics(self.registry)
         self._since_metrics = 0
@@ -292,16 +294,12 @@ class Worker:
                 configs=configs,
             )
             partitions = found.get(s.events_topic)
-            if sync_enabled(s, partitions) and s.model_updates_topic not in found:
+            sync = sync_enabled(s, partitions)
+            if sync and s.model_updates_topic not in found:
                 # STREAM_MODEL_SYNC=auto on an events topic found with several partitions.
-                ensure_topics(
-                    s,
-                    {s.model_updates_topic: 1},
-                    timeout_s=s.broker_wait_seconds,
-                    wait_setting="STREAM_BROKER_WAIT_SECONDS",
-                )
+                sync = self._ensure_updates_topic()
             self._sink = RecordSink(s, on_wait=self._on_flush_wait)
-            if sync_enabled(s, partitions):
+            if sync:
                 self._start_sync()
                 self._follow_partitions(partitions)
             elif s.model_sync == "auto" and s.model_sync_events:
@@ -342,12 +340,14 @@ class Worker:
                 # Joining the group takes seconds: a worker is idle only once it has partitions
                 # (and a broker; failing checkpoints, though not ready, do not stop the clock).
                 last_record_at = time.monotonic()
+            if self._sync is not None and (self._sync.attaching or self._paused):
+                # Held first, then cut to the budget: a cut batch ends the run (it reaches
+                # max_events), so no partition goes on past records it skipped.
+                batch = self._hold_attaching(batch)
+                last_record_at = time.monotonic()  # (catching up is not idle)
             if budget is not None:
                 batch = batch[:budget]
             if self._sync is not None:
-                if self._sync.attaching:
-                    batch = self._hold_attaching(batch)
-                    last_record_at = time.monotonic()  # (catching up is not idle)
                 self._sync.poll()
                 if self._sync.attaching:
                     self._catch_up(busy=bool(batch))
@@ -358,6 +358,7 @@ class Worker:
                         self._handle_one(record)
                 finally:
                     self._observe_batch()
+                self._batch_seconds = time.monotonic() - last_record_at
             # On every poll, empty ones too: an idle worker still reports on time.
             self._maybe_publish_metrics()
             self._collect_checkpoints()
@@ -580,7 +581,10 @@ class Worker:
         safe = {}
         for tp, position in positions.items():
             shard = self._sync.shards.get(tp)
-            if shard is not None:
+            if shard is not None and (shard.events_pending or shard.state.heavy_pending):
+                # Learning not (fully) published yet: no further than the last full delta.
+                # (Nothing pending: every event learned is in full deltas, and the records
+                # after them were dead letters, safe as they are.)
                 position = min(position, shard.state.shared_upto + 1)
             if position > self._safe_from.get(tp, position - 1):
                 safe[tp] = position
@@ -901,13 +905,17 @@ class Worker:
     def _hold_attaching(self, batch: list[RawRecord]) -> list[RawRecord]:
         """The records of ``batch`` whose shards are synced. The partitions of shards still
         catching up are paused, and set back to their first record held here, so those
-        events are fetched again once the shard holds the item state it must learn on."""
+        events are fetched again once the shard holds the item state it must learn on; the
+        paused partitions whose shards are synced are resumed."""
         assert self._sync is not None and self._source is not None
         held = self._sync.attaching
-        pause = held - self._paused
+        pause, resume = held - self._paused, self._paused - held
         if pause:
             self._source.pause(pause)
             self._paused |= pause
+        if resume:
+            self._source.resume(resume)
+            self._paused -= resume
         first: dict[TopicPartition, int] = {}
         kept = []
         for record in batch:
@@ -924,7 +932,10 @@ class Worker:
         """Read the model-updates topic for the attaching shards for a slice of time (short
         while other partitions have events to learn), then resume the partitions synced."""
         assert self._sync is not None
-        synced = self._sync.catch_up(self.ATTACH_SLICE_S if busy else 5 * self.ATTACH_SLICE_S)
+        # While other partitions have events, about as long as their last batch took (the
+        # catch-up takes about half the loop), within ATTACH_SLICE_S; longer when idle.
+        slice_s = min(self.ATTACH_SLICE_S, max(0.01, self._batch_seconds))
+        synced = self._sync.catch_up(slice_s if busy else 5 * self.ATTACH_SLICE_S)
         resume = self._paused.intersection(synced)
         if resume and self._source is not None:
             self._source.resume(resume)
@@ -1007,6 +1018,29 @@ class Worker:
             sink.send(s.model_updates_topic, key, value)
 
         self._sync = WorkerSync(s, self._sync_reader, send)
+
+    def _ensure_updates_topic(self) -> bool:
+        """Create the model-updates topic for STREAM_MODEL_SYNC=auto. A cluster that refuses
+        (no create ACL, auto-creation off) leaves the sync off with an error line, rather than
+        stopping a deployment that ran before the sync was on by default."""
+        s = self.settings
+        try:
+            ensure_topics(
+                s,
+                {s.model_updates_topic: 1},
+                timeout_s=s.broker_wait_seconds,
+                wait_setting="STREAM_BROKER_WAIT_SECONDS",
+            )
+        except TopicError as exc:
+            logger.error(
+                "model sync off: %s. Each of the events topic's partitions learns alone; "
+                "create STREAM_MODEL_UPDATES_TOPIC (%s, one partition) to share item state, "
+                "or set STREAM_MODEL_SYNC=false",
+                exc,
+                s.model_updates_topic,
+            )
+            return False
+        return True
 
     def _warn_if_partitions_added(self) -> None:
         """With STREAM_MODEL_SYNC=auto decided off (one partition at start), say once that

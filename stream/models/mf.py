@@ -321,12 +321,7 @@ class MatrixFactorization(Recommender):
             rows = self._apply_light(rows, delta["biases"])  # the items new here remain
         elif "biases" in delta:  # version 2: columns
             changes = _dequantise(delta)
-            if len(rows) and (changes.ndim != 2 or changes.shape[1] != self.n_factors):
-                # A sender with other STREAM_MF_FACTORS (e.g. deltas from before a restart
-                # that changed them): refused whole, before any row is touched.
-                raise ValueError(
-                    f"a delta of {changes.shape[-1]} factors for a model of {self.n_factors}"
-                )
+            self._check_width(rows, changes)
             rows = zip(
                 rows,
                 changes,
@@ -356,6 +351,20 @@ class MatrixFactorization(Recommender):
                 mf.global_mean.update(total / weight, weight)
                 n0, sum0 = self._sync_mean
                 self._sync_mean = (n0 + weight, sum0 + total)
+
+    def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """Raise ``ValueError`` when :meth:`apply_item_delta` could not apply ``delta`` whole
+        (the sync checks every model's part before it applies any)."""
+        if "biases" in delta and ("steps" in delta or "vectors" in delta):
+            self._check_width(delta["items"], _dequantise(delta))
+
+    def _check_width(self, rows: typing.Any, changes: FloatArray) -> None:
+        if len(rows) and (changes.ndim != 2 or changes.shape[1] != self.n_factors):
+            # A sender with other STREAM_MF_FACTORS (e.g. deltas from before a restart that
+            # changed them): refused whole, before any row is touched.
+            raise ValueError(
+                f"a delta of {changes.shape[-1]} factors for a model of {self.n_factors}"
+            )
 
     def _apply_light(
         self, items: list[typing.Any], biases: typing.Any

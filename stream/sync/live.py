@@ -146,6 +146,7 @@ class WorkerSync:
         self._attach_marks: dict[int, int] | None = None
         self._attach_started, self._attach_reread, self._rewound = 0.0, 0, False
         self._attach_polled = False  # a poll since the last begin_attach (fresh marks)
+        self._marks_checked = False  # restored shards' marks checked against the topic's end
         self.last_attach_s = 0.0  # seconds the last attach took, from its begin_attach
 
     # --- shards -------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class WorkerSync:
         self._rewound = bool(self._read_upto) or bool(start)
         if self._rewound:
             self.reader.rewind(start)  # the shards attached before skip what they were offered
-        self._attach_marks, self._attach_polled = None, False
+        self._attach_marks, self._attach_polled, self._marks_checked = None, False, False
 
     @property
     def attaching(self) -> frozenset[TopicPartition]:
@@ -248,6 +249,8 @@ class WorkerSync:
             return []
         until, polled = time.monotonic() + budget_s, False
         while True:
+            if self._attach_polled and not self._marks_checked:
+                self._drop_stale_marks()
             if self._attach_marks is None and self._attach_polled and self.reader.caught_up():
                 self._attach_marks = self.reader.highwaters()
             if self._attach_marks is not None and not self.reader.behind(self._attach_marks):
@@ -256,6 +259,33 @@ class WorkerSync:
                 return []
             self.poll(timeout_ms=100)
             polled = self._attach_polled = True
+
+    def _drop_stale_marks(self) -> None:
+        """A restored shard's mark past the topic's end (the topic was deleted and created
+        again since its checkpoint) would skip every record below it: such a shard reads from
+        the beginning instead (the dedupe by source offsets drops what it holds)."""
+        high = self.reader.highwaters()
+        if not high:
+            return  # no fetch answered yet
+        self._marks_checked = True
+        stale = [
+            tp
+            for tp in self._attaching
+            if any(o > high.get(p, o) for p, o in self._offered[tp].items())
+        ]
+        if not stale:
+            return
+        logger.warning(
+            "model updates: %s read the topic up to %s before their checkpoints, past its end "
+            "now %s (a new topic of the same name?): reading it from its beginning",
+            ", ".join(f"{t}[{p}]" for t, p in stale),
+            [dict(self._offered[tp]) for tp in stale],
+            high,
+        )
+        for tp in stale:
+            self._offered[tp].clear()
+        self.reader.rewind(_lowest(list(self._offered.values())))
+        self._attach_marks, self._attach_polled = None, False
 
     def _finish_attach(self) -> list[TopicPartition]:
         self.last_attach_s = time.monotonic() - self._attach_started

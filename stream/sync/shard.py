@@ -216,11 +216,18 @@ class ShardSync:
             state.duplicates_dropped += 1
             return "duplicate"
         shared = self.shared()
-        for name, part in delta.models.items():
-            model = shared.get(name)
-            if model is not None:
+        parts = [(shared[name], part) for name, part in delta.models.items() if name in shared]
+        for model, part in parts:  # a part some model refuses: the whole delta is refused
+            check = getattr(model, "check_item_delta", None)
+            if check is not None:
+                check(part)
+        try:
+            for model, part in parts:
                 model.apply_item_delta(part)
-        state.applied[delta.source] = delta.last_offset
+        finally:
+            # Also when a model fails half way (the caller counts the delta as invalid): what
+            # the models before it applied must not be applied again by a later re-read.
+            state.applied[delta.source] = delta.last_offset
         if delta.full:
             light_at.pop(delta.source, None)
         else:

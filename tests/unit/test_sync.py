@@ -302,3 +302,20 @@ def test_evaluate_partitions_follows_stream_model_sync_false() -> None:
     assert shared.sync is not None and isolated.sync is not None
     assert shared.sync["sync_events"] > 0 and shared.sync["delta_records"] > 0
     assert isolated.sync["sync_events"] == 0 and isolated.sync["delta_records"] == 0
+
+
+def test_a_delta_one_model_refuses_is_refused_whole_by_the_shard() -> None:
+    """Every model's part is checked before any is applied: a factor part of another width
+    leaves the popularity part unapplied too, at every offer (nothing applied twice later)."""
+    sender = ShardSync(Pipeline.from_settings(_settings(mf_factors=10)), "events", 0)
+    receiver = ShardSync(Pipeline.from_settings(_settings(mf_factors=8)), "events", 1)
+    for offset, event in enumerate(_events(30)):
+        sender.pipeline.process_one(event, Source("events", 0, offset))
+        sender.note_one(offset)
+    delta = ShardDelta.decode(sender.collect_one().encode())  # type: ignore[union-attr]
+    assert next(iter(delta.models)) == "popularity"  # (the part applied first)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="10 factors for a model of 8"):
+            receiver.apply_one(delta)
+        assert receiver.pipeline.models["popularity"].n_items == 0
+        assert receiver.state.applied == {}

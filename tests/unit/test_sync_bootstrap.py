@@ -21,7 +21,7 @@ from stream.events import Event, Source
 from stream.kafka.partitioner import partition_of
 from stream.models import Blend, ItemKNN, Popularity
 from stream.restore import apply_settings
-from stream.sync import ShardDelta
+from stream.sync import ShardDelta, SyncState
 from stream.sync.live import SyncError, WorkerSync
 from stream.worker import Worker
 
@@ -373,11 +373,14 @@ def test_a_worker_is_not_ready_while_new_partitions_catch_up(tmp_path: Path) -> 
     popularity = pipe.models["popularity"]
     assert isinstance(popularity, Popularity) and popularity.n_items == 20
     assert sync.shards[("events", 0)].state.applied[("events", 1)] == 39
-    # A shard revoked while it catches up is dropped from the attach.
+    # A partition revoked while its shard catches up is dropped from the attach (and from
+    # the partitions the loop paused for it), publishing nothing.
     worker._on_assigned([("events", 2)])
     assert sync.attaching == {("events", 2)}
-    sync.detach(("events", 2))
+    worker._paused.add(("events", 2))  # (what the loop's _hold_attaching did)
+    worker._on_revoked([("events", 2)])
     assert not sync.attaching and ("events", 2) not in sync.shards
+    assert not worker._paused and sync.stats.published == 0
 
 
 def test_a_shard_catching_up_publishes_nothing() -> None:
@@ -397,3 +400,19 @@ def test_a_shard_catching_up_publishes_nothing() -> None:
         sync.catch_up(0.0)
     sync.publish_all()
     assert len(topic.values) == 6 and sync.stats.published == 1
+
+
+def test_a_mark_past_the_topics_end_reads_the_topic_from_its_beginning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A checkpoint's mark from a topic deleted and created again since: the shard would skip
+    every record below it; it reads the new topic whole instead."""
+    topic = _topic_of(5)
+    restored = Pipeline.from_settings(SETTINGS)
+    restored.sync_state = SyncState(offered={SETTINGS.model_updates_topic: {0: 100}})
+    reader = FakeReader(topic)
+    sync = WorkerSync(SETTINGS, reader, topic.send, clock=lambda: 0.0)
+    sync.attach(("events", 0), restored)
+    assert sync.stats.applied == 5 and "past its end" in caplog.text
+    popularity = restored.models["popularity"]
+    assert isinstance(popularity, Popularity) and popularity.n_items == 5

@@ -30,8 +30,8 @@ the default since the fifth session; ``--set model_sync=false`` for isolated sha
 before it measured). With ``--workers`` > 1 (and no ``--set model_sync=...``), (b) is measured
 twice per partition count, with the model sync off and on (issue 12: ``STREAM_MODEL_SYNC=true``
 at its default interval, fresh topics and group, the same events), printing both, their ratio
-(target: the sync keeps >= 0.85 of the per-worker throughput) and the delta bytes published per event
-against the events' own bytes (target <= 2x).
+(target: the sync keeps >= 0.85 of the per-worker throughput) and the delta bytes published per
+event against the events' own bytes (target <= 2x).
 
 The probe's producer batches like an application's would: ``--probe-linger-ms`` (default 5,
 the ``linger.ms`` default of Apache Kafka's own client since 4.0). Latency counts from the

@@ -538,19 +538,29 @@ class ItemKNN(DecayClock, Recommender):
             for item, value in delta["norms"]:
                 row = row_of(delta_item(item))  # first: a new row grows the arrays
                 self._norms[row] += float(value) * scale
-            entries = (
+            entries = [
                 (row_of(delta_item(a)), row_of(delta_item(b)), float(value) * scale)
                 for a, b, value in delta["co"]
-            )
-        touched: set[int] = set()
-        for i, j, add in entries:
-            co[i][j] = co[i].get(j, 0.0) + add
-            pending[i] += 1
-            touched.add(i)
-            if not self.directed:
-                co[j][i] = co[j].get(i, 0.0) + add
-                pending[j] += 1
-                touched.add(j)
+            ]
+            pairs = np.array([(i, j) for i, j, _ in entries], dtype=np.intp).reshape(-1, 2)
+        # The rows' sums in the order learning would make them; what each row was given
+        # (its pending count) is counted once per delta, not once per pair.
+        if self.directed:
+            for i, j, add in entries:
+                row = co[i]
+                row[j] = row.get(j, 0.0) + add
+            given = pairs[:, 0]
+        else:
+            for i, j, add in entries:
+                row = co[i]
+                row[j] = row.get(j, 0.0) + add
+                row = co[j]
+                row[i] = row.get(i, 0.0) + add
+            given = pairs.ravel()
+        counts = np.bincount(given, minlength=1)
+        touched = np.flatnonzero(counts).tolist()
+        for i, n in zip(touched, counts[touched].tolist(), strict=True):
+            pending[i] += n
         cap = 4 * self.neighbors
         for i in touched:
             if len(co[i]) > cap:

@@ -318,14 +318,9 @@ class MatrixFactorization(Recommender):
         mf, pending = self.river_model, self._item_sync
         rows: typing.Any = delta["items"]
         if "biases" in delta and "steps" not in delta and "vectors" not in delta:
-            rows = self._apply_light(rows, delta["biases"])  # the items new here remain
-        elif "biases" in delta:  # version 2: columns
-            rows = zip(
-                rows,
-                _dequantise(delta),
-                np.asarray(delta["biases"], dtype=np.float64).tolist(),
-                strict=True,
-            )
+            rows = self._apply_known(rows, None, delta["biases"])  # the items new here remain
+        elif "biases" in delta:  # version 2 on: columns
+            rows = self._apply_known(rows, _dequantise(delta), delta["biases"])
         for raw, change, db in rows:
             item = delta_item(raw)
             vector = np.array(change, dtype=np.float64)
@@ -350,30 +345,47 @@ class MatrixFactorization(Recommender):
                 n0, sum0 = self._sync_mean
                 self._sync_mean = (n0 + weight, sum0 + total)
 
-    def _apply_light(
-        self, items: list[typing.Any], biases: typing.Any
+    def _apply_known(
+        self, items: list[typing.Any], changes: FloatArray | None, biases: typing.Any
     ) -> list[tuple[typing.Any, np.ndarray, float]]:
-        """A light delta's bias changes (:meth:`item_delta_light`), added in place to the
-        items known here, without the vector arithmetic of a full delta (their vectors do
-        not change). Returns the rows of the items new here, for :meth:`apply_item_delta`'s
-        general path (a zero vector until a full delta brings the sender's)."""
+        """A delta's columns added to the items known here at once (one array operation, not
+        one per item): vector ``changes`` (None: a light delta, biases only) and bias changes.
+        Returns the rows of the items new here, for :meth:`apply_item_delta`'s general path
+        (a light delta's with a zero vector until a full delta brings the sender's)."""
         mf, pending, index = self.river_model, self._item_sync, self._index
-        new: list[tuple[typing.Any, np.ndarray, float]] = []
-        changes = np.asarray(biases, dtype=np.float64).tolist()
-        for raw, db in zip(items, changes, strict=True):
-            item = delta_item(raw)
-            row = index.get(item)
-            if row is None or item not in mf.i_latents:
-                new.append((raw, np.zeros(self.n_factors), db))
-                continue
-            if self._biased:
-                value = mf.i_biases.get(item, 0.0) + db
-                mf.i_biases[item] = value
-                self._biases[row] = value
-            if pending is not None and item in pending:  # keep only this shard's own change
-                before, bias = pending[item]
-                pending[item] = (before, bias + db)
-        return new
+        latents = mf.i_latents
+        names = [delta_item(raw) for raw in items]
+        dbs = np.asarray(biases, dtype=np.float64)
+        if dbs.shape != (len(names),) or (changes is not None and len(changes) != len(names)):
+            raise ValueError(f"an item delta of {len(names)} items with {dbs.shape} biases")
+        at = [index.get(item, -1) if item in latents else -1 for item in names]
+        ks = [k for k, row in enumerate(at) if row >= 0]
+        rows, changed = [at[k] for k in ks], dbs.tolist()
+        if changes is not None and ks:
+            vectors = np.array([latents[names[k]] for k in ks], dtype=np.float64)
+            vectors += changes[ks]
+            self._vectors[rows] = vectors
+            for k, vector in zip(ks, vectors, strict=True):
+                latents[names[k]] = vector
+        if self._biased and ks:
+            ib = mf.i_biases
+            values = [ib.get(names[k], 0.0) + changed[k] for k in ks]
+            self._biases[rows] = values
+            for k, value in zip(ks, values, strict=True):
+                ib[names[k]] = value
+        if pending:  # keep only this shard's own change
+            for k in ks:
+                item = names[k]
+                if item in pending:
+                    before, bias = pending[item]
+                    vector = before if changes is None else before + changes[k]
+                    pending[item] = (vector, bias + changed[k])
+        zero = np.zeros(self.n_factors)
+        return [
+            (items[k], zero if changes is None else changes[k], changed[k])
+            for k, row in enumerate(at)
+            if row < 0
+        ]
 
     def item_delta_light(self) -> dict[str, typing.Any]:
         """The item biases changed since the last delta (what moves fastest with what is

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -62,10 +62,12 @@ _ZDICT = (
     b'{"items":{"$s":2},"biases":{"$a":3}}},"t":0.0,"full":false,"strings":[{"prefix":"i",'
     b'"first":0,"ids":{"$a":0}}],"arrays":[["|u1",[]],["<f8",[]],["|u1",[]],["<f2",[]]]}'
 )
-# A string of the table coded as a number: a prefix not ending in a digit (may be empty),
-# then a decimal number as str(int) writes it (no leading zero, no sign), at most 18 digits.
-_NUMBERED = re.compile(r"(.*\D)?(0|[1-9][0-9]{0,17})\Z", re.ASCII | re.DOTALL)
-_LIMIT = 10**18
+# A string of the table coded as a number: a prefix not ending in an ASCII digit (may be
+# empty), then a decimal number as str(int) writes it (no leading zero, no sign), at most 18
+# digits (an int64).
+_DIGITS = "0123456789"
+_MAX_DIGITS = 18
+_LIMIT = 10**_MAX_DIGITS
 
 
 class DeltaError(ValueError):
@@ -159,8 +161,8 @@ class _Frame:
 
     def __init__(self) -> None:
         self.arrays: list[np.ndarray] = []
-        self._strings: dict[str, int] = {}  # first-seen place
-        self._lists: list[tuple[int, list[int]]] = []  # (array slot, first-seen places)
+        self._strings: dict[str, None] = {}  # each string once, first seen first
+        self._lists: list[tuple[int, list[str]]] = []  # (array slot of its places, the list)
 
     def pack(self, value: Any) -> Any:
         """``value`` with each numpy array replaced by ``{"$a": its slot}`` and each
@@ -169,11 +171,10 @@ class _Frame:
             return {"$a": self._add(value)}
         if isinstance(value, dict):
             return {k: self.pack(v) for k, v in value.items()}
-        if isinstance(value, list) and value and all(type(v) is str for v in value):
-            at = self._strings.setdefault
-            places = [at(s, len(self._strings)) for s in value]
+        if isinstance(value, list) and value and set(map(type, value)) == {str}:
+            self._strings.update(dict.fromkeys(value))
             self.arrays.append(_EMPTY)  # filled by pack_strings, once the table is ordered
-            self._lists.append((len(self.arrays) - 1, places))
+            self._lists.append((len(self.arrays) - 1, value))
             return {"$s": len(self.arrays) - 1}
         return value
 
@@ -189,32 +190,39 @@ class _Frame:
     def pack_strings(self) -> list[dict[str, Any]]:
         """The string table: per prefix, its numbered strings sorted by number (``first``
         and the differences), then the others as JSON; fills the lists' arrays of places."""
-        numbered: dict[str, list[tuple[int, int]]] = {}
-        text: list[tuple[int, str]] = []
-        for s, place in self._strings.items():
-            match = _NUMBERED.match(s)
-            if match is None:
-                text.append((place, s))
+        numbered: dict[str, tuple[list[str], list[int]]] = {}
+        text: list[str] = []
+        for string in self._strings:
+            head = string.rstrip(_DIGITS)
+            tail = string[len(head) :]
+            if 0 < len(tail) <= _MAX_DIGITS and (tail[0] != "0" or len(tail) == 1):
+                group = numbered.get(head)
+                if group is None:
+                    group = numbered[head] = ([], [])
+                group[0].append(string)
+                group[1].append(int(tail))
             else:
-                numbered.setdefault(match[1] or "", []).append((int(match[2]), place))
-        order = np.zeros(len(self._strings), dtype=np.int64)  # first-seen place -> table
+                text.append(string)
+        table: list[str] = []
         groups: list[dict[str, Any]] = []
-        at = 0
-        for prefix, entries in numbered.items():
-            entries.sort()
-            numbers = np.array([n for n, _ in entries], dtype=np.int64)
-            order[[p for _, p in entries]] = np.arange(at, at + len(entries))
-            at += len(entries)
-            steps = np.diff(numbers, prepend=numbers[0])
+        for prefix, (strings, values) in numbered.items():
+            numbers = np.array(values, dtype=np.int64)
+            order = numbers.argsort(kind="stable")
+            numbers = numbers[order]
+            table += [strings[i] for i in order.tolist()]
+            steps = numbers.copy()
+            steps[1:] -= numbers[:-1]
+            steps[0] = 0
             groups.append(
                 {"prefix": prefix, "first": int(numbers[0]), "ids": {"$a": self._add(_fit(steps))}}
             )
         if text:
-            order[[p for p, _ in text]] = np.arange(at, at + len(text))
-            groups.append({"text": [s for _, s in text]})
-        dtype = _fit(np.array([len(self._strings)])).dtype
-        for slot, places in self._lists:
-            self.arrays[slot] = order[places].astype(dtype)
+            table += text
+            groups.append({"text": text})
+        place = dict(zip(table, range(len(table)), strict=True)).__getitem__
+        dtype = _fit(np.array([len(table)])).dtype
+        for slot, strings in self._lists:
+            self.arrays[slot] = np.fromiter(map(place, strings), dtype, len(strings))
         return groups
 
 
@@ -223,7 +231,7 @@ _EMPTY = np.zeros(0, dtype=np.uint8)
 
 def _fit(values: np.ndarray) -> np.ndarray:
     """Non-negative integers in the smallest unsigned type that holds them."""
-    top = int(values.max()) if values.size else 0
+    top = int(values.max()) if len(values) else 0
     for dtype in _UNSIGNED:
         if top <= np.iinfo(np.dtype(dtype)).max:
             return values.astype(dtype)
@@ -240,8 +248,8 @@ def _shuffled(array: np.ndarray) -> bytes:
 
 def _unshuffled(raw: bytes, at: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     kind = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    if count < 0 or at + count * kind.itemsize > len(raw):
+    count = math.prod(shape)
+    if min(shape, default=0) < 0 or at + count * kind.itemsize > len(raw):
         raise ValueError("delta arrays shorter than their header says")
     data = np.frombuffer(raw, dtype=np.uint8, count=count * kind.itemsize, offset=at)
     if kind.itemsize > 1 and count > 1:
@@ -294,11 +302,12 @@ def _strings(groups: Any, arrays: list[np.ndarray]) -> list[str]:
         if steps.dtype.str not in _UNSIGNED or steps.ndim != 1:
             raise ValueError(f"a delta's numbered strings as {steps.dtype}")
         first, numbers = int(group["first"]), np.cumsum(steps, dtype=np.uint64)
-        # (a sum past 2 ** 64 wraps round: it shows as a fall)
+        # (a sum of uint64 past 2 ** 64 wraps round: it shows as a fall; narrower types in a
+        # frame cannot add up that far)
         if numbers.size and not (
             0 <= first < _LIMIT
             and int(numbers[-1]) < _LIMIT - first
-            and bool(np.all(numbers[1:] >= numbers[:-1]))
+            and (steps.dtype.itemsize < 8 or bool(np.all(numbers[1:] >= numbers[:-1])))
         ):
             raise ValueError("a delta's numbered strings out of range")
         table += [f"{prefix}{first + n}" for n in numbers.tolist()]
@@ -344,8 +353,9 @@ def _unpack(value: Any, arrays: list[np.ndarray], strings: list[str] | None = No
             places = _unpack({"$a": value["$s"]}, arrays)
             if places.dtype.str not in _UNSIGNED or places.ndim != 1:
                 raise ValueError(f"delta string places as {places.dtype}")
-            if places.size and int(places.max()) >= len(strings):
+            at = places.tolist()
+            if at and max(at) >= len(strings):
                 raise ValueError("delta string places past its table")
-            return [strings[i] for i in places.tolist()]
+            return list(map(strings.__getitem__, at))
         return {k: _unpack(v, arrays, strings) for k, v in value.items()}
     return value

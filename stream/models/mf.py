@@ -84,6 +84,9 @@ class MatrixFactorization(Recommender):
     # change; None while no delta is asked for (class-level so older pickles read None).
     _item_sync: dict[Hashable, tuple[FloatArray, float]] | None = None
     _sync_mean: tuple[float, float] = (0.0, 0.0)  # (n, sum) of the global mean at the last one
+    # Items learned since the last light delta (or whose float16 rest is still large): the
+    # only ones whose bias change can have reached _LIGHT_MIN_BIAS since. None: scan them all.
+    _light_due: set[Hashable] | None = None
 
     def __init__(
         self,
@@ -203,6 +206,8 @@ class MatrixFactorization(Recommender):
                 self._vectors[row].copy(),
                 float(self._biases[row]) if self._biased else 0.0,
             )
+        if sync is not None and self._light_due is not None:
+            self._light_due.add(item)
         self._vectors[row] = self.river_model.i_latents[item]
         if self._biased:
             self._biases[row] = self.river_model.i_biases[item]
@@ -291,6 +296,7 @@ class MatrixFactorization(Recommender):
             zero = np.zeros(self.n_factors)
             pending = dict.fromkeys(self._items, (zero, 0.0))
         self._item_sync = {}
+        self._light_due = set()
         items = list(pending)
         changes = np.zeros((len(items), self.n_factors))
         biases = np.zeros(len(items))
@@ -400,14 +406,20 @@ class MatrixFactorization(Recommender):
             return self.item_delta() if pending is None else {"items": [], "biases": _NO_BIAS}
         if not pending:
             return {"items": [], "biases": np.zeros(0, dtype=np.float16)}
-        index = self._index
-        names = list(pending)
-        befores = np.fromiter((b for _, b in pending.values()), float, len(names))
+        index, due = self._index, self._light_due
+        # Only the items learned since the last light delta can have moved far enough (an
+        # applied delta moves an item's bias and its pending value alike); in pending's order.
+        names = list(pending) if due is None else [item for item in pending if item in due]
+        befores = np.fromiter((pending[item][1] for item in names), float, len(names))
         moved = self._biases[[index[item] for item in names]] - befores
         # Smaller ones wait for the full delta; float16 is what receivers will add.
         at = np.flatnonzero(np.abs(moved) >= _LIGHT_MIN_BIAS)
         sent = moved[at].astype(np.float16)
         items = [names[i] for i in at.tolist()]
+        rows = [index[item] for item in items]
+        # What the next scan would find of the sent ones (float16's rest), the same sums:
+        rest = self._biases[rows] - (befores[at] + sent.astype(np.float64))
+        self._light_due = {items[i] for i in np.flatnonzero(np.abs(rest) >= _LIGHT_MIN_BIAS)}
         for item, change in zip(items, sent.astype(np.float64).tolist(), strict=True):
             # The vector change stays pending, and so does float16's rounding of the bias.
             vector, before = pending[item]

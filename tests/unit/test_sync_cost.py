@@ -88,3 +88,37 @@ def test_an_mf_delta_of_mismatched_columns_is_an_error() -> None:
     columns, _, delta = _mf_pair()
     with pytest.raises(ValueError):
         columns.apply_item_delta({**delta, "biases": np.zeros(3, dtype=np.float32)})
+
+
+def test_a_light_mf_delta_scans_only_what_was_learned_since_and_finds_the_same() -> None:
+    """Light deltas look only at the items learned since the last one (and those whose
+    float16 rest is still large): the same items and changes as a scan of every pending one."""
+    rng = random.Random(9)
+    tracked = MatrixFactorization("biased", n_factors=4, negative_samples=2, seed=3)
+    for _ in range(200):
+        tracked.learn_one(f"u{rng.randrange(30)}", f"i{rng.randrange(50)}", 1.0, {"implicit": True})
+    tracked.item_delta()
+    scanned = pickle.loads(pickle.dumps(tracked))
+    other = MatrixFactorization("biased", n_factors=4, negative_samples=2, seed=4)
+    other.item_delta()
+    sent = 0
+    for step in range(60):
+        user, item = f"u{rng.randrange(30)}", f"i{rng.randrange(50)}"
+        for model in (tracked, scanned):
+            model.learn_one(user, item, 1.0, {"implicit": True})
+        other.learn_one(f"w{rng.randrange(30)}", f"i{rng.randrange(70)}", 1.0, {"implicit": True})
+        if step % 3 == 2:
+            scanned._light_due = None  # every pending item scanned
+            a, b = tracked.item_delta_light(), scanned.item_delta_light()
+            assert a["items"] == b["items"] and np.array_equal(a["biases"], b["biases"])
+            sent += len(a["items"])
+        if step % 7 == 6:
+            light = other.item_delta_light()
+            tracked.apply_item_delta(light)
+            scanned.apply_item_delta(light)
+        if step == 40:
+            assert tracked.item_delta().keys() == scanned.item_delta().keys()
+    assert sent > 0
+    tracked.item_delta_light()
+    assert tracked._light_due == set()  # nothing learned since: nothing to look at
+    assert tracked.item_delta_light()["items"] == []

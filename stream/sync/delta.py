@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import struct
 import zlib
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ _ZDICT = (
 # empty), then a decimal number as str(int) writes it (no leading zero, no sign), at most 18
 # digits (an int64).
 _DIGITS = "0123456789"
+_STRIP = operator.methodcaller("rstrip", _DIGITS)
 _MAX_DIGITS = 18
 _LIMIT = 10**_MAX_DIGITS
 
@@ -190,19 +192,7 @@ class _Frame:
     def pack_strings(self) -> list[dict[str, Any]]:
         """The string table: per prefix, its numbered strings sorted by number (``first``
         and the differences), then the others as JSON; fills the lists' arrays of places."""
-        numbered: dict[str, tuple[list[str], list[int]]] = {}
-        text: list[str] = []
-        for string in self._strings:
-            head = string.rstrip(_DIGITS)
-            tail = string[len(head) :]
-            if 0 < len(tail) <= _MAX_DIGITS and (tail[0] != "0" or len(tail) == 1):
-                group = numbered.get(head)
-                if group is None:
-                    group = numbered[head] = ([], [])
-                group[0].append(string)
-                group[1].append(int(tail))
-            else:
-                text.append(string)
+        numbered, text = _numbered(list(self._strings))
         table: list[str] = []
         groups: list[dict[str, Any]] = []
         for prefix, (strings, values) in numbered.items():
@@ -226,6 +216,33 @@ class _Frame:
         return groups
 
 
+def _numbered(
+    strings: list[str],
+) -> tuple[dict[str, tuple[list[str], list[int]]], list[str]]:
+    """``strings`` split into numbered ones per prefix (with their numbers) and the rest."""
+    heads = list(map(_STRIP, strings))
+    if heads and heads.count(heads[0]) == len(heads):  # (the usual: one prefix for all)
+        size = len(heads[0])
+        tails = [string[size:] for string in strings]
+        if all(tails) and max(map(len, tails)) <= _MAX_DIGITS:
+            numbers = list(map(int, tails))
+            if list(map(str, numbers)) == tails:  # no leading zero
+                return {heads[0]: (strings, numbers)}, []
+    numbered: dict[str, tuple[list[str], list[int]]] = {}
+    text: list[str] = []
+    for string, head in zip(strings, heads, strict=True):
+        tail = string[len(head) :]
+        if 0 < len(tail) <= _MAX_DIGITS and (tail[0] != "0" or len(tail) == 1):
+            group = numbered.get(head)
+            if group is None:
+                group = numbered[head] = ([], [])
+            group[0].append(string)
+            group[1].append(int(tail))
+        else:
+            text.append(string)
+    return numbered, text
+
+
 _EMPTY = np.zeros(0, dtype=np.uint8)
 
 
@@ -243,7 +260,7 @@ def _shuffled(array: np.ndarray) -> bytes:
     size = array.dtype.itemsize
     if size == 1 or array.size < 2:
         return array.tobytes()
-    return np.frombuffer(array.tobytes(), dtype=np.uint8).reshape(-1, size).T.tobytes()
+    return array.reshape(-1).view(np.uint8).reshape(-1, size).T.tobytes()
 
 
 def _unshuffled(raw: bytes, at: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -523,7 +523,9 @@ class ItemKNN(DecayClock, Recommender):
                 self._renormalise()
         scale, row_of, co, pending = self._scale, self._row, self._co, self._pending
         if "items" in delta:
-            rows = [row_of(delta_item(item)) for item in delta["items"]]  # new rows first
+            index = self._index
+            items = [tuple(i) if type(i) is list else i for i in delta["items"]]  # delta_item
+            rows = [index[i] if i in index else row_of(i) for i in items]  # new rows first
             at = np.asarray(rows, dtype=np.intp)
             norms_at = at[np.asarray(delta["norms_at"], dtype=np.intp)]
             np.add.at(self._norms, norms_at, np.asarray(delta["norms"]) * scale)

@@ -360,7 +360,7 @@ class MatrixFactorization(Recommender):
         (a light delta's with a zero vector until a full delta brings the sender's)."""
         mf, pending, index = self.river_model, self._item_sync, self._index
         latents = mf.i_latents
-        names = [delta_item(raw) for raw in items]
+        names = [tuple(i) if type(i) is list else i for i in items]  # delta_item, inlined
         dbs = np.asarray(biases, dtype=np.float64)
         if dbs.shape != (len(names),) or (changes is not None and len(changes) != len(names)):
             raise ValueError(f"an item delta of {len(names)} items with {dbs.shape} biases")

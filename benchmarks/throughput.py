@@ -30,8 +30,10 @@ the default since the fifth session; ``--set model_sync=false`` for isolated sha
 before it measured). With ``--workers`` > 1 (and no ``--set model_sync=...``), (b) is measured
 twice per partition count, with the model sync off and on (issue 12: ``STREAM_MODEL_SYNC=true``
 at its default interval, fresh topics and group, the same events), printing both, their ratio
-(target: the sync keeps >= 0.85 of the per-worker throughput) and the delta bytes published per
-event against the events' own bytes (target <= 2x).
+(target: the sync keeps >= 0.85 of the per-worker throughput), the delta bytes published per
+event against the events' own bytes (target <= 2x) and the workers' CPU seconds per event
+(every thread, from each worker's first event to its last) with the sync against without: the
+same cost as the throughput ratio, less moved by other load on a shared machine.
 
 The probe's producer batches like an application's would: ``--probe-linger-ms`` (default 5,
 the ``linger.ms`` default of Apache Kafka's own client since 4.0). Latency counts from the
@@ -140,6 +142,7 @@ class ThroughputResult:
     # --workers > 1: (b) again with the model sync on (issue 12), on fresh topics.
     sync_rate: float | None = None
     sync_bytes_per_event: float | None = None
+    sync_cpu_ratio: float | None = None  # workers' CPU per event with the sync / without
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -195,13 +198,18 @@ class _TimedPipeline(Pipeline):
     first: float | None = None
     last: float = 0.0
     inside: float = 0.0  # seconds spent in process_one
+    # The process's CPU seconds (every thread) at the first event and after the last one.
+    cpu_first: float | None = None
+    cpu_last: float = 0.0
 
     def process_one(self, event: Event, source: Source) -> StepResult:
         started = time.time()
         if self.first is None:
             self.first = started
+            self.cpu_first = time.process_time()
         result = super().process_one(event, source)
         self.last = time.time()
+        self.cpu_last = time.process_time()
         self.inside += self.last - started
         return result
 
@@ -219,10 +227,13 @@ def _timed_worker(settings: StreamSettings) -> tuple[Worker, list[_TimedPipeline
 
 def _spans(shards: list[_TimedPipeline]) -> dict[str, float]:
     started = [s.first for s in shards if s.first is not None]
+    cpu = [s.cpu_first for s in shards if s.cpu_first is not None]
     return {
         "first": min(started) if started else 0.0,
         "last": max((s.last for s in shards), default=0.0),
         "inside": sum(s.inside for s in shards),
+        # CPU seconds of the process from its first event to its last (all its threads)
+        "cpu": max((s.cpu_last for s in shards), default=0.0) - min(cpu) if cpu else 0.0,
     }
 
 
@@ -329,6 +340,7 @@ def measure_workers(settings: StreamSettings, n: int, workers: int) -> dict[str,
         "last": last,
         "inside": sum(r["inside"] for r in reports),
         "sync_bytes": sum(r["sync_bytes"] for r in reports),
+        "cpu": sum(r["cpu"] for r in reports),
     }
 
 
@@ -636,7 +648,7 @@ def run(
             f"{outside_us:.0f} us outside",
             flush=True,
         )
-        sync_rate = sync_bytes = None
+        sync_rate = sync_bytes = sync_cpu = None
         if compare_sync:
             # Issue 12: the same workers with the model sync on, for per-worker throughput
             # with it against without (same events, fresh topics and group).
@@ -651,10 +663,15 @@ def run(
             with_sync = measure_workers(synced, n, workers)
             sync_rate = with_sync["rate"]
             sync_bytes = with_sync["sync_bytes"] / n
+            # CPU per event, every thread of the workers: what the sync costs them, less
+            # moved by other load on the machine than events/s.
+            sync_cpu = with_sync["cpu"] / max(measured["cpu"], 1e-9)
             print(
                 f"    {sync_rate:,.0f} events/s with the sync ({sync_rate / measured['rate']:.2f}x"
                 f" without); {sync_bytes:,.0f} delta bytes per event "
-                f"({sync_bytes / event_bytes:.2f}x the events)",
+                f"({sync_bytes / event_bytes:.2f}x the events); workers' CPU per event "
+                f"{with_sync['cpu'] / n * 1e6:.0f} us with it, {measured['cpu'] / n * 1e6:.0f} "
+                f"us without ({sync_cpu:.2f}x)",
                 flush=True,
             )
         result = ThroughputResult(
@@ -678,6 +695,7 @@ def run(
             outside_us=outside_us,
             sync_rate=sync_rate,
             sync_bytes_per_event=sync_bytes,
+            sync_cpu_ratio=sync_cpu,
         )
         if latency_seconds > 0:
             rate = worker_rate / 2 if latency_rate is None else latency_rate
@@ -763,6 +781,11 @@ def _print_throughput(result: ThroughputResult) -> None:
             f" bytes per event = {result.sync_bytes_per_event / (result.event_bytes or 1):.2f}x"
             f" the events (target <= 2x)"
         )
+        if result.sync_cpu_ratio is not None:
+            print(
+                f"  model sync: the workers' CPU per event with it / without ="
+                f" {result.sync_cpu_ratio:.2f} (1 / 0.85 = 1.18 is the throughput target's)"
+            )
     print(
         f"  (b) per event: {fmt(result.core_us, 0)} us in the core (Pipeline.process_one), "
         f"{fmt(result.outside_us, 0)} us outside it (Kafka client, decode, records, metrics)"

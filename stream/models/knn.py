@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import typing
 from collections.abc import Hashable, Iterable
-from itertools import repeat
+from itertools import chain, repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -523,7 +523,9 @@ class ItemKNN(DecayClock, Recommender):
                 self._renormalise()
         scale, row_of, co, pending = self._scale, self._row, self._co, self._pending
         if "items" in delta:
-            rows = [row_of(delta_item(item)) for item in delta["items"]]  # new rows first
+            index = self._index
+            items = [tuple(i) if type(i) is list else i for i in delta["items"]]  # delta_item
+            rows = [index[i] if i in index else row_of(i) for i in items]  # new rows first
             at = np.asarray(rows, dtype=np.intp)
             norms_at = at[np.asarray(delta["norms_at"], dtype=np.intp)]
             np.add.at(self._norms, norms_at, np.asarray(delta["norms"]) * scale)
@@ -538,27 +540,74 @@ class ItemKNN(DecayClock, Recommender):
             for item, value in delta["norms"]:
                 row = row_of(delta_item(item))  # first: a new row grows the arrays
                 self._norms[row] += float(value) * scale
-            entries = (
+            entries = [
                 (row_of(delta_item(a)), row_of(delta_item(b)), float(value) * scale)
                 for a, b, value in delta["co"]
-            )
-        touched: set[int] = set()
-        for i, j, add in entries:
-            co[i][j] = co[i].get(j, 0.0) + add
-            pending[i] += 1
-            touched.add(i)
-            if not self.directed:
-                co[j][i] = co[j].get(i, 0.0) + add
-                pending[j] += 1
-                touched.add(j)
+            ]
+            pairs = np.array([(i, j) for i, j, _ in entries], dtype=np.intp).reshape(-1, 2)
+        # The rows' sums in the order learning would make them; what each row was given
+        # (its pending count) is counted once per delta, not once per pair.
+        if self.directed:
+            for i, j, add in entries:
+                row = co[i]
+                row[j] = row.get(j, 0.0) + add
+            given = pairs[:, 0]
+        else:
+            for i, j, add in entries:
+                row = co[i]
+                row[j] = row.get(j, 0.0) + add
+                row = co[j]
+                row[i] = row.get(i, 0.0) + add
+            given = pairs.ravel()
+        counts = np.bincount(given, minlength=1)
+        touched = np.flatnonzero(counts).tolist()
+        for i, n in zip(touched, counts[touched].tolist(), strict=True):
+            pending[i] += n
         cap = 4 * self.neighbors
+        stale = []
         for i in touched:
             if len(co[i]) > cap:
                 self._prune(i)
             if pending[i] >= _STALE_FRACTION * len(co[i]):
-                self._refresh(i)
+                stale.append(i)
+        self._refresh_rows(stale)
         self._version += 1
         self._cached = None
+
+    def _refresh_rows(self, rows: list[int]) -> None:
+        """:meth:`_refresh` of each of ``rows`` (distinct), bit for bit, with one pass over
+        all their entries (similarities and the short rows' lists in array operations; a
+        row longer than its list still picks its neighbours alone, as :meth:`_refresh`)."""
+        if not rows:
+            return
+        co, pending, k = self._co, self._pending, self.neighbors
+        lens = np.fromiter((len(co[i]) for i in rows), np.intp, len(rows))
+        total = int(lens.sum())
+        cols = np.fromiter(chain.from_iterable(co[i].keys() for i in rows), np.intp, total)
+        vals = np.fromiter(chain.from_iterable(co[i].values() for i in rows), np.float64, total)
+        sims = vals / self._norms[cols] ** (1.0 - self.alpha)
+        at = np.asarray(rows, dtype=np.intp)
+        starts = np.cumsum(lens) - lens
+        picked = [np.arange(total)[np.repeat(lens <= k, lens)]]  # the short rows' entries
+        for r in np.flatnonzero(lens > k).tolist():
+            start = int(starts[r])
+            top = np.argpartition(-sims[start : start + int(lens[r])], k - 1)[:k]
+            picked.append(top + start)
+        chosen = np.concatenate(picked)
+        owner = np.repeat(np.arange(len(rows)), lens)[chosen]
+        # Place in the list: the order the short rows' entries have in the row, the order
+        # of argpartition's pick in a long row.
+        place = np.concatenate(
+            [chosen[: len(picked[0])] - starts[owner[: len(picked[0])]]]
+            + [np.arange(len(top)) for top in picked[1:]]
+        )
+        self._nbr_rows[at] = at[:, None]
+        self._nbr_sims[at] = 0.0
+        self._nbr_rows[at[owner], place] = cols[chosen]
+        self._nbr_sims[at[owner], place] = sims[chosen]
+        self._nbr_len[at] = np.minimum(lens, k)
+        for i in rows:
+            pending[i] = 0
 
 
 class _KnnChanges:

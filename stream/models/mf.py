@@ -84,6 +84,9 @@ class MatrixFactorization(Recommender):
     # change; None while no delta is asked for (class-level so older pickles read None).
     _item_sync: dict[Hashable, tuple[FloatArray, float]] | None = None
     _sync_mean: tuple[float, float] = (0.0, 0.0)  # (n, sum) of the global mean at the last one
+    # Items learned since the last light delta (or whose float16 rest is still large): the
+    # only ones whose bias change can have reached _LIGHT_MIN_BIAS since. None: scan them all.
+    _light_due: set[Hashable] | None = None
 
     def __init__(
         self,
@@ -203,6 +206,8 @@ class MatrixFactorization(Recommender):
                 self._vectors[row].copy(),
                 float(self._biases[row]) if self._biased else 0.0,
             )
+        if sync is not None and self._light_due is not None:
+            self._light_due.add(item)
         self._vectors[row] = self.river_model.i_latents[item]
         if self._biased:
             self._biases[row] = self.river_model.i_biases[item]
@@ -291,6 +296,7 @@ class MatrixFactorization(Recommender):
             zero = np.zeros(self.n_factors)
             pending = dict.fromkeys(self._items, (zero, 0.0))
         self._item_sync = {}
+        self._light_due = set()
         items = list(pending)
         changes = np.zeros((len(items), self.n_factors))
         biases = np.zeros(len(items))
@@ -318,16 +324,11 @@ class MatrixFactorization(Recommender):
         mf, pending = self.river_model, self._item_sync
         rows: typing.Any = delta["items"]
         if "biases" in delta and "steps" not in delta and "vectors" not in delta:
-            rows = self._apply_light(rows, delta["biases"])  # the items new here remain
-        elif "biases" in delta:  # version 2: columns
+            rows = self._apply_known(rows, None, delta["biases"])  # the items new here remain
+        elif "biases" in delta:  # version 2 on: columns
             changes = _dequantise(delta)
             self._check_width(rows, changes)
-            rows = zip(
-                rows,
-                changes,
-                np.asarray(delta["biases"], dtype=np.float64).tolist(),
-                strict=True,
-            )
+            rows = self._apply_known(rows, changes, delta["biases"])
         for raw, change, db in rows:
             item = delta_item(raw)
             vector = np.array(change, dtype=np.float64)
@@ -366,30 +367,47 @@ class MatrixFactorization(Recommender):
                 f"a delta of {changes.shape[-1]} factors for a model of {self.n_factors}"
             )
 
-    def _apply_light(
-        self, items: list[typing.Any], biases: typing.Any
+    def _apply_known(
+        self, items: list[typing.Any], changes: FloatArray | None, biases: typing.Any
     ) -> list[tuple[typing.Any, np.ndarray, float]]:
-        """A light delta's bias changes (:meth:`item_delta_light`), added in place to the
-        items known here, without the vector arithmetic of a full delta (their vectors do
-        not change). Returns the rows of the items new here, for :meth:`apply_item_delta`'s
-        general path (a zero vector until a full delta brings the sender's)."""
+        """A delta's columns added to the items known here at once (one array operation, not
+        one per item): vector ``changes`` (None: a light delta, biases only) and bias changes.
+        Returns the rows of the items new here, for :meth:`apply_item_delta`'s general path
+        (a light delta's with a zero vector until a full delta brings the sender's)."""
         mf, pending, index = self.river_model, self._item_sync, self._index
-        new: list[tuple[typing.Any, np.ndarray, float]] = []
-        changes = np.asarray(biases, dtype=np.float64).tolist()
-        for raw, db in zip(items, changes, strict=True):
-            item = delta_item(raw)
-            row = index.get(item)
-            if row is None or item not in mf.i_latents:
-                new.append((raw, np.zeros(self.n_factors), db))
-                continue
-            if self._biased:
-                value = mf.i_biases.get(item, 0.0) + db
-                mf.i_biases[item] = value
-                self._biases[row] = value
-            if pending is not None and item in pending:  # keep only this shard's own change
-                before, bias = pending[item]
-                pending[item] = (before, bias + db)
-        return new
+        latents = mf.i_latents
+        names = [tuple(i) if type(i) is list else i for i in items]  # delta_item, inlined
+        dbs = np.asarray(biases, dtype=np.float64)
+        if dbs.shape != (len(names),) or (changes is not None and len(changes) != len(names)):
+            raise ValueError(f"an item delta of {len(names)} items with {dbs.shape} biases")
+        at = [index.get(item, -1) if item in latents else -1 for item in names]
+        ks = [k for k, row in enumerate(at) if row >= 0]
+        rows, changed = [at[k] for k in ks], dbs.tolist()
+        if changes is not None and ks:
+            vectors = np.array([latents[names[k]] for k in ks], dtype=np.float64)
+            vectors += changes[ks]
+            self._vectors[rows] = vectors
+            for k, vector in zip(ks, vectors, strict=True):
+                latents[names[k]] = vector
+        if self._biased and ks:
+            ib = mf.i_biases
+            values = [ib.get(names[k], 0.0) + changed[k] for k in ks]
+            self._biases[rows] = values
+            for k, value in zip(ks, values, strict=True):
+                ib[names[k]] = value
+        if pending:  # keep only this shard's own change
+            for k in ks:
+                item = names[k]
+                if item in pending:
+                    before, bias = pending[item]
+                    vector = before if changes is None else before + changes[k]
+                    pending[item] = (vector, bias + changed[k])
+        zero = np.zeros(self.n_factors)
+        return [
+            (items[k], zero if changes is None else changes[k], changed[k])
+            for k, row in enumerate(at)
+            if row < 0
+        ]
 
     def item_delta_light(self) -> dict[str, typing.Any]:
         """The item biases changed since the last delta (what moves fastest with what is
@@ -404,14 +422,20 @@ class MatrixFactorization(Recommender):
             return self.item_delta() if pending is None else {"items": [], "biases": _NO_BIAS}
         if not pending:
             return {"items": [], "biases": np.zeros(0, dtype=np.float16)}
-        index = self._index
-        names = list(pending)
-        befores = np.fromiter((b for _, b in pending.values()), float, len(names))
+        index, due = self._index, self._light_due
+        # Only the items learned since the last light delta can have moved far enough (an
+        # applied delta moves an item's bias and its pending value alike); in pending's order.
+        names = list(pending) if due is None else [item for item in pending if item in due]
+        befores = np.fromiter((pending[item][1] for item in names), float, len(names))
         moved = self._biases[[index[item] for item in names]] - befores
         # Smaller ones wait for the full delta; float16 is what receivers will add.
         at = np.flatnonzero(np.abs(moved) >= _LIGHT_MIN_BIAS)
         sent = moved[at].astype(np.float16)
         items = [names[i] for i in at.tolist()]
+        rows = [index[item] for item in items]
+        # What the next scan would find of the sent ones (float16's rest), the same sums:
+        rest = self._biases[rows] - (befores[at] + sent.astype(np.float64))
+        self._light_due = {items[i] for i in np.flatnonzero(np.abs(rest) >= _LIGHT_MIN_BIAS)}
         for item, change in zip(items, sent.astype(np.float64).tolist(), strict=True):
             # The vector change stays pending, and so does float16's rounding of the bias.
             vector, before = pending[item]

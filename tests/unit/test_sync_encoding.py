@@ -218,3 +218,169 @@ def test_factor_changes_travel_as_int8_steps_within_half_a_step() -> None:
     assert not back[3].any() and math.isfinite(float(np.abs(back).max()))
     old = {"vectors": changes.astype(np.float16)}  # what this version wrote first
     np.testing.assert_allclose(_dequantise(old), changes, rtol=1e-3, atol=1e-7)
+
+
+# --- version 3: preset dictionary, one string table per frame, byte-shuffled arrays --------
+
+
+def _v2_pack(value: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(value, np.ndarray):
+        arrays.append(np.ascontiguousarray(value))
+        return {"$a": len(arrays) - 1}
+    if isinstance(value, dict):
+        return {k: _v2_pack(v, arrays) for k, v in value.items()}
+    return value
+
+
+def _as_v2(delta: ShardDelta) -> bytes:
+    """The same delta as a version-2 writer framed it (item ids as JSON lists per model)."""
+    arrays: list[np.ndarray] = []
+    header = {
+        **_HEADER,
+        "v": 2,
+        "topic": delta.source_topic,
+        "partition": delta.source_partition,
+        "first_offset": delta.first_offset,
+        "last_offset": delta.last_offset,
+        "events": delta.events,
+        "models": _v2_pack(delta.models, arrays),
+        "full": delta.full,
+        "arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
+    }
+    return _frame(header, b"".join(a.tobytes() for a in arrays))
+
+
+def test_a_version_2_record_is_still_read_and_applied_like_version_3() -> None:
+    delta = _sender_delta()
+    assert DELTA_VERSION == 3 and delta.encode()[:4] == b"\x00SD3"
+    old, new = ShardDelta.decode(_as_v2(delta)), ShardDelta.decode(delta.encode())
+    for name, part in new.models.items():
+        assert old.models[name].keys() == part.keys()
+        for key, value in part.items():
+            assert np.array_equal(old.models[name][key], value), (name, key)
+    via_v3, via_v2 = (ShardSync(Pipeline.from_settings(_settings()), "events", 1) for _ in "ab")
+    assert via_v3.apply_one(ShardDelta.decode(delta.encode())) == "applied"
+    assert via_v2.apply_one(old) == "applied"
+    a, b = _state(via_v3.pipeline), _state(via_v2.pipeline)
+    assert a["pop"] == b["pop"] and a["norms"] == b["norms"] and a["co"] == b["co"]
+    assert a["mf"].keys() == b["mf"].keys()
+    for item, vector in a["mf"].items():
+        np.testing.assert_array_equal(vector, b["mf"][item])
+
+
+def test_lists_of_strings_come_back_as_they_were_whatever_their_form() -> None:
+    odd = ["i892", "i7", "0", "007", "i", "", "a1b2", "ü5", "i" + "9" * 18, "i" + "1" * 19, "x-3"]
+    models: dict[str, dict[str, Any]] = {
+        "a": {"items": ["i892", "i7", "i892", "j5", "i10"], "w": np.arange(5.0)},
+        "b": {"items": odd, "names": ["knn", "mf"], "pairs": [["a", 1], ["b", 2]]},
+        "c": {"items": [], "mixed": ["i1", 2], "one": ["i3"], "mean": [0.5, 2.0]},
+    }
+    delta = ShardDelta("events", 2, 5, 9, 5, models, 12.5, False)
+    back = ShardDelta.decode(delta.encode())
+    assert back.models["a"]["items"] == models["a"]["items"]
+    assert back.models["b"]["items"] == odd and back.models["b"]["names"] == ["knn", "mf"]
+    assert back.models["b"]["pairs"] == [["a", 1], ["b", 2]]
+    assert back.models["c"] == {k: v for k, v in models["c"].items()}
+    assert np.array_equal(back.models["a"]["w"], models["a"]["w"])
+    assert (back.created, back.full, back.events) == (12.5, False, 5)
+
+
+def test_each_string_travels_once_per_frame_and_numbered_ones_as_numbers() -> None:
+    items = [f"item{n}" for n in range(0, 3000, 3)]
+    one = ShardDelta("t", 0, 0, 9, 10, {"m": {"items": items}}).encode()
+    three = ShardDelta(
+        "t", 0, 0, 9, 10, {name: {"items": items} for name in ("m", "n", "o")}
+    ).encode()
+    # Three models naming the same 1,000 items cost one table and three lists of places.
+    assert len(three) < len(one) + 2 * 200
+    as_json = zlib.compress(json.dumps(items).encode(), 9)
+    assert len(one) < 0.2 * len(as_json)
+
+
+def test_a_light_delta_costs_less_in_version_3_than_in_version_2() -> None:
+    a = ShardSync(Pipeline.from_settings(_settings()), "events", 0, full_every=5)
+    for offset, event in enumerate(_events(10)):
+        a.pipeline.process_one(event, Source("events", 0, offset))
+        a.note_one(offset)
+    a.collect_one(full=True)
+    for offset, event in enumerate(_events(10, 10), start=10):
+        a.pipeline.process_one(event, Source("events", 0, offset))
+        a.note_one(offset)
+    light = a.collect_one()
+    assert light is not None and not light.full
+    assert len(light.encode()) < 0.75 * len(_as_v2(light))
+
+
+def _v3(header: dict[str, Any], payload: bytes = b"", zdict: bytes | None = None) -> bytes:
+    from stream.sync.delta import _ZDICT
+
+    text = json.dumps({**_HEADER, **header}).encode()
+    compressor = zlib.compressobj(1, zdict=_ZDICT if zdict is None else zdict)
+    raw = struct.pack("<I", len(text)) + text + payload
+    return b"\x00SD3" + compressor.compress(raw) + compressor.flush()
+
+
+_TABLE = [{"prefix": "i", "first": 3, "ids": {"$a": 1}}]
+_U1 = [["|u1", [2]], ["|u1", [2]]]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _v3({"models": {}, "arrays": []}, zdict=b"another dictionary"),
+        _v3({"models": {}, "arrays": []})[:-2],
+        _v3({"models": {}, "arrays": []}) + b"\x00",
+        _v3({"models": {"m": {"$s": 0}}, "strings": _TABLE, "arrays": _U1}, b"\x00\x02\x00\x01"),
+        _v3(
+            {"models": {"m": {"$s": 0}}, "strings": _TABLE, "arrays": _U1}, b"\x00\x01\x00\x01"[:3]
+        ),
+        _v3(
+            {"models": {"m": {"$s": 0}}, "strings": _TABLE, "arrays": [["<f8", [1]], _U1[1]]},
+            b"\x00" * 8 + b"\x00\x01",
+        ),
+        _v3(
+            {
+                "models": {},
+                "strings": [{"prefix": "i", "first": 0, "ids": {"$a": 0}}],
+                "arrays": [["<u8", [2]]],
+            },
+            b"\xff" * 16,
+        ),
+        _v3(
+            {
+                "models": {},
+                "strings": [{"prefix": "i", "first": 10**19, "ids": {"$a": 0}}],
+                "arrays": [["|u1", [1]]],
+            },
+            b"\x00",
+        ),
+        _v3({"models": {}, "strings": {"text": ["a"]}, "arrays": []}),
+        _v3({"models": {}, "strings": [{"text": ["a", 1]}], "arrays": []}),
+        _v3(
+            {
+                "models": {},
+                "strings": [{"prefix": 1, "first": 0, "ids": {"$a": 0}}],
+                "arrays": [["|u1", [1]]],
+            },
+            b"\x00",
+        ),
+        _v3({"models": {}, "strings": ["a"], "arrays": []}),
+    ],
+    ids=[
+        "other-dictionary",
+        "truncated-stream",
+        "bytes-after-the-stream",
+        "place-past-the-table",
+        "short-places",
+        "places-not-integers",
+        "numbers-wrap-round",
+        "first-number-too-large",
+        "table-not-a-list",
+        "text-not-strings",
+        "prefix-not-a-string",
+        "group-not-an-object",
+    ],
+)
+def test_a_malformed_version_3_frame_is_a_clear_error(data: bytes) -> None:
+    with pytest.raises(DeltaError):
+        ShardDelta.decode(data)

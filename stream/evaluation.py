@@ -157,3 +157,12 @@ class ModelEvaluator:
             evaluated=self.evaluated,
             rated=self.rated,
         )
+
+    def last_outcome(self) -> RankOutcome | None:
+        """The outcome of the last ranking evaluation (None before the first): what the model
+        sync shares of it (:mod:`stream.updates.evidence`)."""
+        window = self._rank.window
+        if not window:
+            return None
+        hit, ndcg, mrr = window[-1]
+        return RankOutcome(hit, ndcg, mrr)

@@ -188,11 +188,13 @@ class ModelUpdates:
         evaluated: bool,
         drifts: list[DriftRecord],
         user: Hashable = None,
+        event_index: int = 0,
     ) -> Decisions:
         """Consult the reaction, then the policy, after one learned event (on every shard's
-        evaluations when they are shared: :meth:`after_one_shared`)."""
+        evaluations when they are shared: :meth:`after_one_shared`; ``user`` and
+        ``event_index``, the pipeline's, are what it shares and reports)."""
         if self.evidence is not None:
-            return self.after_one_shared(models, evaluators, evaluated, user)
+            return self.after_one_shared(models, evaluators, evaluated, user, event_index)
         if not evaluated:
             return Decisions(self)
         promotion, reaction = self._decide(models, evaluators, evaluated_count, drifts)
@@ -265,6 +267,7 @@ class ModelUpdates:
         evaluators: Mapping[str, ModelEvaluator],
         evaluated: bool,
         user: Hashable,
+        event_index: int = 0,
     ) -> Decisions:
         """:meth:`after_one` on the shared evidence: this shard's outcomes join it, the
         reaction and the policy decide on it; a decision made meanwhile while replaying
@@ -273,6 +276,7 @@ class ModelUpdates:
         evidence = self.evidence
         assert evidence is not None
         promotions, reactions = self._decisions_pending()
+        evidence.event = event_index
         if evaluated:
             drifts = evidence.own_one(evaluators, user)
             promotion, reaction = self._decide(

@@ -105,6 +105,9 @@ class SharedEvidence:
         self._rows: list[list[int]] = []
         self._users: list[int] = []
         self.replayed = 0  # other shards' evaluations replayed here
+        # The shard's own last event index (its pipeline's): where a detection is reported,
+        # also one made while replaying the others' evaluations that came after it.
+        self.event = 0
 
     @classmethod
     def for_pipeline(cls, pipeline: Any) -> SharedEvidence:
@@ -126,9 +129,7 @@ class SharedEvidence:
         if evaluator is None:  # a model configured after this evidence started
             evaluator = self.evaluators[name] = ModelEvaluator(self._window())
         evaluator.update_rank(outcome)
-        found = self.drift.update_one(
-            name, "miss", 1.0 - outcome.hit, self.evaluated, None, 0.0, user
-        )
+        found = self.drift.update_one(name, "miss", 1.0 - outcome.hit, self.event, None, 0.0, user)
         if found:
             drifts += found
             self.drift.detections.clear()  # read here, never published: no list to grow

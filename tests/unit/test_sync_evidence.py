@@ -108,6 +108,9 @@ def test_a_decision_made_while_replaying_comes_out_with_the_next_event() -> None
         p = result.source.partition
         published[p] += [f"promotion {r.to_model}" for r in result.promotions]
         published[p] += [f"reaction {r.model}" for r in result.reactions]
+        # Reported in the shard's own event indices, as without the sharing.
+        assert all(r.source_partition == p for r in result.reactions)
+        assert all(0 < r.detected_at_event <= r.event for r in result.reactions)
     for p, pipe in enumerate(shards.pipelines):
         updates = pipe.updates
         decided = [f"promotion {d.to_model}" for d in updates.promotions]

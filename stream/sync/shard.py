@@ -16,7 +16,7 @@ from stream.core import Pipeline
 from stream.models import Blend, learns
 from stream.sync.delta import ShardDelta
 from stream.sync.evidence import EVIDENCE, EvidenceShare
-from stream.updates.evidence import SharedEvidence
+from stream.updates.evidence import SharedEvidence, signature_of
 
 __all__ = ["Outcome", "ShardSync", "SharedItemState", "SyncState", "shared_models"]
 
@@ -120,8 +120,10 @@ class ShardSync:
         updates = pipeline.updates
         if not evidence:
             updates.evidence = None
-        elif getattr(updates, "evidence", None) is None:
-            updates.evidence = SharedEvidence.for_pipeline(pipeline)
+        else:
+            held = getattr(updates, "evidence", None)
+            if held is None or getattr(held, "signature", ()) != signature_of(pipeline):
+                updates.evidence = SharedEvidence.for_pipeline(pipeline)  # new, or re-measured
         self.topic, self.partition = topic, partition
         self.full_every = full_every
         state = getattr(pipeline, "sync_state", None)

@@ -31,7 +31,7 @@ from stream.drift import DriftMonitor
 from stream.evaluation import ModelEvaluator, RankOutcome
 from stream.events import DriftRecord
 
-__all__ = ["MISS", "SharedEvidence", "rank_code", "user_tag"]
+__all__ = ["MISS", "SharedEvidence", "rank_code", "signature_of", "user_tag"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ class SharedEvidence:
     (1, 0.5)
     """
 
+    # Class-level defaults: what a checkpoint of an earlier version of this class reads.
+    event = 0
+    signature: tuple[Any, ...] = ()
+
     def __init__(
         self, own: Mapping[str, ModelEvaluator], evaluated: int, drift: DriftMonitor
     ) -> None:
@@ -108,6 +112,8 @@ class SharedEvidence:
         # The shard's own last event index (its pipeline's): where a detection is reported,
         # also one made while replaying the others' evaluations that came after it.
         self.event = 0
+        # What the windows and detectors were built with (:func:`signature_of`).
+        self.signature = ()
 
     @classmethod
     def for_pipeline(cls, pipeline: Any) -> SharedEvidence:
@@ -122,7 +128,9 @@ class SharedEvidence:
             direction=own.direction,
             min_change=own.min_change,
         )
-        return cls(pipeline.evaluators, pipeline.evaluated_count, monitor)
+        evidence = cls(pipeline.evaluators, pipeline.evaluated_count, monitor)
+        evidence.signature = signature_of(pipeline)
+        return evidence
 
     def _feed(self, name: str, outcome: RankOutcome, user: int, drifts: list[DriftRecord]) -> None:
         evaluator = self.evaluators.get(name)
@@ -196,6 +204,22 @@ class SharedEvidence:
                 if code != absent:
                     feed(name, table[code] if code < 256 else _outcome(code), tag, drifts)
             yield drifts
+
+
+def signature_of(pipeline: Any) -> tuple[Any, ...]:
+    """The settings the evidence of ``pipeline`` is measured with: K (what a rank code means),
+    the window, the detectors. Restored under others, the evidence starts again from the
+    pipeline's own (as its own evaluators and detectors do)."""
+    config, drift = pipeline.config, pipeline.drift
+    return (
+        config.top_k,
+        config.metric_window,
+        drift.detector,
+        drift.delta,
+        drift.min_events,
+        drift.direction,
+        drift.min_change,
+    )
 
 
 def _checked(delta: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -213,6 +213,14 @@ def test_a_checkpoint_carries_the_evidence_and_older_ones_restore() -> None:
     assert isinstance(shard.pipeline.updates.evidence, SharedEvidence)
     assert shard.pipeline.updates.evidence.evaluated == old.evaluated_count == 1
 
+    # Evidence pickled by its first version (no signature, no event index) restores.
+    first = shard.pipeline.updates.evidence
+    first.__dict__.pop("signature"), first.__dict__.pop("event")
+    older = pickle.loads(pickle.dumps(shard.pipeline))
+    older.process_one(events[1], Source("events", 0, 1))
+    again = ShardSync(older, "events", 0, 1, True).pipeline.updates.evidence
+    assert isinstance(again, SharedEvidence) and again.evaluated == older.evaluated_count
+
 
 def test_turning_the_setting_off_on_restore_decides_on_the_shard_alone() -> None:
     settings = _settings()
@@ -221,3 +229,24 @@ def test_turning_the_setting_off_on_restore_decides_on_the_shard_alone() -> None
     restored = ShardSync(pickle.loads(pickle.dumps(shard.pipeline)), "events", 0, 1, False)
     assert restored.pipeline.updates.evidence is None
     assert EVIDENCE not in restored.shared()
+
+
+def test_a_restore_under_another_window_measures_the_evidence_anew() -> None:
+    from stream.restore import apply_settings
+
+    settings = _settings()
+    shard = ShardSync(Pipeline.from_settings(settings), "events", 0, 1, True)
+    for o, event in enumerate(_churn(300)):
+        shard.pipeline.process_one(event, Source("events", 0, o))
+    kept = pickle.loads(pickle.dumps(shard.pipeline))
+    same, _ = apply_settings(pickle.loads(pickle.dumps(shard.pipeline)), settings)
+    assert ShardSync(same, "events", 0, 1, True).pipeline.updates.evidence is not None
+    held = same.updates.evidence
+    assert held is not None and held.evaluated == kept.evaluated_count  # kept as it was
+    assert held.evaluators["knn"].in_window == kept.evaluated_count > 250
+
+    wider = _settings(metric_window=600)
+    restored, _ = apply_settings(kept, wider)
+    again = ShardSync(restored, "events", 0, 1, True).pipeline.updates.evidence
+    assert again is not None and again is not held
+    assert again.evaluators["knn"].window == 600 and again.evaluators["knn"].in_window == 0

@@ -277,6 +277,7 @@ class ModelUpdates:
         assert evidence is not None
         promotions, reactions = self._decisions_pending()
         evidence.event = event_index
+        evidence.cover(models)
         if evaluated:
             drifts = evidence.own_one(evaluators, user)
             promotion, reaction = self._decide(
@@ -300,6 +301,7 @@ class ModelUpdates:
         if evidence is None:
             return
         promotions, reactions = self._decisions_pending()
+        evidence.cover(models)
         for drifts in evidence.replay(delta):
             promotion, reaction = self._decide(
                 models, evidence.evaluators, evidence.evaluated, drifts

@@ -22,7 +22,7 @@ import copy
 import logging
 import math
 import zlib
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,14 @@ class SharedEvidence:
         if found:
             drifts += found
             self.drift.detections.clear()  # read here, never published: no list to grow
+
+    def cover(self, names: Iterable[str]) -> None:
+        """An evaluator for each of ``names`` (a model added at a restore is measured from
+        now on; the policy reads every model's)."""
+        evaluators = self.evaluators
+        for name in names:
+            if name not in evaluators:
+                evaluators[name] = ModelEvaluator(self._window())
 
     def _window(self) -> int:
         return next(iter(self.evaluators.values())).window if self.evaluators else 1_000

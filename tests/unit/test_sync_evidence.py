@@ -250,3 +250,22 @@ def test_a_restore_under_another_window_measures_the_evidence_anew() -> None:
     again = ShardSync(restored, "events", 0, 1, True).pipeline.updates.evidence
     assert again is not None and again is not held
     assert again.evaluators["knn"].window == 600 and again.evaluators["knn"].in_window == 0
+
+
+def test_a_model_added_at_a_restore_is_measured_from_then_on() -> None:
+    from stream.restore import apply_settings
+
+    settings = _settings()
+    a, b = (ShardSync(Pipeline.from_settings(settings), "events", p, 1, True) for p in (0, 1))
+    for o, event in enumerate(_churn(200)):
+        a.pipeline.process_one(event, Source("events", 0, o))
+        a.note_one(o)
+    delta = a.collect_one()
+    assert delta is not None
+    more = _settings(models=("popularity", "knn", "sequence"))
+    restored, _ = apply_settings(pickle.loads(pickle.dumps(b.pipeline)), more)
+    b = ShardSync(restored, "events", 1, 1, True)
+    assert b.apply_one(ShardDelta.decode(delta.encode())) == "applied"  # no KeyError
+    evidence = b.pipeline.updates.evidence
+    assert evidence is not None and evidence.evaluators["sequence"].in_window == 0
+    assert evidence.evaluators["knn"].in_window == a.pipeline.evaluated_count

@@ -13,7 +13,7 @@ from stream.events import DriftRecord, PromotionRecord, ReactionRecord, Source
 from stream.models.blend import Blend
 from stream.updates.evidence import SharedEvidence
 from stream.updates.promotion import Promotion, PromotionPolicy, PromotionSettings
-from stream.updates.reaction import DriftReaction, Reaction, ReactionSettings
+from stream.updates.reaction import SAMPLE_EVERY, DriftReaction, Reaction, ReactionSettings
 
 __all__ = ["Decisions", "ModelUpdates", "model_versions", "rebuilds_of"]
 
@@ -294,15 +294,20 @@ class ModelUpdates:
         )
 
     def replay_evidence(self, models: Mapping[str, Any], delta: Mapping[str, Any]) -> None:
-        """Another shard's evaluations (its evidence delta), decided on one at a time as one
-        partition decides after each evaluated event; ValueError for a malformed part (checked
-        before anything is added). Without shared evidence here, nothing."""
+        """Another shard's evaluations (its evidence delta), added one at a time; the reaction
+        and the policy decide after the part's last one, after each that made a detection and
+        after every ``SAMPLE_EVERY``-th (where the reaction samples its level), so a decision
+        comes at most one delta's evaluations after one partition's (with a delta per event,
+        at the same one). ValueError for a malformed part (checked before anything is added).
+        Without shared evidence here, nothing."""
         evidence = self.evidence
         if evidence is None:
             return
         promotions, reactions = self._decisions_pending()
         evidence.cover(models)
-        for drifts in evidence.replay(delta):
+        for drifts, last in evidence.replay(delta):
+            if not (last or drifts or evidence.evaluated % SAMPLE_EVERY == 0):
+                continue
             promotion, reaction = self._decide(
                 models, evidence.evaluators, evidence.evaluated, drifts
             )

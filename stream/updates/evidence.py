@@ -7,9 +7,11 @@ at P = 8 neither fired in time on a churning catalogue. :class:`SharedEvidence` 
 shard decides on instead: every shard's evaluations. A shard's own outcomes enter it at once;
 each delta it shares carries them (per evaluated event, the rank of the event's item in each
 evaluated model's top-K and a 16-bit tag of the user), and every other shard replays them one
-by one, through the same windows, detectors and decisions as a one-partition run: with a
-delta after every event, every shard decides what one partition decides, at the same
-evaluation (tested). Each shard then acts on its own copy of the shared item state (a
+by one through the same windows and detectors as a one-partition run, deciding after the
+part's last evaluation, after each detection and every 100th evaluation (where the reaction
+samples its level): a decision comes at most one delta's evaluations after one partition's,
+and with a delta after every event every shard decides what one partition decides, at the
+same evaluation (tested). Each shard then acts on its own copy of the shared item state (a
 reaction's discount and shorter half-lives), which it holds in full, as one partition would.
 
 The shard's own :class:`~stream.evaluation.ModelEvaluator` and drift detectors still measure
@@ -84,7 +86,7 @@ class SharedEvidence:
     >>> here.update_rank(rank_outcome(["x", "y"], "y"))
     >>> _ = a.own_one({"m": here}, "ann")
     >>> _ = list(b.replay(a.item_delta()))
-    >>> b.evaluated, b.evaluators["m"].windowed().mrr
+    >>> b.evaluated, b.evaluators["m"].windowed_rank()[2]
     (1, 0.5)
     """
 
@@ -136,7 +138,7 @@ class SharedEvidence:
         evaluator = self.evaluators.get(name)
         if evaluator is None:  # a model configured after this evidence started
             evaluator = self.evaluators[name] = ModelEvaluator(self._window())
-        evaluator.update_rank(outcome)
+        evaluator.update_window(outcome)
         found = self.drift.update_one(name, "miss", 1.0 - outcome.hit, self.event, None, 0.0, user)
         if found:
             drifts += found
@@ -191,27 +193,28 @@ class SharedEvidence:
         codes = np.where(codes < 0, absent, codes).astype(dtype)
         return {"names": list(self._names), "codes": codes, "users": np.asarray(users, np.uint16)}
 
-    def replay(self, delta: Mapping[str, Any]) -> Iterator[list[DriftRecord]]:
+    def replay(self, delta: Mapping[str, Any]) -> Iterator[tuple[list[DriftRecord], bool]]:
         """Another shard's :meth:`item_delta`, one evaluation at a time: each step adds that
-        event's outcomes and yields the ``miss`` detections they made (the caller decides
-        after each, as one partition decides after each evaluated event). The whole part is
-        checked before anything is added: a malformed one raises ValueError."""
+        event's outcomes and yields the ``miss`` detections they made and whether it was the
+        part's last evaluation (the caller decides after it). The whole part is checked
+        before anything is added: a malformed one raises ValueError."""
         names, codes, users = _checked(delta)
         absent = np.iinfo(codes.dtype).max
         return self._replay(names, codes.tolist(), users.tolist(), int(absent))
 
     def _replay(
         self, names: list[str], codes: list[list[int]], users: list[int], absent: int
-    ) -> Iterator[list[DriftRecord]]:
+    ) -> Iterator[tuple[list[DriftRecord], bool]]:
         table, feed = _OUTCOMES, self._feed
-        for row, tag in zip(codes, users, strict=True):
+        last = len(users) - 1
+        for n, (row, tag) in enumerate(zip(codes, users, strict=True)):
             self.evaluated += 1
             self.replayed += 1
             drifts: list[DriftRecord] = []
             for name, code in zip(names, row, strict=True):
                 if code != absent:
                     feed(name, table[code] if code < 256 else _outcome(code), tag, drifts)
-            yield drifts
+            yield drifts, n == last
 
 
 def signature_of(pipeline: Any) -> tuple[Any, ...]:

@@ -269,3 +269,19 @@ def test_a_model_added_at_a_restore_is_measured_from_then_on() -> None:
     evidence = b.pipeline.updates.evidence
     assert evidence is not None and evidence.evaluators["sequence"].in_window == 0
     assert evidence.evaluators["knn"].in_window == a.pipeline.evaluated_count
+
+
+def test_the_decision_windows_hold_the_evaluators_windowed_means_bit_for_bit() -> None:
+    from stream.evaluation import ModelEvaluator, rank_outcome
+    from stream.updates.evidence import _outcome, rank_code
+
+    rng = random.Random(8)
+    full, window = ModelEvaluator(window=50), ModelEvaluator(window=50)
+    for _ in range(400):
+        ranked = [f"i{rng.randrange(30)}" for _ in range(10)]
+        outcome = rank_outcome(ranked, f"i{rng.randrange(30)}")
+        full.update_rank(outcome)
+        window.update_window(_outcome(rank_code(outcome)))  # as it travels
+        assert window.windowed_rank() == full.windowed_rank()
+        assert window.recent_hit_rate(30) == full.recent_hit_rate(30)
+    assert window.in_window == full.in_window == 50 and window.evaluated == 0

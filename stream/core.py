@@ -515,7 +515,13 @@ class Pipeline:
             self._drop_items(over_items)
         # Champion / challenger and the drift reaction (stream/updates), before recommending.
         promotions, reactions = self.updates.after_one(
-            self.models, self.evaluators, self.evaluated_count, evaluated, drifts
+            self.models,
+            self.evaluators,
+            self.evaluated_count,
+            evaluated,
+            drifts,
+            user,
+            self.run_count,
         ).records(self.run_count, source, event.timestamp, self.config.top_k)
 
         # One line per detection only at DEBUG: a long log has hundreds of them. The worker

@@ -229,6 +229,7 @@ def evaluate_partitioned(
         every,
         topic,
         settings.model_sync_full_every,
+        settings.model_sync_evidence,
     )
     promotions: list[PromotionRecord] = []
     reactions: list[ReactionRecord] = []

@@ -90,6 +90,26 @@ class _RankMeans:
             win[i] += share * (values[i] - win[i])
         window.append(values)
 
+    def update_window(self, hit: float, ndcg: float, mrr: float) -> None:
+        """Only the rolling means (the same arithmetic as :meth:`update`'s): what a decision
+        reads, for the model sync's replay of the other shards' evaluations."""
+        values = (hit, ndcg, mrr)
+        window, win = self.window, self.windowed
+        if len(window) == self.window_size:
+            old = window.popleft()
+            self.w_n -= 1.0
+            if self.w_n == 0:
+                win[0] = win[1] = win[2] = 0.0
+            else:
+                share = 1.0 / self.w_n
+                for i in range(3):
+                    win[i] -= share * (old[i] - win[i])
+        self.w_n += 1.0
+        share = 1.0 / self.w_n
+        for i in range(3):
+            win[i] += share * (values[i] - win[i])
+        window.append(values)
+
 
 class ModelEvaluator:
     """Cumulative and windowed (last ``window`` evaluations) accuracy of one model.
@@ -157,3 +177,17 @@ class ModelEvaluator:
             evaluated=self.evaluated,
             rated=self.rated,
         )
+
+    def last_outcome(self) -> RankOutcome | None:
+        """The outcome of the last ranking evaluation (None before the first): what the model
+        sync shares of it (:mod:`stream.updates.evidence`)."""
+        window = self._rank.window
+        if not window:
+            return None
+        hit, ndcg, mrr = window[-1]
+        return RankOutcome(hit, ndcg, mrr)
+
+    def update_window(self, outcome: RankOutcome) -> None:
+        """Add ``outcome`` to the windowed ranking metrics only (not to the cumulative ones,
+        nor to ``evaluated``): the decision windows of :mod:`stream.updates.evidence`."""
+        self._rank.update_window(outcome.hit, outcome.ndcg, outcome.mrr)

@@ -369,6 +369,13 @@ class StreamSettings(BaseSettings):
         "a shard may miss; each shares a light delta every ceil(this / (P - 1)) events "
         "(P = 4: 10, P = 8: 5).",
     )
+    # --- Shared decision evidence (issue 12: promotion and drift reaction across shards) ----
+    model_sync_evidence: bool = Field(
+        True,
+        description="With the sync on: the shards share each evaluation's outcome (rank of "
+        "the item per model) in their deltas, and each decides promotions and drift reactions "
+        "on every shard's evaluations, as one partition would; off: on its own only.",
+    )
     # --- Two-stage recommendation and sampled challengers (issue 11) ----------------------
     retrieval: Literal["candidates", "exact"] = "candidates"
     """candidates: models score only the union of the items the cheap sources retrieve (the

@@ -124,6 +124,7 @@ class WorkerSync:
         self.every_events = light_interval(settings, settings.events_partitions)  # see worker
         self.every_s = settings.model_sync_ms / 1000
         self.full_every = settings.model_sync_full_every
+        self.evidence = settings.model_sync_evidence  # decisions on every shard's evaluations
         # An attach runs in the rebalance callback: it must end well within the group's
         # max.poll.interval.ms, or this member is dropped from the group mid-attach.
         self.attach_budget_s = settings.max_poll_interval_ms / 1000 / 2
@@ -207,7 +208,7 @@ class WorkerSync:
         other shard's, those at or after it are replayed (their events are learned again).
         """
         attaching = {
-            tp: ShardSync(pipeline, *tp, full_every=self.full_every)
+            tp: ShardSync(pipeline, *tp, full_every=self.full_every, evidence=self.evidence)
             for tp, pipeline in pipelines.items()
         }
         if not attaching:

@@ -45,13 +45,19 @@ class LocalShards:
         sync_events: int,
         topic: str = "file",
         full_every: int = 1,
+        evidence: bool = False,
     ) -> None:
         if partitions < 1 or sync_events < 0:
             raise ValueError("partitions must be >= 1 and sync_events >= 0")
         self.topic = topic
         self.partitions = partitions
         self.sync_events = sync_events
-        self.shards = [ShardSync(new_pipeline(), topic, p, full_every) for p in range(partitions)]
+        # ``evidence``: decide promotions and drift reactions on every shard's evaluations
+        # (STREAM_MODEL_SYNC_EVIDENCE; only with a sync and someone to share with).
+        evidence = evidence and sync_events > 0 and partitions > 1
+        self.shards = [
+            ShardSync(new_pipeline(), topic, p, full_every, evidence) for p in range(partitions)
+        ]
         self.offsets = [0] * partitions
         self.delta_records = 0
         self.delta_bytes = 0

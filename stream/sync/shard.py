@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from stream.core import Pipeline
 from stream.models import Blend, learns
 from stream.sync.delta import ShardDelta
+from stream.sync.evidence import EVIDENCE, EvidenceShare
+from stream.updates.evidence import SharedEvidence, signature_of
 
 __all__ = ["Outcome", "ShardSync", "SharedItemState", "SyncState", "shared_models"]
 
@@ -74,9 +76,12 @@ class SyncState:
 def shared_models(pipeline: Pipeline) -> dict[str, SharedItemState]:
     """The models of ``pipeline`` (and its cold-start popularity) whose item state is shared:
     every model it learns that has ``item_delta`` / ``apply_item_delta``, and the blend's
-    weights' evidence (its components' gains). Others (BPR, UserKNN, the rebuilt SVD / EASE)
-    stay per shard."""
+    weights' evidence (its components' gains); first, the shared decision evidence
+    (:mod:`stream.sync.evidence`) when the pipeline keeps one. Others (BPR, UserKNN, the
+    rebuilt SVD / EASE) stay per shard."""
     out: dict[str, SharedItemState] = {}
+    if getattr(pipeline.updates, "evidence", None) is not None:
+        out[EVIDENCE] = EvidenceShare(pipeline)  # first: see stream.sync.evidence
     for name, model in pipeline.models.items():
         # A blend of the pipeline's models learns only its weights: their evidence is shared.
         if (learns(name, model) or isinstance(model, Blend)) and isinstance(model, SharedItemState):
@@ -108,10 +113,25 @@ class ShardSync:
     1
     """
 
-    def __init__(self, pipeline: Pipeline, topic: str, partition: int, full_every: int = 1) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        topic: str,
+        partition: int,
+        full_every: int = 1,
+        evidence: bool = False,
+    ) -> None:
         if full_every < 1:
             raise ValueError(f"full_every must be at least 1, got {full_every}")
         self.pipeline = pipeline
+        # Decide on every shard's evaluations (STREAM_MODEL_SYNC_EVIDENCE), or on its own.
+        updates = pipeline.updates
+        if not evidence:
+            updates.evidence = None
+        else:
+            held = getattr(updates, "evidence", None)
+            if held is None or getattr(held, "signature", ()) != signature_of(pipeline):
+                updates.evidence = SharedEvidence.for_pipeline(pipeline)  # new, or re-measured
         self.topic, self.partition = topic, partition
         self.full_every = full_every
         state = getattr(pipeline, "sync_state", None)
@@ -140,7 +160,11 @@ class ShardSync:
         """:func:`shared_models` of the pipeline, kept while its models are the same objects
         (a Protocol ``isinstance`` per model and delta cost more than applying a light one)."""
         pipeline = self.pipeline
-        key = (id(pipeline.fallback), *map(id, pipeline.models.values()))
+        key = (
+            id(pipeline.fallback),
+            id(getattr(pipeline.updates, "evidence", None)),
+            *map(id, pipeline.models.values()),
+        )
         if self._shared is None or self._shared[0] != key:
             self._shared = (key, shared_models(pipeline))
         return self._shared[1]

@@ -11,8 +11,9 @@ from typing import Any
 from stream.evaluation import ModelEvaluator
 from stream.events import DriftRecord, PromotionRecord, ReactionRecord, Source
 from stream.models.blend import Blend
+from stream.updates.evidence import SharedEvidence
 from stream.updates.promotion import Promotion, PromotionPolicy, PromotionSettings
-from stream.updates.reaction import DriftReaction, Reaction, ReactionSettings
+from stream.updates.reaction import SAMPLE_EVERY, DriftReaction, Reaction, ReactionSettings
 
 __all__ = ["Decisions", "ModelUpdates", "model_versions", "rebuilds_of"]
 
@@ -103,6 +104,11 @@ class ModelUpdates:
     swapped in), so a recommendation's ``(model, model_version)`` names what produced it.
     Everything here is plain data: the pipeline's checkpoint carries it.
 
+    With ``evidence`` set (the model sync's shared evidence, :mod:`stream.updates.evidence`)
+    the reaction and the policy decide on every shard's evaluations instead of the shard's
+    own; a decision made while replaying another shard's is published with this shard's
+    next event.
+
     Examples
     --------
     >>> from stream.models.popularity import Popularity
@@ -111,6 +117,11 @@ class ModelUpdates:
     >>> updates.served, updates.model_version
     ('popularity', 1)
     """
+
+    # Every shard's evaluations (the model sync, STREAM_MODEL_SYNC_EVIDENCE), or None: this
+    # shard's own. Class-level defaults for checkpoints from before it.
+    evidence: SharedEvidence | None = None
+    _pending: tuple[list[Promotion], list[Reaction]] | None = None
 
     def __init__(
         self,
@@ -176,10 +187,27 @@ class ModelUpdates:
         evaluated_count: int,
         evaluated: bool,
         drifts: list[DriftRecord],
+        user: Hashable = None,
+        event_index: int = 0,
     ) -> Decisions:
-        """Consult the reaction, then the policy, after one learned event."""
+        """Consult the reaction, then the policy, after one learned event (on every shard's
+        evaluations when they are shared: :meth:`after_one_shared`; ``user`` and
+        ``event_index``, the pipeline's, are what it shares and reports)."""
+        if self.evidence is not None:
+            return self.after_one_shared(models, evaluators, evaluated, user, event_index)
         if not evaluated:
             return Decisions(self)
+        promotion, reaction = self._decide(models, evaluators, evaluated_count, drifts)
+        return Decisions(self, promotion, reaction)
+
+    def _decide(
+        self,
+        models: Mapping[str, Any],
+        evaluators: Mapping[str, ModelEvaluator],
+        evaluated_count: int,
+        drifts: list[DriftRecord],
+    ) -> tuple[Promotion | None, Reaction | None]:
+        """The reaction, then the policy, after one evaluated event."""
         served = self.served
         detected = None
         for d in drifts:
@@ -220,7 +248,7 @@ class ModelUpdates:
                 promotion.lead_events,
                 self.model_version,
             )
-        return Decisions(self, promotion, reaction)
+        return promotion, reaction
 
     def state(self) -> dict[str, Hashable]:
         """A summary for checkpoint headers and logs."""
@@ -230,3 +258,65 @@ class ModelUpdates:
             "promotions": self.policy.promotions,
             "reactions": self.reaction.reactions,
         }
+
+    # --- deciding on every shard's evaluations (the model sync) ----------------------------
+
+    def after_one_shared(
+        self,
+        models: Mapping[str, Any],
+        evaluators: Mapping[str, ModelEvaluator],
+        evaluated: bool,
+        user: Hashable,
+        event_index: int = 0,
+    ) -> Decisions:
+        """:meth:`after_one` on the shared evidence: this shard's outcomes join it, the
+        reaction and the policy decide on it; a decision made meanwhile while replaying
+        another shard's evaluations (:meth:`replay_evidence`) comes out here, one of each kind
+        per event."""
+        evidence = self.evidence
+        assert evidence is not None
+        promotions, reactions = self._decisions_pending()
+        evidence.event = event_index
+        evidence.cover(models)
+        if evaluated:
+            drifts = evidence.own_one(evaluators, user)
+            promotion, reaction = self._decide(
+                models, evidence.evaluators, evidence.evaluated, drifts
+            )
+            if promotion is not None:
+                promotions.append(promotion)
+            if reaction is not None:
+                reactions.append(reaction)
+        return Decisions(
+            self,
+            promotions.pop(0) if promotions else None,
+            reactions.pop(0) if reactions else None,
+        )
+
+    def replay_evidence(self, models: Mapping[str, Any], delta: Mapping[str, Any]) -> None:
+        """Another shard's evaluations (its evidence delta), added one at a time; the reaction
+        and the policy decide after the part's last one, after each that made a detection and
+        after every ``SAMPLE_EVERY``-th (where the reaction samples its level), so a decision
+        comes at most one delta's evaluations after one partition's (with a delta per event,
+        at the same one). ValueError for a malformed part (checked before anything is added).
+        Without shared evidence here, nothing."""
+        evidence = self.evidence
+        if evidence is None:
+            return
+        promotions, reactions = self._decisions_pending()
+        evidence.cover(models)
+        for drifts, last in evidence.replay(delta):
+            if not (last or drifts or evidence.evaluated % SAMPLE_EVERY == 0):
+                continue
+            promotion, reaction = self._decide(
+                models, evidence.evaluators, evidence.evaluated, drifts
+            )
+            if promotion is not None:
+                promotions.append(promotion)
+            if reaction is not None:
+                reactions.append(reaction)
+
+    def _decisions_pending(self) -> tuple[list[Promotion], list[Reaction]]:
+        if self._pending is None:
+            self._pending = ([], [])
+        return self._pending

@@ -38,6 +38,7 @@ __all__ = ["DriftReaction", "Reaction", "ReactionSettings"]
 logger = logging.getLogger(__name__)
 
 _SAMPLE_EVERY = 100  # evaluated events between two samples of the served windowed HR
+SAMPLE_EVERY = _SAMPLE_EVERY  # (what the shared evidence's replay decides at, stream.updates)
 
 
 @dataclass(frozen=True, slots=True)

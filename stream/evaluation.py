@@ -74,21 +74,7 @@ class _RankMeans:
         cum = self.cumulative
         for i in range(3):
             cum[i] += share * (values[i] - cum[i])
-        window, win = self.window, self.windowed
-        if len(window) == self.window_size:
-            old = window.popleft()
-            self.w_n -= 1.0
-            if self.w_n == 0:
-                win[0] = win[1] = win[2] = 0.0
-            else:
-                share = 1.0 / self.w_n
-                for i in range(3):
-                    win[i] -= share * (old[i] - win[i])
-        self.w_n += 1.0
-        share = 1.0 / self.w_n
-        for i in range(3):
-            win[i] += share * (values[i] - win[i])
-        window.append(values)
+        self.update_window(hit, ndcg, mrr)
 
     def update_window(self, hit: float, ndcg: float, mrr: float) -> None:
         """Only the rolling means (the same arithmetic as :meth:`update`'s): what a decision

@@ -279,14 +279,7 @@ class ModelUpdates:
         evidence.event = event_index
         evidence.cover(models)
         if evaluated:
-            drifts = evidence.own_one(evaluators, user)
-            promotion, reaction = self._decide(
-                models, evidence.evaluators, evidence.evaluated, drifts
-            )
-            if promotion is not None:
-                promotions.append(promotion)
-            if reaction is not None:
-                reactions.append(reaction)
+            self._decide_on(models, evidence, evidence.own_one(evaluators, user))
         return Decisions(
             self,
             promotions.pop(0) if promotions else None,
@@ -303,18 +296,20 @@ class ModelUpdates:
         evidence = self.evidence
         if evidence is None:
             return
-        promotions, reactions = self._decisions_pending()
         evidence.cover(models)
         for drifts, last in evidence.replay(delta):
-            if not (last or drifts or evidence.evaluated % SAMPLE_EVERY == 0):
-                continue
-            promotion, reaction = self._decide(
-                models, evidence.evaluators, evidence.evaluated, drifts
-            )
-            if promotion is not None:
-                promotions.append(promotion)
-            if reaction is not None:
-                reactions.append(reaction)
+            if last or drifts or evidence.evaluated % SAMPLE_EVERY == 0:
+                self._decide_on(models, evidence, drifts)
+
+    def _decide_on(self, models: Mapping[str, Any], evidence: Any, drifts: list[Any]) -> None:
+        """Decide on the shared ``evidence`` now; a decision waits in the pending lists for
+        the shard's next event to publish it."""
+        promotions, reactions = self._decisions_pending()
+        promotion, reaction = self._decide(models, evidence.evaluators, evidence.evaluated, drifts)
+        if promotion is not None:
+            promotions.append(promotion)
+        if reaction is not None:
+            reactions.append(reaction)
 
     def _decisions_pending(self) -> tuple[list[Promotion], list[Reaction]]:
         if self._pending is None:

@@ -178,3 +178,37 @@ def delta_value(value: float, digits: int = 10) -> float:
     (0.3333333333, 0.333333)
     """
     return float(f"{value:.{digits}g}")
+
+
+def delta_column(
+    value: typing.Any, length: int | None, name: str, *, index_below: int | None = None
+) -> typing.Any:
+    """A numeric column of an item-state delta, checked before anything of the delta is
+    applied (``check_item_delta``): one dimension, ``length`` entries (when given), finite
+    values, or integer indices in ``[0, index_below)``. ValueError otherwise.
+
+    >>> delta_column([1.0, 2.0], 2, "counts").tolist()
+    [1.0, 2.0]
+    >>> delta_column([1.0, float("nan")], 2, "counts")
+    Traceback (most recent call last):
+    ...
+    ValueError: a delta's counts: not 2 finite numbers
+    """
+    import numpy as np
+
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.zeros((0, 0))
+    ok = array.ndim == 1 and (length is None or len(array) == length)
+    if ok and index_below is not None:
+        ok = bool(
+            np.all(array == np.floor(array)) and np.all(array >= 0) and np.all(array < index_below)
+        )
+        what = f"indices below {index_below}"
+    else:
+        ok = ok and bool(np.all(np.isfinite(array)))
+        what = f"{'' if length is None else f'{length} '}finite numbers"
+    if not ok:
+        raise ValueError(f"a delta's {name}: not {what}")
+    return array

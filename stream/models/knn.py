@@ -14,6 +14,7 @@ from stream.models._ranking import DecayClock, FloatArray, IntArray, grow, selec
 from stream.models.base import (
     Recommender,
     Scored,
+    delta_column,
     delta_item,
     interaction_weight,
     scored_many,
@@ -511,6 +512,23 @@ class ItemKNN(DecayClock, Recommender):
             "co_at": co_at,
             "co": np.fromiter(changes.co.values(), np.float64, len(changes.co)) * inverse,
         }
+
+    def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """ValueError when :meth:`apply_item_delta` could not apply ``delta`` whole."""
+        if not isinstance(delta.get("ticks"), int) or delta["ticks"] < 0:
+            raise ValueError("a delta's ticks: not a count")
+        if "items" in delta:
+            if not isinstance(delta["items"], list):
+                raise ValueError("a delta's items: not a list")
+            n = len(delta["items"])
+            at = delta_column(delta.get("norms_at"), None, "norms_at", index_below=n)
+            delta_column(delta.get("norms"), len(at), "norms")
+            co = delta_column(delta.get("co"), None, "co")
+            try:  # (n, 2) pairs of places in items
+                pairs = np.asarray(delta.get("co_at"), dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"a delta's co_at: {exc}") from None
+            delta_column(pairs, 2 * len(co), "co_at", index_below=n)
 
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """Add another shard's :meth:`item_delta` (not part of this shard's next delta):

@@ -12,7 +12,7 @@ import numpy as np
 from river import optim, reco
 
 from stream.models._ranking import FloatArray, best_rows, grow, remove_row, select
-from stream.models.base import Recommender, Scored, delta_item, scored_many
+from stream.models.base import Recommender, Scored, delta_column, delta_item, scored_many
 
 __all__ = ["MatrixFactorization"]
 
@@ -356,8 +356,20 @@ class MatrixFactorization(Recommender):
     def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """Raise ``ValueError`` when :meth:`apply_item_delta` could not apply ``delta`` whole
         (the sync checks every model's part before it applies any)."""
-        if "biases" in delta and ("steps" in delta or "vectors" in delta):
-            self._check_width(delta["items"], _dequantise(delta))
+        rows = delta.get("items")
+        if not isinstance(rows, list):
+            raise ValueError("a delta's items: not a list")
+        if "biases" in delta:
+            delta_column(delta["biases"], len(rows), "biases")
+            if "steps" in delta or "vectors" in delta:
+                changes = _dequantise(delta)
+                self._check_width(rows, changes)
+                if not np.all(np.isfinite(changes)):
+                    raise ValueError("a delta's factor changes: not finite")
+        else:  # version 1: [item, vector, bias] rows
+            for row in rows:
+                if len(row) != 3 or len(row[1]) != self.n_factors:
+                    raise ValueError(f"a delta row not of {self.n_factors} factors: {row!r:.80}")
 
     def _check_width(self, rows: typing.Any, changes: FloatArray) -> None:
         if len(rows) and (changes.ndim != 2 or changes.shape[1] != self.n_factors):

@@ -13,6 +13,7 @@ from stream.models._ranking import DecayClock
 from stream.models.base import (
     Recommender,
     Scored,
+    delta_column,
     delta_item,
     interaction_weight,
 )
@@ -318,6 +319,17 @@ class Popularity(DecayClock, Recommender):
         self._sync_events = self._events
         counts = np.fromiter(pending.values(), dtype=np.float64, count=len(pending))
         return {"ticks": ticks, "items": list(pending), "counts": counts / scale}
+
+    def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
+        """ValueError when :meth:`apply_item_delta` could not apply ``delta`` whole."""
+        if not isinstance(delta.get("ticks"), int) or delta["ticks"] < 0:
+            raise ValueError("a delta's ticks: not a count")
+        if "items" in delta:
+            if not isinstance(delta["items"], list):
+                raise ValueError("a delta's items: not a list")
+            counts = delta_column(delta.get("counts"), len(delta["items"]), "counts")
+            if counts.size and counts.min() < 0:
+                raise ValueError("a delta's counts: negative")
 
     def apply_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """Add another shard's :meth:`item_delta`: advance the decay clock by its events,

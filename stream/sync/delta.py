@@ -141,8 +141,17 @@ class ShardDelta:
                 raw = zlib.decompress(data)
                 # Version 1: the whole record is JSON.
                 body = _unframe(raw) if raw.startswith(_MAGIC_2) else json.loads(raw)
-        except (zlib.error, ValueError, struct.error, TypeError, KeyError, IndexError) as exc:
-            raise DeltaError(f"not a model-updates delta: {exc!r}") from exc
+        except (
+            zlib.error,
+            ValueError,
+            struct.error,
+            TypeError,
+            KeyError,
+            IndexError,
+            RecursionError,  # a header nested deeper than the parser goes
+            MemoryError,
+        ) as exc:
+            raise DeltaError(f"not a model-updates delta: {exc!r:.200}") from exc
         if not isinstance(body, dict) or body.get("v") not in (1, 2, DELTA_VERSION):
             version = body.get("v") if isinstance(body, dict) else None
             raise DeltaError(f"delta version {version!r}, expected 1 to {DELTA_VERSION}")

@@ -99,6 +99,10 @@ def _offered_of(state: SyncState, topic: str) -> dict[int, int]:
     offered = getattr(state, "offered", None)
     if not isinstance(offered, dict):
         offered = state.offered = {}
+    if getattr(state, "replaying", False):
+        # Checkpointed while it replayed its own deltas: those lie past its mark, and the
+        # replay must be planned again from them.
+        offered.clear()
     return offered.setdefault(topic, {})
 
 
@@ -327,6 +331,9 @@ class WorkerSync:
             shard.collect_one(full=replay[0][1])
             self.stats.replayed += 1
             replay.pop(0)
+        # A checkpoint taken before the replay ends must not skip these own deltas at its
+        # restore (its offered mark is past them): it reads from the beginning instead.
+        shard.state.replaying = bool(replay)
         if replay:
             self._replay[tp] = replay
             logger.info(
@@ -374,6 +381,7 @@ class WorkerSync:
                     replay.pop(0)
                 if not replay:
                     del self._replay[tp]
+                    shard.state.replaying = False
             return
         if shard.events_pending >= self.every_events:
             self.publish(tp)
@@ -406,8 +414,8 @@ class WorkerSync:
         """Collect and send the shard's delta now (when it learned anything; never while it
         catches up: it has learned nothing, and what its checkpoint left pending may be on
         the topic already)."""
-        if tp in self._attaching:
-            return
+        if tp in self._attaching or tp in self._replay:
+            return  # (replaying: what it learned is in its deltas on the topic already)
         shard = self.shards[tp]
         self._last_sent[tp] = self.clock()
         delta = shard.collect_one(full)

@@ -66,6 +66,9 @@ class SyncState:
     # offered (applied, or dropped as own / duplicate): a restored shard's re-read starts
     # there (stream.sync.live keeps it current). Missing in older pickles (getattr).
     offered: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Replaying its own deltas after a restore (stream.sync.live): a checkpoint taken
+    # meanwhile re-reads the topic from its beginning at its restore.
+    replaying: bool = False
 
     @property
     def heavy_pending(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import random
 
+import numpy as np
 import pytest
 from sync_fakes import FakeReader, FakeTopic, sync_settings
 
@@ -218,3 +219,74 @@ def test_a_published_delta_names_the_workers_group() -> None:
     assert topic.values and {ShardDelta.decode(v).group for v in topic.values} == {
         SETTINGS.group_id
     }
+
+
+def test_a_checkpoint_taken_mid_replay_plans_the_rest_of_the_replay_at_its_restore() -> None:
+    """Restored from C0, a shard re-learns its events while replaying its own deltas; a
+    checkpoint C1 taken before the replay ends (a revoke, a periodic one) must not let the
+    next owner skip those deltas: it plans their replay again, re-sends none, adds up once."""
+    events = _events(400)
+    by_partition: dict[int, list[tuple[int, int, Event]]] = {0: [], 1: []}
+    for e in events:
+        p = partition_of(e.user_id, 2)
+        by_partition[p].append((p, len(by_partition[p]), e))
+    stream = sorted(by_partition[0] + by_partition[1], key=lambda x: x[2].timestamp)
+    topic = FakeTopic()
+    first = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    shards = {p: Pipeline.from_settings(SETTINGS) for p in (0, 1)}
+    for p, pipe in shards.items():
+        first.attach(("events", p), pipe)
+    cut = len(stream) // 4
+    _feed(first, shards, stream[:cut])
+    c0 = pickle.dumps(shards[0])
+    at = max(o for p, o, _ in stream[:cut] if p == 0) + 1
+    _feed(first, shards, stream[cut:])
+    own = sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 0)
+
+    second = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    restored = pickle.loads(c0)
+    second.attach(("events", 0), restored)
+    boundaries = [b for b, _ in second._replay[("events", 0)]]
+    assert len(boundaries) >= 3
+    mine = [x for x in by_partition[0] if x[1] >= at]
+    half = [x for x in mine if x[1] <= boundaries[len(boundaries) // 2]]
+    _feed(second, {0: restored}, half)
+    assert second._replay.get(("events", 0)), "still replaying"
+    second.publish(("events", 0), full=True)  # a revoke mid-replay: publishes nothing
+    c1 = pickle.dumps(restored)
+
+    third = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    again = pickle.loads(c1)
+    third.attach(("events", 0), again)
+    assert third._replay.get(("events", 0)), "the rest of the replay is planned again"
+    _feed(third, {0: again}, [x for x in mine if x[1] > half[-1][1]])
+    assert not third._replay
+    assert sum(1 for v in topic.values if ShardDelta.decode(v).source_partition == 0) == own
+    third.publish_all()
+    first.publish_all()
+    third.poll()
+    one = Pipeline.from_settings(SETTINGS)
+    for _, _, e in stream:
+        one.process_one(e, Source("events", 0, 0))
+    want, got = one.models["popularity"], again.models["popularity"]
+    assert isinstance(want, Popularity) and isinstance(got, Popularity)
+    assert got._counts == pytest.approx(want._counts)
+
+
+def test_a_malformed_part_never_poisons_a_model_and_a_deep_header_is_undecodable() -> None:
+    topic = FakeTopic()
+    sync = WorkerSync(SETTINGS, FakeReader(topic), topic.send, clock=lambda: 0.0)
+    shard = Pipeline.from_settings(SETTINGS)
+    sync.attach(("events", 0), shard)
+    bad = {"ticks": 1, "items": ["a", "b"], "counts": [[1.0, 2.0], [3.0, 4.0]]}
+    topic.send(b"events:1", ShardDelta("events", 1, 0, 9, 10, {"popularity": bad}).encode())
+    nan = {"ticks": 1, "items": ["a"], "counts": np.array([float("nan")])}
+    topic.send(b"events:2", ShardDelta("events", 2, 0, 9, 10, {"popularity": nan}).encode())
+    import zlib
+
+    topic.send(b"x", zlib.compress(b"[" * 200_000))  # a version-1 record nested too deep
+    sync.poll()  # must not raise
+    assert sync.stats.invalid == 3 and shard.models["popularity"].n_items == 0
+    event = Event(user_id="u", item_id="x", event_type="click", timestamp=0.0)
+    shard.process_one(event, Source("events", 0, 0))  # the model still learns
+    assert shard.models["popularity"].n_items == 1

@@ -268,6 +268,11 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         # Each of the two shards sees 3,000 events: its fall after the drift is real but under
         # the default 40 %; any significant fall for the worse is reported (and alerts).
         STREAM_DRIFT_MIN_CHANGE="0",
+        # The drift is sized for two shards learning alone (the test is about the rules and
+        # dashboards, not the sync): with the sync on (auto, two partitions) each shard learns
+        # from both and whether its fall is reported depends on when deltas arrive (one CI
+        # run of five timed out). The sync's panels and alert get data with it off too (0).
+        STREAM_MODEL_SYNC="false",
         STREAM_CHECKPOINT_DIR=str(tmp / "checkpoints"),
         STREAM_CHECKPOINT_KEY=f"e2e-{run}-{uuid.uuid4().hex}",
         STREAM_CHECKPOINT_EVERY_EVENTS="1000",

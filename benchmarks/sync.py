@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +40,7 @@ from stream.settings import StreamSettings
 from stream.worker import Worker
 
 
-def _one_worker(settings: StreamSettings, out: Any) -> None:
+def _one_worker(settings: StreamSettings, out: Any, idle_s: float) -> None:
     quiet_logging()
     shards: list[_TimedPipeline] = []
 
@@ -50,7 +51,7 @@ def _one_worker(settings: StreamSettings, out: Any) -> None:
         return shard
 
     worker = Worker(settings, pipeline_factory=factory)
-    summary = worker.run(idle_timeout=8.0)
+    summary = worker.run(idle_timeout=idle_s)
     firsts = [s.first for s in shards if s.first is not None]
     stats = worker._sync.stats if worker._sync is not None else None
     out.put(
@@ -66,8 +67,16 @@ def _one_worker(settings: StreamSettings, out: Any) -> None:
 
 
 def run_config(
-    bootstrap: str, records: list[Any], partitions: int, workers: int, **overrides: Any
+    bootstrap: str,
+    records: list[Any],
+    partitions: int,
+    workers: int,
+    settle_s: float = 0.0,
+    **overrides: Any,
 ) -> dict[str, Any]:
+    """One configuration. ``settle_s`` > 0: the workers start on the empty topic and the
+    events are produced ``settle_s`` seconds later (the group has settled: no rebalance while
+    they are consumed); 0: the topic is filled first (a backfill, the group joining as it goes)."""
     tag = f"sync-{uuid.uuid4().hex[:8]}"
     settings = StreamSettings(
         _env_file=None,
@@ -79,13 +88,29 @@ def run_config(
         **overrides,
     )
     ensure_topics(settings, {settings.events_topic: partitions}, timeout_s=30)
-    _fill(bootstrap, settings.events_topic, records)
+    if not settle_s:
+        _fill(bootstrap, settings.events_topic, records)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_one_worker, args=(settings, queue)) for _ in range(workers)]
+    idle_s = 8.0 + settle_s
+    procs = [
+        ctx.Process(target=_one_worker, args=(settings, queue, idle_s)) for _ in range(workers)
+    ]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=900) for _ in procs]
+    if settle_s:
+        time.sleep(settle_s)
+        _fill(bootstrap, settings.events_topic, records)
+    results: list[dict[str, Any]] = []
+    while len(results) < len(procs):
+        try:
+            results.append(queue.get(timeout=2))
+        except Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:  # a worker that failed to start or crashed sends nothing: say so, not hang
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"a worker process failed (exit code {failed[0]})") from None
     for p in procs:
         p.join(60)
     from stream.events import MetricsRecord
@@ -115,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="start the workers on the empty topic, produce the events this much later "
+        "(default 0: fill the topic first)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", default=None, metavar="PATH")
     ns = parser.parse_args(argv)
@@ -129,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, sync in (("sync off", False), ("sync on", True)):
             started = time.perf_counter()
             result = run_config(
-                bootstrap, records, ns.partitions, ns.workers, **{"model_sync": sync, **overrides}
+                bootstrap,
+                records,
+                ns.partitions,
+                ns.workers,
+                ns.settle,
+                **{"model_sync": sync, **overrides},
             )
             report[name] = result
             rates = ", ".join(

@@ -186,6 +186,10 @@ class EventSource:
             **s.kafka_common(),
             "group_id": s.group_id,
             "enable_auto_commit": False,
+            # The worker creates its topics itself (partitions, configs) before it subscribes;
+            # a consumer's metadata request must never create one with the broker's defaults
+            # (it did, reconnecting to a restarted broker before the topic was made again).
+            "allow_auto_create_topics": False,
             "auto_offset_reset": s.auto_offset_reset,
             "session_timeout_ms": s.session_timeout_ms,
             "heartbeat_interval_ms": s.heartbeat_interval_ms,

@@ -24,7 +24,9 @@ Target: p99 < 100 ms in every run.
 (b) and the latency runs are repeated for each ``--partitions`` count (default: 1 and 4, in one
 run, on the same broker): the events topic gets that many partitions, the worker one shard per
 partition. ``--workers N`` runs N worker processes in one consumer group instead of one
-in-process worker (the partitions are split between them; their rebalance is inside (b)).
+in-process worker (the partitions are split between them; their rebalance is inside (b);
+with ``--steady`` the group starts on the empty topic and the events are produced once every
+worker holds partitions, so (b) is the steady state without the join).
 With more than one partition the worker runs with the model sync on (``STREAM_MODEL_SYNC=auto``,
 the default since the fifth session; ``--set model_sync=false`` for isolated shards, as runs
 before it measured). With ``--workers`` > 1 (and no ``--set model_sync=...``), (b) is measured
@@ -43,7 +45,7 @@ probe about a core between them on this 2-core machine, and the worker's fetches
 behind them (at 800 events/s, p99 ~300-600 ms instead of ~65-100 ms).
 
     python benchmarks/throughput.py [--events 30000] [--bootstrap HOST:PORT]
-                                    [--partitions 1 4] [--workers 1] [--runs 5]
+                                    [--partitions 1 4] [--workers 1] [--steady] [--runs 5]
                                     [--latency-seconds 20] [--latency-rate R]
                                     [--probe-linger-ms 5] [--set NAME=VALUE ...]
                                     [--json PATH|-]
@@ -65,6 +67,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -322,10 +325,19 @@ class _WorkerGroup:
         return out
 
 
-def measure_workers(settings: StreamSettings, n: int, workers: int) -> dict[str, float]:
+def measure_workers(
+    settings: StreamSettings, n: int, workers: int, fill: Callable[[], None] | None = None
+) -> dict[str, float]:
     """Like :func:`measure_worker` with ``workers`` processes in one group (each stops once idle
-    for 5 s; the first-to-last span covers the group's rebalances)."""
-    group = _WorkerGroup(settings, workers, idle_timeout=5.0)
+    for 5 s). With the topic filled before (``fill`` None) the first-to-last span covers the
+    group's join and its rebalances; with ``fill`` (``--steady``) the group starts on the empty
+    topic and ``fill`` runs once every worker holds partitions: the steady state alone."""
+    settle_s = 0.0 if fill is None else 60.0  # (the group's join on the embedded broker)
+    group = _WorkerGroup(settings, workers, idle_timeout=5.0 + settle_s)
+    if fill is not None:
+        group.wait_ready(timeout_s=settle_s)
+        time.sleep(2.0)  # the last join's assignment settles (readiness comes with it)
+        fill()
     reports = group.reports()
     processed = sum(int(r["processed"]) for r in reports)
     if processed < n:
@@ -568,6 +580,7 @@ def run(
     partitions: tuple[int, ...] = (1, 4),
     workers: int = 1,
     runs: int = 5,
+    steady: bool = False,
 ) -> list[ThroughputResult]:
     """All measurements, printing each as it completes: (a) and (c) once, then (b) and
     ``runs`` latency runs per partition count. One result per partition count.
@@ -634,9 +647,14 @@ def run(
         settings = _settings(bootstrap, f"throughput-p{p}", **base)
         print(f"(b) worker end to end, {p} partition(s), {workers} worker(s) ...", flush=True)
         _topics(settings, p)
-        _fill(bootstrap, settings.events_topic, records)
+
+        def fill(topic: str = settings.events_topic) -> None:
+            _fill(bootstrap, topic, records)
+
+        if not (steady and workers > 1):
+            fill()
         if workers > 1:
-            measured = measure_workers(settings, n, workers)
+            measured = measure_workers(settings, n, workers, fill if steady else None)
         else:
             measured = measure_worker(settings, n)
         worker_rate = measured["rate"]
@@ -659,8 +677,13 @@ def run(
             )
             print("    ... and with the model sync on (STREAM_MODEL_SYNC=true) ...", flush=True)
             _topics(synced, p)
-            _fill(bootstrap, synced.events_topic, records)
-            with_sync = measure_workers(synced, n, workers)
+
+            def fill_synced(topic: str = synced.events_topic) -> None:
+                _fill(bootstrap, topic, records)
+
+            if not steady:
+                fill_synced()
+            with_sync = measure_workers(synced, n, workers, fill_synced if steady else None)
             sync_rate = with_sync["rate"]
             sync_bytes = with_sync["sync_bytes"] / n
             # CPU per event, every thread of the workers: what the sync costs them, less
@@ -887,6 +910,12 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes in one consumer group (default 1: one worker in-process)",
     )
     parser.add_argument(
+        "--steady",
+        action="store_true",
+        help="with --workers > 1: produce the events once every worker holds partitions "
+        "(steady state; default: fill the topic first, the span covers the group's join)",
+    )
+    parser.add_argument(
         "--runs", type=_partitions, default=5, help="latency runs per partition count (default 5)"
     )
     parser.add_argument(
@@ -936,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
             tuple(ns.partitions),
             ns.workers,
             ns.runs,
+            ns.steady,
         )
     finally:
         if broker is not None:

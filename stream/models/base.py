@@ -180,6 +180,27 @@ def delta_value(value: float, digits: int = 10) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def delta_items(delta: dict[str, typing.Any]) -> int | None:
+    """The checks every counting model's ``check_item_delta`` starts with: ``ticks`` a count
+    of events, ``items`` (the version-2 form) a list. Returns how many items it names, None
+    for a version-1 delta (rows of items and values). ValueError otherwise.
+
+    >>> delta_items({"ticks": 3, "items": ["a", "b"]})
+    2
+    >>> delta_items({"ticks": -1})
+    Traceback (most recent call last):
+    ...
+    ValueError: a delta's ticks: not a count
+    """
+    if not isinstance(delta.get("ticks"), int) or delta["ticks"] < 0:
+        raise ValueError("a delta's ticks: not a count")
+    if "items" not in delta:
+        return None
+    if not isinstance(delta["items"], list):
+        raise ValueError("a delta's items: not a list")
+    return len(delta["items"])
+
+
 def delta_column(
     value: typing.Any, length: int | None, name: str, *, index_below: int | None = None
 ) -> typing.Any:

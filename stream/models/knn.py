@@ -16,6 +16,7 @@ from stream.models.base import (
     Scored,
     delta_column,
     delta_item,
+    delta_items,
     interaction_weight,
     scored_many,
 )
@@ -515,12 +516,8 @@ class ItemKNN(DecayClock, Recommender):
 
     def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """ValueError when :meth:`apply_item_delta` could not apply ``delta`` whole."""
-        if not isinstance(delta.get("ticks"), int) or delta["ticks"] < 0:
-            raise ValueError("a delta's ticks: not a count")
-        if "items" in delta:
-            if not isinstance(delta["items"], list):
-                raise ValueError("a delta's items: not a list")
-            n = len(delta["items"])
+        n = delta_items(delta)
+        if n is not None:
             at = delta_column(delta.get("norms_at"), None, "norms_at", index_below=n)
             delta_column(delta.get("norms"), len(at), "norms")
             co = delta_column(delta.get("co"), None, "co")

@@ -15,6 +15,7 @@ from stream.models.base import (
     Scored,
     delta_column,
     delta_item,
+    delta_items,
     interaction_weight,
 )
 
@@ -322,12 +323,9 @@ class Popularity(DecayClock, Recommender):
 
     def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """ValueError when :meth:`apply_item_delta` could not apply ``delta`` whole."""
-        if not isinstance(delta.get("ticks"), int) or delta["ticks"] < 0:
-            raise ValueError("a delta's ticks: not a count")
-        if "items" in delta:
-            if not isinstance(delta["items"], list):
-                raise ValueError("a delta's items: not a list")
-            counts = delta_column(delta.get("counts"), len(delta["items"]), "counts")
+        n = delta_items(delta)
+        if n is not None:
+            counts = delta_column(delta.get("counts"), n, "counts")
             if counts.size and counts.min() < 0:
                 raise ValueError("a delta's counts: negative")
 

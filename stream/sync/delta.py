@@ -44,6 +44,9 @@ _HEADER = struct.Struct("<I")
 # Arrays a delta may carry (no object arrays: decoding must not build objects).
 _DTYPES = {"<f8", "<f4", "<f2", "<i8", "<i4", "<i2", "<u8", "<u4", "<u2", "|u1", "|i1"}
 _UNSIGNED = ("|u1", "<u2", "<u4", "<u8")
+# The most a delta record may inflate to: far above a full delta of a million-item catalogue's
+# interval (the record itself is bounded by the broker's message size, ~1 MB by default).
+MAX_INFLATED = 256 * 2**20
 # zlib level: 1 costs a third of 6's CPU for ~5 % more bytes on these frames.
 _LEVEL = 1
 # The preset dictionary of version 3: what most frames repeat (keys, model names, array
@@ -138,7 +141,7 @@ class ShardDelta:
             if data.startswith(_MAGIC):
                 body = _unframe_3(data)
             else:
-                raw = zlib.decompress(data)
+                raw = _inflate(zlib.decompressobj(), data)
                 # Version 1: the whole record is JSON.
                 body = _unframe(raw) if raw.startswith(_MAGIC_2) else json.loads(raw)
         except (
@@ -289,12 +292,20 @@ def _unshuffled(raw: bytes, at: int, dtype: str, shape: tuple[int, ...]) -> np.n
     return data.view(kind).reshape(shape)
 
 
-def _unframe_3(data: bytes) -> dict[str, Any]:
-    """The header of a version-3 frame with its arrays and strings put back in place."""
-    decompressor = zlib.decompressobj(zdict=_ZDICT)
-    raw = decompressor.decompress(memoryview(data)[len(_MAGIC) :])
+def _inflate(decompressor: Any, data: bytes | memoryview) -> bytes:
+    """The whole zlib stream ``data``, at most :data:`MAX_INFLATED` bytes (a record that
+    inflates past it, a zip bomb or a corrupt writer, is refused before it takes the memory)."""
+    raw: bytes = decompressor.decompress(data, MAX_INFLATED + 1)
+    if len(raw) > MAX_INFLATED:
+        raise ValueError(f"a delta inflates past {MAX_INFLATED} bytes")
     if not decompressor.eof or decompressor.unused_data:
         raise ValueError("a delta's zlib stream is truncated or followed by bytes")
+    return raw
+
+
+def _unframe_3(data: bytes) -> dict[str, Any]:
+    """The header of a version-3 frame with its arrays and strings put back in place."""
+    raw = _inflate(zlib.decompressobj(zdict=_ZDICT), memoryview(data)[len(_MAGIC) :])
     (length,) = _HEADER.unpack_from(raw, 0)
     body = json.loads(raw[_HEADER.size : _HEADER.size + length])
     if not isinstance(body, dict):

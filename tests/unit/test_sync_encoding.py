@@ -384,3 +384,21 @@ _U1 = [["|u1", [2]], ["|u1", [2]]]
 def test_a_malformed_version_3_frame_is_a_clear_error(data: bytes) -> None:
     with pytest.raises(DeltaError):
         ShardDelta.decode(data)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_record_that_inflates_past_the_limit_is_refused_before_it_takes_the_memory(
+    version: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.sync import delta as delta_module
+
+    monkeypatch.setattr(delta_module, "MAX_INFLATED", 1 << 20)  # (the default is 256 MiB)
+    zeros = bytes(4 << 20)  # 4 MiB of zeros: a record of a few KiB
+    if version == 3:
+        compressor = zlib.compressobj(1, zdict=delta_module._ZDICT)
+        data = delta_module._MAGIC + compressor.compress(zeros) + compressor.flush()
+    else:
+        data = zlib.compress(zeros)
+    assert len(data) < 20_000
+    with pytest.raises(DeltaError, match="inflates past 1048576 bytes"):
+        ShardDelta.decode(data)

@@ -290,3 +290,35 @@ def test_a_malformed_part_never_poisons_a_model_and_a_deep_header_is_undecodable
     event = Event(user_id="u", item_id="x", event_type="click", timestamp=0.0)
     shard.process_one(event, Source("events", 0, 0))  # the model still learns
     assert shard.models["popularity"].n_items == 1
+
+
+def test_the_worker_applies_deltas_within_a_batch_not_only_between_batches() -> None:
+    """A poll batch takes a second or more at the default STREAM_MAX_POLL_RECORDS: the sync is
+    polled while it is handled (every STREAM_FETCH_MAX_WAIT_MS), so another shard's delta is
+    applied tens of milliseconds after its publish, not a batch later (measured: 2.3 s)."""
+    import time as time_
+
+    from stream.settings import StreamSettings
+    from stream.worker import Worker
+
+    class CountingSync:
+        attaching: frozenset[tuple[str, int]] = frozenset()
+        polls = 0
+
+        def poll(self) -> int:
+            self.polls += 1
+            return 0
+
+    worker = Worker(StreamSettings(_env_file=None, fetch_max_wait_ms=5, metrics_port=0))
+    sync = CountingSync()
+    worker._sync = sync  # type: ignore[assignment]
+    polls_seen: list[int] = []
+
+    def handle(record: object) -> None:
+        time_.sleep(0.002)  # 40 records: 80 ms or more, so at least a dozen 5-ms periods
+        polls_seen.append(sync.polls)
+
+    worker._handle_one = handle  # type: ignore[method-assign]
+    worker._handle_syncing([object()] * 40)  # type: ignore[list-item]
+    assert polls_seen[0] == 0  # (none before the first record)
+    assert polls_seen[-1] >= 8, polls_seen

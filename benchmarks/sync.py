@@ -9,7 +9,11 @@ published per event, against the bytes of the events themselves, and the final H
 default (served) model merged over the shards (cumulative).
 
     python benchmarks/sync.py [--events 12000] [--partitions 4] [--workers 2]
-                              [--set NAME=VALUE ...] [--json PATH|-]
+                              [--settle SECONDS] [--set NAME=VALUE ...] [--json PATH|-]
+
+``--settle S``: the workers start on the empty topic and the events are produced S seconds
+later (the group has settled; default: the topic is filled first and the group joins as the
+workers consume it).
 
 Targets: throughput with the sync within 15 % of without; traffic <= 2x the input bytes.
 Prints figures; asserts nothing. Without ``--bootstrap`` an embedded broker is started.

@@ -18,6 +18,7 @@ from stream.models import ItemKNN, MatrixFactorization, Popularity
 from stream.settings import StreamSettings
 from stream.sync import DeltaError, ShardDelta, ShardSync
 from stream.sync.delta import DELTA_VERSION
+from stream.sync.offline import LocalShards
 
 
 def _settings() -> StreamSettings:
@@ -387,18 +388,46 @@ def test_a_malformed_version_3_frame_is_a_clear_error(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("limit", ["ratio", "total"])
 def test_a_record_that_inflates_past_the_limit_is_refused_before_it_takes_the_memory(
-    version: int, monkeypatch: pytest.MonkeyPatch
+    version: int, limit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stream.sync import delta as delta_module
 
-    monkeypatch.setattr(delta_module, "MAX_INFLATED", 1 << 20)  # (the default is 256 MiB)
-    zeros = bytes(4 << 20)  # 4 MiB of zeros: a record of a few KiB
+    if limit == "total":  # (the default total, 64 MiB, would take a 64 MiB test record)
+        monkeypatch.setattr(delta_module, "MAX_INFLATION", 10**6)
+        monkeypatch.setattr(delta_module, "MAX_INFLATED", 1 << 20)
+    zeros = bytes(4 << 20)  # 4 MiB of zeros: a record of a few KiB, 200x and more
     if version == 3:
         compressor = zlib.compressobj(1, zdict=delta_module._ZDICT)
         data = delta_module._MAGIC + compressor.compress(zeros) + compressor.flush()
     else:
         data = zlib.compress(zeros)
     assert len(data) < 20_000
-    with pytest.raises(DeltaError, match="inflates past 1048576 bytes"):
+    past = 1 << 20 if limit == "total" else 32 * (len(data) - (4 if version == 3 else 0))
+    with pytest.raises(DeltaError, match=f"inflates past {past} bytes"):
+        ShardDelta.decode(data)
+
+
+def test_real_deltas_inflate_well_within_the_limit() -> None:
+    """Every delta of a 4-shard run decodes (the limit is 32x the record; they inflate <3x)."""
+    from stream.sync import delta as delta_module
+
+    shards = LocalShards(lambda: Pipeline.from_settings(StreamSettings(_env_file=None)), 4, 10)
+    sent: list[bytes] = []
+    original = delta_module.ShardDelta.encode
+
+    def encode(self: ShardDelta) -> bytes:
+        data = original(self)
+        sent.append(data)
+        return data
+
+    delta_module.ShardDelta.encode = encode  # type: ignore[method-assign]
+    try:
+        for event in _events(1_500):
+            shards.process_one(event)
+    finally:
+        delta_module.ShardDelta.encode = original  # type: ignore[method-assign]
+    assert len(sent) > 100
+    for data in sent:
         ShardDelta.decode(data)

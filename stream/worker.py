@@ -354,11 +354,7 @@ class Worker:
             if batch:
                 last_record_at = time.monotonic()
                 try:
-                    if self._sync is None or self._sync.attaching:
-                        for record in batch:
-                            self._handle_one(record)
-                    else:
-                        self._handle_syncing(batch)
+                    self._handle_batch(batch)
                 finally:
                     self._observe_batch()
                 self._batch_seconds = time.monotonic() - last_record_at
@@ -409,21 +405,26 @@ class Worker:
                     self._unsafe or self._last_checkpoint_error or "the commit failed",
                 )
 
-    def _handle_syncing(self, batch: list[RawRecord]) -> None:
-        """Handle ``batch`` and apply the other shards' deltas as they arrive, not only between
-        batches: a batch of ``STREAM_MAX_POLL_RECORDS`` takes a second or more, and a delta
-        applied a batch late is that much staler (measured: two live workers, 2.3 s median
-        from publish to apply, against the interval's few events). The reader's fetches run
-        in the client's IO thread; a poll here hands over what they brought, at most every
+    def _handle_batch(self, batch: list[RawRecord]) -> None:
+        """Handle ``batch``; with the model sync (no shard catching up), apply the other
+        shards' deltas as they arrive, not only between batches: a batch of
+        ``STREAM_MAX_POLL_RECORDS`` takes a second or more, and a delta applied a batch late is
+        that much staler (measured: two live workers, 2.3 s median from publish to apply,
+        against the interval's few events). The reader's fetches run in the client's IO
+        thread; a poll here hands over what they brought, at most every
         ``STREAM_FETCH_MAX_WAIT_MS`` (what a fetch waits for)."""
-        assert self._sync is not None
+        sync = self._sync
+        if sync is None or sync.attaching:
+            for record in batch:
+                self._handle_one(record)
+            return
         every_s = max(self.settings.fetch_max_wait_ms, 5) / 1000
         next_at = time.monotonic() + every_s
         for record in batch:
             self._handle_one(record)
             now = time.monotonic()
             if now >= next_at:
-                self._sync.poll()
+                sync.poll()
                 next_at = now + every_s
 
     # --- per record ---------------------------------------------------------------------------

@@ -319,6 +319,6 @@ def test_the_worker_applies_deltas_within_a_batch_not_only_between_batches() -> 
         polls_seen.append(sync.polls)
 
     worker._handle_one = handle  # type: ignore[method-assign]
-    worker._handle_syncing([object()] * 40)  # type: ignore[list-item]
+    worker._handle_batch([object()] * 40)  # type: ignore[list-item]
     assert polls_seen[0] == 0  # (none before the first record)
     assert polls_seen[-1] >= 8, polls_seen

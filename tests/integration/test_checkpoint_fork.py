@@ -99,9 +99,10 @@ def test_sigkill_while_a_child_writes_commits_nothing_uncovered_and_resumes_exac
         worker.kill()
     assert writers, f"no checkpoint writer was seen in flight\n{worker.log()}"
     assert worker.proc.returncode == -9
-    files_at_kill = store.files(tp)
     # The writer dies with the worker: it never renames a file behind a restarted worker.
+    # (Listed once it is gone: a rename it was inside of when its parent died completes.)
     wait_for(lambda: not any(alive(pid) for pid in writers), 10, "the writer to die")
+    files_at_kill = store.files(tp)
     time.sleep(0.5)
     assert store.files(tp) == files_at_kill
     # Only what a written checkpoint covers was committed.

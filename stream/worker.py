@@ -317,9 +317,14 @@ class Worker:
                 self._loop(max_events, idle_timeout)
             except BaseException as exc:
                 # An event may be half applied (learned, outputs not sent, offset not moved):
-                # a checkpoint now would learn it twice after the restart.
-                if self.checkpoints is not None:
-                    self._unsafe = f"stopped by {type(exc).__name__}"
+                # a checkpoint now would learn it twice after the restart. A model delta
+                # collected and never sent: a commit past its events (checkpoints or not)
+                # would lose them for every other shard.
+                lost = self._sync.lost if self._sync is not None else None
+                if lost:
+                    logger.error("%s: stopping without committing past it", lost)
+                if self.checkpoints is not None or lost:
+                    self._unsafe = lost or f"stopped by {type(exc).__name__}"
                 raise
         finally:
             self._shutdown()
@@ -1004,6 +1009,10 @@ class Worker:
             self._commit(safe)
         except Exception:
             logger.exception("could not make revoked partitions safe; they will be re-consumed")
+            if self._sync is not None:
+                # A delta of theirs not sent: nothing of theirs was committed past it, and
+                # their shards are dropped, so their next owner learns those events again.
+                self._sync.lost = None
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:

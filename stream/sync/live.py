@@ -153,6 +153,9 @@ class WorkerSync:
         self._attach_polled = False  # a poll since the last begin_attach (fresh marks)
         self._marks_checked = False  # restored shards' marks checked against the topic's end
         self.last_attach_s = 0.0  # seconds the last attach took, from its begin_attach
+        # Why a delta was collected and never queued (publish's send raised), or None: from
+        # then on, nothing past it is safe (the worker stops without committing).
+        self.lost: str | None = None
 
     # --- shards -------------------------------------------------------------------------
 
@@ -433,7 +436,17 @@ class WorkerSync:
             self.group,
         )
         value = delta.encode()
-        self.send(f"{tp[0]}:{tp[1]}".encode(), value)
+        try:
+            self.send(f"{tp[0]}:{tp[1]}".encode(), value)
+        except BaseException as exc:
+            # Collected (the shard's pending changes are cleared, its shared mark moved past
+            # them) and not queued: nothing may be committed or checkpointed past it from now
+            # on, or those changes are lost to every other shard (the worker stops unsafe).
+            self.lost = (
+                f"a model delta of {tp[0]}[{tp[1]}] (offsets {delta.first_offset}-"
+                f"{delta.last_offset}) could not be sent: {type(exc).__name__}: {exc}"
+            )
+            raise
         self.stats.published += 1
         self.stats.published_bytes += len(value)
 

@@ -24,6 +24,7 @@ from producers.synthetic import SyntheticConfig, SyntheticStream
 from stream.checkpoint import CheckpointStore
 from stream.core import Pipeline
 from stream.events import MetricsRecord
+from stream.kafka import BrokerUnavailableError
 from stream.kafka.admin import ensure_topics
 from stream.models import ItemKNN, MatrixFactorization, Popularity
 from stream.sync import ShardDelta, ShardSync
@@ -300,3 +301,81 @@ def test_without_checkpoints_a_partition_moved_by_a_crash_loses_none_of_its_lear
             if got._counts[i] != pytest.approx(c, rel=1e-9)
         }
         assert not wrong, (p, committed, list(wrong.items())[:5])
+
+
+class _FailingDeltaWorker(Worker):
+    """A worker whose ``fail_at``-th model delta cannot be sent (the producer refuses it at
+    once, as it does a record over ``max_request_size`` or a topic with no metadata)."""
+
+    fail_at = 5
+    sent = 0
+
+    def _start_sync(self) -> None:
+        super()._start_sync()
+        assert self._sync is not None
+        send = self._sync.send
+
+        def failing(key: bytes, value: bytes) -> None:
+            self.sent += 1
+            if self.sent == self.fail_at:
+                raise BrokerUnavailableError("injected: the delta cannot be queued")
+            send(key, value)
+
+        self._sync.send = failing
+
+
+def test_a_delta_that_cannot_be_sent_stops_the_worker_without_committing_past_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Publishing collects a shard's changes before it sends them: when the send raises, those
+    changes exist nowhere else, so the worker stops with the error and commits nothing past
+    them (no checkpoints: a commit is all that would make them look safe); the next owner
+    learns those events again and the item state adds up as one partition's."""
+    settings = settings_for(
+        kafka_bootstrap,
+        events_partitions=2,
+        models=("popularity",),
+        recommender="popularity",
+        popularity_half_life=math.inf,
+        model_sync=True,
+        model_sync_events=7,
+        model_sync_full_every=3,
+        model_sync_ms=3_600_000,
+        commit_interval_ms=50,
+        max_poll_records=20,
+    )
+    topic = settings.events_topic
+    ensure_topics(settings, {topic: 2}, timeout_s=30)
+    sent = list(SyntheticStream(SyntheticConfig(n_events=600, n_users=100, seed=6)).records())
+    produce(kafka_bootstrap, topic, [r.value for r in sent], [r.key for r in sent])
+
+    victim = _FailingDeltaWorker(settings)
+    with pytest.raises(BrokerUnavailableError, match="injected"):
+        victim.run(idle_timeout=10.0)
+    assert victim.sent == victim.fail_at
+    assert victim.summary.uncommitted > 0  # reported as not safe, at its stop
+    committed = committed_offsets(kafka_bootstrap, settings.group_id, topic)
+    assert sum(committed.values()) < len(sent), committed
+
+    survivor = _KeepingWorker(settings)
+    survivor.run(idle_timeout=5.0)
+    records = consume(kafka_bootstrap, topic, n=len(sent))
+    want = offline_shard(settings, sorted(records, key=lambda r: r.offset)).models["popularity"]
+    deltas = [
+        ShardDelta.decode(r.value)
+        for r in consume(kafka_bootstrap, settings.model_updates_topic)
+        if r.value is not None
+    ]
+    for p in range(2):
+        pipeline = survivor.kept[(topic, p)]
+        shard = ShardSync(pipeline, topic, p)
+        for delta in deltas:  # what it had not read yet (the other shard's last one)
+            shard.apply_one(delta)
+        got = pipeline.models["popularity"]
+        assert isinstance(got, Popularity) and isinstance(want, Popularity)
+        short = {
+            i: (got._counts.get(i, 0.0), c)
+            for i, c in want._counts.items()
+            if got._counts.get(i, 0.0) != pytest.approx(c, rel=1e-9)
+        }
+        assert not short, (p, committed, list(short.items())[:5])

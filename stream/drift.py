@@ -142,6 +142,10 @@ class DriftMonitor:
         self.direction = direction
         self.min_change = min_change
 
+    def models(self) -> set[str]:
+        """The models that have a detector here."""
+        return {model for model, _ in self._detectors}
+
     def forget_models(self, names: set[str]) -> None:
         """Drop the detectors of these models (removed, or measured afresh from now on)."""
         for key in [k for k in self._detectors if k[0] in names]:

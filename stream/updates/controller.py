@@ -278,6 +278,7 @@ class ModelUpdates:
         promotions, reactions = self._decisions_pending()
         evidence.event = event_index
         evidence.cover(models)
+        evidence.watch(self.served)
         if evaluated:
             self._decide_on(models, evidence, evidence.own_one(evaluators, user))
         return Decisions(
@@ -297,9 +298,11 @@ class ModelUpdates:
         if evidence is None:
             return
         evidence.cover(models)
+        evidence.watch(self.served)
         for drifts, last in evidence.replay(delta):
             if last or drifts or evidence.evaluated % SAMPLE_EVERY == 0:
                 self._decide_on(models, evidence, drifts)
+                evidence.watch(self.served)  # (a promotion: the new champion's detector)
 
     def _decide_on(self, models: Mapping[str, Any], evidence: Any, drifts: list[Any]) -> None:
         """Decide on the shared ``evidence`` now; a decision waits in the pending lists for

@@ -294,7 +294,7 @@ def test_a_malformed_part_never_poisons_a_model_and_a_deep_header_is_undecodable
 
 def test_the_worker_applies_deltas_within_a_batch_not_only_between_batches() -> None:
     """A poll batch takes a second or more at the default STREAM_MAX_POLL_RECORDS: the sync is
-    polled while it is handled (every STREAM_FETCH_MAX_WAIT_MS), so another shard's delta is
+    polled while it is handled (every STREAM_MODEL_SYNC_POLL_MS), so another shard's delta is
     applied tens of milliseconds after its publish, not a batch later (measured: 2.3 s)."""
     import time as time_
 
@@ -309,7 +309,7 @@ def test_the_worker_applies_deltas_within_a_batch_not_only_between_batches() -> 
             self.polls += 1
             return 0
 
-    worker = Worker(StreamSettings(_env_file=None, fetch_max_wait_ms=5, metrics_port=0))
+    worker = Worker(StreamSettings(_env_file=None, model_sync_poll_ms=5, metrics_port=0))
     sync = CountingSync()
     worker._sync = sync  # type: ignore[assignment]
     polls_seen: list[int] = []
@@ -322,3 +322,12 @@ def test_the_worker_applies_deltas_within_a_batch_not_only_between_batches() -> 
     worker._handle_batch([object()] * 40)  # type: ignore[list-item]
     assert polls_seen[0] == 0  # (none before the first record)
     assert polls_seen[-1] >= 8, polls_seen
+
+    # STREAM_MODEL_SYNC_POLL_MS=0: only between batches.
+    worker = Worker(StreamSettings(_env_file=None, model_sync_poll_ms=0, metrics_port=0))
+    sync = CountingSync()
+    worker._sync = sync  # type: ignore[assignment]
+    polls_seen.clear()
+    worker._handle_one = handle  # type: ignore[method-assign]
+    worker._handle_batch([object()] * 10)  # type: ignore[list-item]
+    assert polls_seen == [0] * 10

@@ -146,6 +146,12 @@ class DriftMonitor:
         """The models that have a detector here."""
         return {model for model, _ in self._detectors}
 
+    def drop_candidates(self, model: str) -> None:
+        """Drop the model's detections still awaiting evidence (its detectors stay)."""
+        for key in [k for k in self._pending if k[0] == model]:
+            del self._pending[key]
+            self._pending_users.pop(key, None)
+
     def forget_models(self, names: set[str]) -> None:
         """Drop the detectors of these models (removed, or measured afresh from now on)."""
         for key in [k for k in self._detectors if k[0] in names]:

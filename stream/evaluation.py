@@ -164,6 +164,17 @@ class ModelEvaluator:
             rated=self.rated,
         )
 
+    def window_hits(self) -> list[float]:
+        """The hits (1.0 or 0.0) of the evaluations in the window, oldest first.
+
+        >>> ev = ModelEvaluator(window=2)
+        >>> for ranked in (["x"], ["y"], ["x"]):
+        ...     ev.update_rank(rank_outcome(ranked, "x"))
+        >>> ev.window_hits()
+        [0.0, 1.0]
+        """
+        return [hit for hit, _, _ in self._rank.window]
+
     def last_outcome(self) -> RankOutcome | None:
         """The outcome of the last ranking evaluation (None before the first): what the model
         sync shares of it (:mod:`stream.updates.evidence`)."""

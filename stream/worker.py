@@ -317,14 +317,9 @@ class Worker:
                 self._loop(max_events, idle_timeout)
             except BaseException as exc:
                 # An event may be half applied (learned, outputs not sent, offset not moved):
-                # a checkpoint now would learn it twice after the restart. A model delta
-                # collected and never sent: a commit past its events (checkpoints or not)
-                # would lose them for every other shard.
-                lost = self._sync.lost if self._sync is not None else None
-                if lost:
-                    logger.error("%s: stopping without committing past it", lost)
-                if self.checkpoints is not None or lost:
-                    self._unsafe = lost or f"stopped by {type(exc).__name__}"
+                # a checkpoint now would learn it twice after the restart.
+                if self.checkpoints is not None and not self._unsafe:
+                    self._unsafe = f"stopped by {type(exc).__name__}"
                 raise
         finally:
             self._shutdown()
@@ -417,8 +412,7 @@ class Worker:
         that much staler (measured: two live workers, 2.3 s median from publish to apply,
         against the interval's few events). The reader's fetches run in the client's IO
         thread; a poll here hands over what they brought, every ``STREAM_MODEL_SYNC_POLL_MS``
-        (each costs ~0.8 ms of CPU: every 20 ms, the former period, that was ~3 % of a
-        worker's main thread)."""
+        (each costs ~0.8 ms of CPU: every 20 ms, the former period, ~4 % of a core)."""
         sync = self._sync
         if sync is None or sync.attaching or not self.settings.model_sync_poll_ms:
             for record in batch:
@@ -1010,10 +1004,6 @@ class Worker:
             self._commit(safe)
         except Exception:
             logger.exception("could not make revoked partitions safe; they will be re-consumed")
-            if self._sync is not None:
-                # A delta of theirs not sent: nothing of theirs was committed past it, and
-                # their shards are dropped, so their next owner learns those events again.
-                self._sync.lost = None
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
@@ -1049,6 +1039,17 @@ class Worker:
             sink.send(s.model_updates_topic, key, value)
 
         self._sync = WorkerSync(s, self._sync_reader, send)
+        self._sync.on_lost = self._on_lost_delta
+
+    def _on_lost_delta(self, reason: str) -> None:
+        """A model delta was collected and never sent: its changes exist nowhere else, so a
+        commit or checkpoint past its events (in the loop, at a revoke, at the stop) would
+        lose them for every other shard. Nothing is made safe from now on, and the worker
+        stops (its uncommitted events make the exit code 1)."""
+        logger.error("%s: stopping without committing or checkpointing past it", reason)
+        self._unsafe = reason
+        self._set_ready(False, reason)
+        self.request_stop("a model delta could not be sent")
 
     def _ensure_updates_topic(self) -> bool:
         """Create the model-updates topic for STREAM_MODEL_SYNC=auto. A cluster that refuses

@@ -154,8 +154,11 @@ class WorkerSync:
         self._marks_checked = False  # restored shards' marks checked against the topic's end
         self.last_attach_s = 0.0  # seconds the last attach took, from its begin_attach
         # Why a delta was collected and never queued (publish's send raised), or None: from
-        # then on, nothing past it is safe (the worker stops without committing).
+        # then on, nothing past it is safe. ``on_lost`` hears it at once (the worker commits
+        # nothing more and stops); ``lost_at``: the shard and the delta's first offset.
         self.lost: str | None = None
+        self.lost_at: tuple[TopicPartition, int] | None = None
+        self.on_lost: Callable[[str], None] | None = None
 
     # --- shards -------------------------------------------------------------------------
 
@@ -446,6 +449,9 @@ class WorkerSync:
                 f"a model delta of {tp[0]}[{tp[1]}] (offsets {delta.first_offset}-"
                 f"{delta.last_offset}) could not be sent: {type(exc).__name__}: {exc}"
             )
+            self.lost_at = (tp, delta.first_offset)
+            if self.on_lost is not None:
+                self.on_lost(self.lost)
             raise
         self.stats.published += 1
         self.stats.published_bytes += len(value)

@@ -11,7 +11,9 @@ by one through the same windows and detectors as a one-partition run, deciding a
 part's last evaluation, after each detection and every 100th evaluation (where the reaction
 samples its level): a decision comes at most one delta's evaluations after one partition's,
 and with a delta after every event every shard decides what one partition decides, at the
-same evaluation (tested). Each shard then acts on its own copy of the shared item state (a
+same evaluation up to its first promotion (tested; after one, within a few dozen
+evaluations: only the served model's ``miss`` detector is fed here, see :meth:`watch`).
+Each shard then acts on its own copy of the shared item state (a
 reaction's discount and shorter half-lives), which it holds in full, as one partition would.
 
 The shard's own :class:`~stream.evaluation.ModelEvaluator` and drift detectors still measure
@@ -161,16 +163,26 @@ class SharedEvidence:
         ``STREAM_METRIC_WINDOW`` evaluations; what the reaction compares with is in it)."""
         if served == self.watched:
             return
+        drift = self.drift
+        if self.watched is None:
+            # Evidence of a version that fed every detector: the served one's has seen it all.
+            drift.forget_models(drift.models() - {served})
+            self.watched = served
+            return
         # Every other detector goes (one stops being fed here; a model served again later
         # starts from its window again).
-        self.drift.forget_models(self.drift.models() | {served})
+        drift.forget_models(drift.models() | {served})
         self.watched = served
         evaluator = self.evaluators.get(served)
         if evaluator is None:
             return
-        for hit, _, _ in evaluator._rank.window:
-            self.drift.update_one(served, "miss", 1.0 - hit, self.event, None, 0.0, None)
-        self.drift.detections.clear()
+        for hit in evaluator.window_hits():
+            drift.update_one(served, "miss", 1.0 - hit, self.event, None, 0.0, None)
+        # What the window detected is history, not a change to react to now: neither a
+        # detection nor a candidate awaiting evidence carries over (the window's values hold
+        # no users for the per-user cap).
+        drift.detections.clear()
+        drift.drop_candidates(served)
 
     def cover(self, names: Iterable[str]) -> None:
         """An evaluator for each of ``names`` (a model added at a restore is measured from

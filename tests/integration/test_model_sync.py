@@ -304,11 +304,13 @@ def test_without_checkpoints_a_partition_moved_by_a_crash_loses_none_of_its_lear
 
 
 class _FailingDeltaWorker(Worker):
-    """A worker whose ``fail_at``-th model delta cannot be sent (the producer refuses it at
-    once, as it does a record over ``max_request_size`` or a topic with no metadata)."""
+    """A worker one of whose model deltas cannot be sent (the producer refuses it at once,
+    as it does a record over ``max_request_size`` or a topic with no metadata): the
+    ``fail_at``-th, or (``fail_at`` 0) the first one sent at its stop."""
 
     fail_at = 5
     sent = 0
+    failed = False
 
     def _start_sync(self) -> None:
         super()._start_sync()
@@ -317,20 +319,24 @@ class _FailingDeltaWorker(Worker):
 
         def failing(key: bytes, value: bytes) -> None:
             self.sent += 1
-            if self.sent == self.fail_at:
+            due = self.sent == self.fail_at if self.fail_at else bool(self._stop_reason)
+            if due and not self.failed:
+                self.failed = True
                 raise BrokerUnavailableError("injected: the delta cannot be queued")
             send(key, value)
 
         self._sync.send = failing
 
 
+@pytest.mark.parametrize("when", ["in the loop", "at the stop"])
 def test_a_delta_that_cannot_be_sent_stops_the_worker_without_committing_past_it(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, when: str
 ) -> None:
     """Publishing collects a shard's changes before it sends them: when the send raises, those
-    changes exist nowhere else, so the worker stops with the error and commits nothing past
-    them (no checkpoints: a commit is all that would make them look safe); the next owner
-    learns those events again and the item state adds up as one partition's."""
+    changes exist nowhere else, so the worker stops and commits nothing past them (no
+    checkpoints: a commit is all that would make them look safe), also when it happens in
+    the last delta at a clean stop (the revoke that follows must not commit either); the
+    next owner learns those events again and the item state adds up as one partition's."""
     settings = settings_for(
         kafka_bootstrap,
         events_partitions=2,
@@ -350,12 +356,19 @@ def test_a_delta_that_cannot_be_sent_stops_the_worker_without_committing_past_it
     produce(kafka_bootstrap, topic, [r.value for r in sent], [r.key for r in sent])
 
     victim = _FailingDeltaWorker(settings)
-    with pytest.raises(BrokerUnavailableError, match="injected"):
-        victim.run(idle_timeout=10.0)
-    assert victim.sent == victim.fail_at
-    assert victim.summary.uncommitted > 0  # reported as not safe, at its stop
+    if when == "in the loop":
+        with pytest.raises(BrokerUnavailableError, match="injected"):
+            victim.run(idle_timeout=10.0)
+        assert victim.sent == victim.fail_at
+    else:
+        victim.fail_at = 0
+        victim.run(max_events=len(sent) // 2)  # the stop's last deltas: one of them fails
+    assert victim.failed
+    assert victim.summary.uncommitted > 0  # reported as not safe (exit code 1)
+    assert victim._sync is not None and victim._sync.lost_at is not None
+    (_, lost_partition), first = victim._sync.lost_at
     committed = committed_offsets(kafka_bootstrap, settings.group_id, topic)
-    assert sum(committed.values()) < len(sent), committed
+    assert committed.get(lost_partition, 0) <= first, (committed, victim._sync.lost)
 
     survivor = _KeepingWorker(settings)
     survivor.run(idle_timeout=5.0)

@@ -308,3 +308,23 @@ def test_the_shared_evidence_feeds_only_the_served_models_detector() -> None:
         assert evidence is not None
         assert evidence.drift.models() == {updates.served}
         assert set(evidence.evaluators) >= set(pipe.models)  # every model's window, still
+
+
+def test_evidence_of_the_version_that_fed_every_detector_keeps_the_served_ones() -> None:
+    """A checkpoint from before :meth:`SharedEvidence.watch` has every model's detector fed
+    with every shard's evaluations: the served one's carries on as it was, the others go."""
+    settings = _settings()
+    shards = LocalShards(lambda: Pipeline.from_settings(settings), 2, 1, evidence=True)
+    for event in _churn()[:1_500]:
+        shards.process_one(event)
+    updates = shards.pipelines[0].updates
+    evidence = pickle.loads(pickle.dumps(updates.evidence))
+    served = updates.served
+    other = next(name for name in evidence.evaluators if name != served)
+    evidence.drift.update_one(other, "miss", 1.0, 0, None, 0.0)  # as the old version fed it
+    del evidence.__dict__["watched"]  # (pickled before the attribute existed)
+    assert evidence.watched is None
+    kept = evidence.drift._detectors[(served, "miss")]
+    evidence.watch(served)
+    assert evidence.drift.models() == {served}
+    assert evidence.drift._detectors[(served, "miss")] is kept  # not rebuilt from its window

@@ -27,6 +27,7 @@ from stream.events import MetricsRecord
 from stream.kafka import BrokerUnavailableError
 from stream.kafka.admin import ensure_topics
 from stream.models import ItemKNN, MatrixFactorization, Popularity
+from stream.settings import StreamSettings
 from stream.sync import ShardDelta, ShardSync
 from stream.worker import Worker
 
@@ -241,19 +242,7 @@ def test_without_checkpoints_a_partition_moved_by_a_crash_loses_none_of_its_lear
     """No checkpoints: the worker commits a partition's offset no further than its last full
     delta, so the next owner adopts every delta before the committed offset and re-learns
     from there: no delta straddles the commit (its events before it would be lost)."""
-    settings = settings_for(
-        kafka_bootstrap,
-        events_partitions=2,
-        models=("popularity",),
-        recommender="popularity",
-        popularity_half_life=math.inf,
-        model_sync=True,
-        model_sync_events=7,
-        model_sync_full_every=3,
-        model_sync_ms=3_600_000,
-        commit_interval_ms=50,  # commits land between deltas, not at their ends
-        max_poll_records=20,
-    )
+    settings = _popularity_sync_settings(kafka_bootstrap)
     topic = settings.events_topic
     ensure_topics(settings, {topic: 2}, timeout_s=30)
     sent = list(SyntheticStream(SyntheticConfig(n_events=4_000, n_users=200, seed=5)).records())
@@ -279,28 +268,7 @@ def test_without_checkpoints_a_partition_moved_by_a_crash_loses_none_of_its_lear
     survivor = _KeepingWorker(settings)
     summary = survivor.run(idle_timeout=5.0)
     assert summary.processed == len(sent) - sum(committed.values())
-    records = consume(kafka_bootstrap, topic, n=len(sent))
-    want = offline_shard(settings, sorted(records, key=lambda r: r.offset)).models["popularity"]
-    deltas = [
-        ShardDelta.decode(r.value)
-        for r in consume(kafka_bootstrap, settings.model_updates_topic)
-        if r.value is not None
-    ]
-    assert {d.source_partition for d in deltas} == {0, 1}
-    for p in range(2):
-        pipeline = survivor.kept[(topic, p)]
-        shard = ShardSync(pipeline, topic, p)
-        for delta in deltas:  # what it had not read yet (the other shard's last one)
-            shard.apply_one(delta)
-        got = pipeline.models["popularity"]
-        assert isinstance(got, Popularity) and isinstance(want, Popularity)
-        assert got._counts.keys() == want._counts.keys(), p
-        wrong = {
-            i: (got._counts[i], c)
-            for i, c in want._counts.items()
-            if got._counts[i] != pytest.approx(c, rel=1e-9)
-        }
-        assert not wrong, (p, committed, list(wrong.items())[:5])
+    _assert_counts_add_up(kafka_bootstrap, settings, survivor, len(sent))
 
 
 class _FailingDeltaWorker(Worker):
@@ -337,19 +305,7 @@ def test_a_delta_that_cannot_be_sent_stops_the_worker_without_committing_past_it
     checkpoints: a commit is all that would make them look safe), also when it happens in
     the last delta at a clean stop (the revoke that follows must not commit either); the
     next owner learns those events again and the item state adds up as one partition's."""
-    settings = settings_for(
-        kafka_bootstrap,
-        events_partitions=2,
-        models=("popularity",),
-        recommender="popularity",
-        popularity_half_life=math.inf,
-        model_sync=True,
-        model_sync_events=7,
-        model_sync_full_every=3,
-        model_sync_ms=3_600_000,
-        commit_interval_ms=50,
-        max_poll_records=20,
-    )
+    settings = _popularity_sync_settings(kafka_bootstrap)
     topic = settings.events_topic
     ensure_topics(settings, {topic: 2}, timeout_s=30)
     sent = list(SyntheticStream(SyntheticConfig(n_events=600, n_users=100, seed=6)).records())
@@ -372,23 +328,51 @@ def test_a_delta_that_cannot_be_sent_stops_the_worker_without_committing_past_it
 
     survivor = _KeepingWorker(settings)
     survivor.run(idle_timeout=5.0)
-    records = consume(kafka_bootstrap, topic, n=len(sent))
+    _assert_counts_add_up(kafka_bootstrap, settings, survivor, len(sent))
+
+
+def _popularity_sync_settings(bootstrap: str) -> StreamSettings:
+    """Two partitions, popularity only (additive, no decay), small deltas (every 7 events,
+    every third full, no time trigger), commits every 50 ms: they land between deltas."""
+    return settings_for(
+        bootstrap,
+        events_partitions=2,
+        models=("popularity",),
+        recommender="popularity",
+        popularity_half_life=math.inf,
+        model_sync=True,
+        model_sync_events=7,
+        model_sync_full_every=3,
+        model_sync_ms=3_600_000,
+        commit_interval_ms=50,
+        max_poll_records=20,
+    )
+
+
+def _assert_counts_add_up(
+    bootstrap: str, settings: StreamSettings, survivor: _KeepingWorker, n: int
+) -> None:
+    """Once each of the survivor's two shards has applied every delta on the topic (the other
+    shard's last one it had not read yet), its popularity counts are a one-partition run's."""
+    topic = settings.events_topic
+    records = consume(bootstrap, topic, n=n)
     want = offline_shard(settings, sorted(records, key=lambda r: r.offset)).models["popularity"]
     deltas = [
         ShardDelta.decode(r.value)
-        for r in consume(kafka_bootstrap, settings.model_updates_topic)
+        for r in consume(bootstrap, settings.model_updates_topic)
         if r.value is not None
     ]
+    assert {d.source_partition for d in deltas} == {0, 1}
     for p in range(2):
         pipeline = survivor.kept[(topic, p)]
         shard = ShardSync(pipeline, topic, p)
-        for delta in deltas:  # what it had not read yet (the other shard's last one)
+        for delta in deltas:
             shard.apply_one(delta)
         got = pipeline.models["popularity"]
         assert isinstance(got, Popularity) and isinstance(want, Popularity)
-        short = {
+        wrong = {
             i: (got._counts.get(i, 0.0), c)
             for i, c in want._counts.items()
             if got._counts.get(i, 0.0) != pytest.approx(c, rel=1e-9)
         }
-        assert not short, (p, committed, list(short.items())[:5])
+        assert got._counts.keys() == want._counts.keys() and not wrong, (p, list(wrong.items())[:5])

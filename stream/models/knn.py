@@ -19,6 +19,7 @@ from stream.models.base import (
     delta_items,
     interaction_weight,
     scored_many,
+    wire_floats,
 )
 
 __all__ = ["ItemKNN"]
@@ -505,13 +506,16 @@ class ItemKNN(DecayClock, Recommender):
         pairs = [(at(i, len(table)), at(j, len(table))) for i, j in changes.co]
         index = np.dtype("<u2") if len(table) <= 65_536 else np.dtype("<i4")
         co_at = np.array(pairs, dtype=index).reshape(-1, 2)
+        norms = np.fromiter(changes.norms.values(), np.float64, len(changes.norms)) * inverse
+        co = np.fromiter(changes.co.values(), np.float64, len(changes.co)) * inverse
+        growth, ticks = self._growth, changes.ticks
         return {
-            "ticks": changes.ticks,
+            "ticks": ticks,
             "items": list(table),
             "norms_at": np.array(norms_at, dtype=index),
-            "norms": np.fromiter(changes.norms.values(), np.float64, len(changes.norms)) * inverse,
+            "norms": wire_floats(norms, growth, ticks),
             "co_at": co_at,
-            "co": np.fromiter(changes.co.values(), np.float64, len(changes.co)) * inverse,
+            "co": wire_floats(co, growth, ticks),
         }
 
     def check_item_delta(self, delta: dict[str, typing.Any]) -> None:

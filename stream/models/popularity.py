@@ -17,6 +17,7 @@ from stream.models.base import (
     delta_item,
     delta_items,
     interaction_weight,
+    wire_floats,
 )
 
 __all__ = ["Popularity"]
@@ -318,8 +319,12 @@ class Popularity(DecayClock, Recommender):
         scale = self._scale
         ticks = self._events - self._sync_events
         self._sync_events = self._events
-        counts = np.fromiter(pending.values(), dtype=np.float64, count=len(pending))
-        return {"ticks": ticks, "items": list(pending), "counts": counts / scale}
+        counts = np.fromiter(pending.values(), dtype=np.float64, count=len(pending)) / scale
+        return {
+            "ticks": ticks,
+            "items": list(pending),
+            "counts": wire_floats(counts, self._growth, ticks),
+        }
 
     def check_item_delta(self, delta: dict[str, typing.Any]) -> None:
         """ValueError when :meth:`apply_item_delta` could not apply ``delta`` whole."""

@@ -431,3 +431,44 @@ def test_real_deltas_inflate_well_within_the_limit() -> None:
     assert len(sent) > 100
     for data in sent:
         ShardDelta.decode(data)
+
+
+def test_decayed_counts_travel_as_float32_and_undecayed_ones_stay_exact() -> None:
+    """With decay (the defaults) co-occurrences, norms and popularity counts go as float32
+    (a third fewer bytes per co-occurrence) within float32's rounding of the sender's values;
+    without decay they stay float64, so the merge stays exact there."""
+
+    def delta_with(**extra: object) -> ShardDelta:
+        settings = _settings().model_copy(update=extra)
+        a = ShardSync(Pipeline.from_settings(settings), "events", 0)
+        for offset, event in enumerate(_events(300)):
+            a.pipeline.process_one(event, Source("events", 0, offset))
+            a.note_one(offset)
+        delta = a.collect_one()
+        assert delta is not None
+        return delta
+
+    decayed = delta_with(knn_half_life=2_000.0, popularity_half_life=500.0)
+    exact = delta_with(knn_half_life=None, popularity_half_life=math.inf)
+    for delta, dtype in ((decayed, np.float32), (exact, np.float64)):
+        wire = ShardDelta.decode(delta.encode()).models
+        for name, key in (("knn", "co"), ("knn", "norms"), ("popularity", "counts")):
+            sent = delta.models[name][key]
+            assert sent.dtype == dtype and wire[name][key].dtype == dtype, (name, key, dtype)
+            assert len(sent) > 10
+    # The choice follows the model's decay of the moment, delta by delta.
+    sender = ShardSync(Pipeline.from_settings(_settings()), "events", 0)
+    knn = sender.pipeline.models["knn"]
+    assert isinstance(knn, ItemKNN)
+    knn.set_half_life(2_000.0)
+    for offset, event in enumerate(_events(300)):
+        sender.pipeline.process_one(event, Source("events", 0, offset))
+    knn.item_delta()  # tracking starts
+    for offset, event in enumerate(_events(50, 300)):
+        sender.pipeline.process_one(event, Source("events", 0, 300 + offset))
+    part = knn.item_delta()
+    assert part["co"].dtype == np.float32
+    knn.set_half_life(None)
+    for offset, event in enumerate(_events(50, 350)):
+        sender.pipeline.process_one(event, Source("events", 0, 350 + offset))
+    assert knn.item_delta()["co"].dtype == np.float64

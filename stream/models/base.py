@@ -182,13 +182,13 @@ def delta_value(value: float, digits: int = 10) -> float:
 
 def wire_floats(values: typing.Any, growth: float, ticks: int) -> typing.Any:
     """Decayed counts of an item-state delta as they travel: float32 when the decay clock
-    moves a value by more than float32's rounding (2 ** -24) over the delta's own ``ticks``
-    events, float64 (exact) otherwise.
+    moves a value by more than 1,024 times float32's rounding (2 ** -24) over the delta's own
+    ``ticks`` events, float64 (exact) otherwise.
 
     With decay the receivers' ages of an event are off by up to the shards' interval anyway
     (what the other shards learned in it), so the 6e-8 of a float32 is far below what the
     merge already carries and saves a third of a co-occurrence's bytes; without decay (or a
-    half-life so long that the interval moves nothing) counts stay float64 and a P-shard run
+    half-life so long that the interval moves them by little) counts stay float64 and a P-shard run
     still equals one partition's bit for bit. Values that float32 cannot hold (an overflow,
     or a non-zero that would become 0) keep float64.
 
@@ -198,15 +198,18 @@ def wire_floats(values: typing.Any, growth: float, ticks: int) -> typing.Any:
     (dtype('float32'), dtype('float64'))
     >>> wire_floats(v, 2.0 ** (1 / 1e12), 10_000).dtype  # moves less than float32 rounds
     dtype('float64')
+    >>> wire_floats(v, 2.0 ** (1 / 5e6), 10).dtype  # moves it, but not 1,024 times as much
+    dtype('float64')
     >>> wire_floats(np.array([1e-60, 1.0]), 2.0 ** (1 / 5_000), 10).dtype
     dtype('float64')
     """
     import numpy as np
 
-    if (growth - 1.0) * max(ticks, 1) <= 2.0**-24:
+    if (growth - 1.0) * max(ticks, 1) <= 2.0**-14:
         return values
     small = values.astype(np.float32)
-    if not bool(np.all(np.isfinite(small))) or not np.array_equal(small == 0, values == 0):
+    tiny = np.abs(values) < np.finfo(np.float32).tiny  # (would lose precision or become 0)
+    if not bool(np.all(np.isfinite(small))) or bool(np.any(tiny & (values != 0))):
         return values
     return small
 

@@ -482,8 +482,9 @@ class ItemKNN(DecayClock, Recommender):
 
         ``items`` is the delta's item table; ``norms`` the added N_i of the items at
         ``norms_at``, ``co`` the added C_ij of the pairs ``co_at`` (rows of two places in the
-        table; for an undirected model ``C_ji`` gets the same): float64 arrays, scale-free
-        (as of this shard's clock now), and ``ticks`` the events that advanced the decay
+        table; for an undirected model ``C_ji`` gets the same): arrays, scale-free (as of this
+        shard's clock now; float32 when this model decays, float64 otherwise:
+        :func:`~stream.models.base.wire_floats`), and ``ticks`` the events that advanced the decay
         clock. The neighbour lists and the users' histories are not shared: the lists are
         derived from the rows, the histories stay with their user's shard.
         """
@@ -547,7 +548,7 @@ class ItemKNN(DecayClock, Recommender):
             rows = [index[i] if i in index else row_of(i) for i in items]  # new rows first
             at = np.asarray(rows, dtype=np.intp)
             norms_at = at[np.asarray(delta["norms_at"], dtype=np.intp)]
-            np.add.at(self._norms, norms_at, np.asarray(delta["norms"]) * scale)
+            np.add.at(self._norms, norms_at, np.asarray(delta["norms"], dtype=np.float64) * scale)
             pairs = at[np.asarray(delta["co_at"], dtype=np.intp)].reshape(-1, 2)
             entries: typing.Any = zip(
                 pairs[:, 0].tolist(),

@@ -309,7 +309,9 @@ class Popularity(DecayClock, Recommender):
         """What this shard added since the last call, as plain data (tracking starts on the
         first call, which returns what was learned so far).
 
-        ``items`` and ``counts`` (a float64 array, exact) are the items and their added counts
+        ``items`` and ``counts`` (an array: float32 when the decay over the delta's events
+        moves a count far more than float32 rounds, float64 and exact otherwise, see
+        :func:`~stream.models.base.wire_floats`) are the items and their added counts
         in "decayed count as of now" (scale-free), and ``ticks`` the events learned since the
         last call: the receiver advances its decay clock by them, so every shard's clock is
         the total number of events learned by all.

@@ -11,7 +11,8 @@ byte-shuffled (its values' first bytes, then their second bytes, ...: float expo
 small integers' high bytes line up and compress). The string table (``"strings"``) holds
 each string once per frame, whichever models name it: strings of the form ``prefix`` +
 decimal number (``"i892"``) as per-prefix sorted numbers coded as differences, the others as
-JSON. Numbers travel as binary columns (float64 for additive counts, so they merge exactly;
+JSON. Numbers travel as binary columns (float64 for additive counts that do not decay, so
+they merge exactly, float32 for decayed ones, see ``stream.models.base.wire_floats``;
 int8 steps and float16 for factor changes). Versions 2 (the same frame without the
 dictionary, the shuffle and the table: item ids as JSON lists per model) and 1
 (zlib-compressed JSON, rows of ``[item, value]`` lists) still decode, and the models still

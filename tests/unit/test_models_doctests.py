@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "stream.models._ranking",
+    "stream.models.base",
     "stream.models.popularity",
     "stream.models.knn",
     "stream.models.mf",

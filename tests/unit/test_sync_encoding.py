@@ -433,10 +433,13 @@ def test_real_deltas_inflate_well_within_the_limit() -> None:
         ShardDelta.decode(data)
 
 
-def test_decayed_counts_travel_as_float32_and_undecayed_ones_stay_exact() -> None:
+def test_decayed_counts_travel_as_float32_and_undecayed_ones_stay_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """With decay (the defaults) co-occurrences, norms and popularity counts go as float32
-    (a third fewer bytes per co-occurrence) within float32's rounding of the sender's values;
-    without decay they stay float64, so the merge stays exact there."""
+    (a third fewer bytes per co-occurrence): a receiver ends within float32's rounding of a
+    receiver of the same delta in float64. Without decay, or with one too slow for the
+    delta's events to move a count by much more than float32 rounds, they stay float64."""
 
     def delta_with(**extra: object) -> ShardDelta:
         settings = _settings().model_copy(update=extra)
@@ -450,25 +453,36 @@ def test_decayed_counts_travel_as_float32_and_undecayed_ones_stay_exact() -> Non
 
     decayed = delta_with(knn_half_life=2_000.0, popularity_half_life=500.0)
     exact = delta_with(knn_half_life=None, popularity_half_life=math.inf)
-    for delta, dtype in ((decayed, np.float32), (exact, np.float64)):
+    # 300 events of a 1e9-event half-life move a count by 2e-7: over float32's rounding,
+    # not 1,024 times over it.
+    slow = delta_with(knn_half_life=1e9, popularity_half_life=1e9)
+    for delta, dtype in ((decayed, np.float32), (exact, np.float64), (slow, np.float64)):
         wire = ShardDelta.decode(delta.encode()).models
         for name, key in (("knn", "co"), ("knn", "norms"), ("popularity", "counts")):
             sent = delta.models[name][key]
             assert sent.dtype == dtype and wire[name][key].dtype == dtype, (name, key, dtype)
             assert len(sent) > 10
-    # The choice follows the model's decay of the moment, delta by delta.
-    sender = ShardSync(Pipeline.from_settings(_settings()), "events", 0)
-    knn = sender.pipeline.models["knn"]
-    assert isinstance(knn, ItemKNN)
-    knn.set_half_life(2_000.0)
-    for offset, event in enumerate(_events(300)):
-        sender.pipeline.process_one(event, Source("events", 0, offset))
-    knn.item_delta()  # tracking starts
-    for offset, event in enumerate(_events(50, 300)):
-        sender.pipeline.process_one(event, Source("events", 0, 300 + offset))
-    part = knn.item_delta()
-    assert part["co"].dtype == np.float32
-    knn.set_half_life(None)
-    for offset, event in enumerate(_events(50, 350)):
-        sender.pipeline.process_one(event, Source("events", 0, 350 + offset))
-    assert knn.item_delta()["co"].dtype == np.float64
+
+    # What a receiver of the float32 delta holds is what a receiver of the same delta in
+    # float64 would, to float32's rounding (each value rounded once, the norms too).
+    import stream.models.knn as knn_module
+    import stream.models.popularity as popularity_module
+
+    def keep(values: Any, growth: float, ticks: int) -> Any:
+        return values
+
+    monkeypatch.setattr(knn_module, "wire_floats", keep)
+    monkeypatch.setattr(popularity_module, "wire_floats", keep)
+    wide = delta_with(knn_half_life=2_000.0, popularity_half_life=500.0)
+    assert wide.models["knn"]["co"].dtype == np.float64
+    settings = _settings().model_copy(
+        update={"knn_half_life": 2_000.0, "popularity_half_life": 500.0}
+    )
+    receivers = [ShardSync(Pipeline.from_settings(settings), "events", 1) for _ in "ab"]
+    assert receivers[0].apply_one(ShardDelta.decode(decayed.encode())) == "applied"
+    assert receivers[1].apply_one(ShardDelta.decode(wide.encode())) == "applied"
+    a, b = (_state(r.pipeline) for r in receivers)
+    for part in ("pop", "norms", "co"):
+        assert a[part].keys() == b[part].keys() and len(b[part]) > 10
+        for key, value in b[part].items():
+            assert a[part][key] == pytest.approx(value, rel=1.001 * 2.0**-24), (part, key)

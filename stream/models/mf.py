@@ -285,7 +285,10 @@ class MatrixFactorization(Recommender):
         (tracking starts on the first call, which returns everything learned so far).
 
         ``items`` are the items changed, ``steps`` / ``step`` their vector changes (int8
-        rows times a float32 step per row; an item new here: its whole vector), ``biases``
+        rows times a float32 step per row; an item new here: its whole vector), except those
+        whose components all moved by less than ``_FULL_MIN_CHANGE`` and bias by less than
+        ``_LIGHT_MIN_BIAS``: they stay pending until their change adds up (an item not
+        shared yet always goes), ``biases``
         their bias changes (float32), ``mean`` is ``[weight, sum]`` added to the global
         mean (``biased``). The receiver adds them to its own values: asynchronous SGD, each
         shard learning on item factors at most one sync interval behind the others'. User
@@ -295,21 +298,32 @@ class MatrixFactorization(Recommender):
         if pending is None:
             zero = np.zeros(self.n_factors)
             pending = dict.fromkeys(self._items, (zero, 0.0))
-        self._item_sync = {}
         self._light_due = set()
-        items = list(pending)
-        changes = np.zeros((len(items), self.n_factors))
-        biases = np.zeros(len(items))
+        names = list(pending)
+        changes = np.zeros((len(names), self.n_factors))
+        befores = np.zeros((len(names), self.n_factors))
+        biases = np.zeros(len(names))
         index = self._index
         for at, (item, (vector, bias)) in enumerate(pending.items()):
             row = index[item]
+            befores[at] = vector
             changes[at] = self._vectors[row] - vector
             if self._biased:
                 biases[at] = self._biases[row] - bias
+        # Rows that moved little wait until they add up (the sampled negatives' small pushes,
+        # about half the rows): an item new to the stream (nothing shared of it yet, its
+        # "before" all zeros) always goes, so every receiver knows the catalogue.
+        small = (np.abs(changes).max(axis=1, initial=0.0) < _FULL_MIN_CHANGE) & (
+            np.abs(biases) < _LIGHT_MIN_BIAS
+        )
+        held = small & np.any(befores != 0.0, axis=1)
+        self._item_sync = {names[i]: pending[names[i]] for i in np.flatnonzero(held).tolist()}
+        sent = np.flatnonzero(~held)
+        items = [names[i] for i in sent.tolist()]
         out: dict[str, typing.Any] = {
             "items": items,
-            **_quantise(changes),
-            "biases": biases.astype(np.float32),
+            **_quantise(changes[sent]),
+            "biases": biases[sent].astype(np.float32),
         }
         if self._biased:
             n0, sum0 = self._sync_mean
@@ -498,6 +512,12 @@ _NO_BIAS = np.zeros(0, dtype=np.float32)
 # Bias changes below this wait for the full delta (a fifth of a typical positive step at the
 # default learning rate; most negative samples' pushes are smaller).
 _LIGHT_MIN_BIAS = 0.01
+# A full delta holds back an item whose factor components all moved by less than this (and
+# its bias by less than _LIGHT_MIN_BIAS) since it was last shared: the change stays pending
+# and goes once it adds up (measured, P = 8: half of a full delta's rows are below 0.01, the
+# median row moves 0.0101). So a receiver's copy of a sender's contribution to an item is
+# behind by less than this per component, besides the interval (README: staleness bound).
+_FULL_MIN_CHANGE = 0.01
 
 
 def _quantise(changes: FloatArray) -> dict[str, np.ndarray]:

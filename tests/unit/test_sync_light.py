@@ -254,3 +254,35 @@ def test_a_quiet_shard_closes_its_light_deltas_with_a_full_one_applied_once() ->
     # Read again from the beginning, nothing is applied twice.
     again = ShardSync(pickle.loads(pickle.dumps(shards[1])), "events", 1)
     assert {again.apply_one(ShardDelta.decode(v)) for v in topic.values} == {"own", "duplicate"}
+
+
+def test_a_full_delta_holds_back_factor_changes_that_moved_little_until_they_add_up() -> None:
+    """MF's full delta leaves out an item whose components all moved by less than
+    ``_FULL_MIN_CHANGE`` (and bias by less than ``_LIGHT_MIN_BIAS``) since it was last shared;
+    the change stays pending and goes whole once it adds up. An item not shared yet always
+    goes, so every receiver knows the catalogue."""
+    from stream.models import mf as mf_module
+
+    model = MatrixFactorization(n_factors=4, negative_samples=0, seed=3)
+    model.learn_one("u", "a", 1.0)
+    model.learn_one("u", "b", 1.0)
+    first = model.item_delta()  # everything learned so far (tracking starts)
+    assert set(first["items"]) == {"a", "b"}
+    row = model._index["a"]
+    vector = model._vectors[row].copy()
+    # A change below the threshold (as a sampled negative's push): held back.
+    tiny = np.full(4, 0.4 * mf_module._FULL_MIN_CHANGE)
+    model.river_model.i_latents["a"] = vector + tiny
+    model._mirror("a")
+    model.learn_one("v", "c", 1.0)  # a new item: always sent, however little it moved
+    second = model.item_delta()
+    assert second["items"] == ["c"]
+    assert "a" in model._item_sync  # still pending, from its last shared value
+    # The same again: now it adds up past the threshold and goes whole.
+    model.river_model.i_latents["a"] = vector + 2 * tiny + tiny
+    model._mirror("a")
+    third = model.item_delta()
+    assert third["items"] == ["a"]
+    change = third["steps"][0].astype(float) * float(third["step"][0])
+    assert np.allclose(change, 3 * tiny, rtol=0.01)
+    assert not model._item_sync

@@ -20,9 +20,11 @@ nothing. No broker: the transport adds no bytes to the records themselves.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,36 +56,37 @@ class _MeasuredShards(LocalShards):
         self.kinds: dict[str, list[int]] = {"light": [0, 0], "full": [0, 0]}
         self.parts: dict[tuple[str, str], int] = defaultdict(int)
 
+        self._collected: ShardDelta | None = None
+        for shard in self.shards:  # each delta LocalShards.share collects, seen here too
+            shard.collect_one = self._recording(shard.collect_one)  # type: ignore[method-assign]
+
+    def _recording(
+        self, collect: Callable[[bool | None], ShardDelta | None]
+    ) -> Callable[[bool | None], ShardDelta | None]:
+        def collect_one(full: bool | None = None) -> ShardDelta | None:
+            self._collected = delta = collect(full)
+            return delta
+
+        return collect_one
+
     def share(self, sender: ShardSync, full: bool | None = None) -> None:
-        delta = sender.collect_one(full)
+        """:meth:`LocalShards.share` (encode, decode, apply everywhere), counted."""
+        self._collected, before = None, self.delta_bytes
+        super().share(sender, full)
+        delta, size = self._collected, self.delta_bytes - before
         if delta is None:
             return
-        data = delta.encode()
-        self.delta_records += 1
-        self.delta_bytes += len(data)
         if self.flushing:  # what the shards still held at the end: in no window nor kind
-            self.flushed += len(data)
-        else:
-            kind = "full" if delta.full else "light"
-            self.kinds[kind][0] += 1
-            self.kinds[kind][1] += len(data)
-            self.window_bytes += len(data)
-        if self.event > self.steady_from and not self.flushing:
+            self.flushed += size
+            return
+        kind = "full" if delta.full else "light"
+        self.kinds[kind][0] += 1
+        self.kinds[kind][1] += size
+        self.window_bytes += size
+        if self.event > self.steady_from:
             for name, part in delta.models.items():
-                alone = ShardDelta(
-                    delta.source_topic,
-                    delta.source_partition,
-                    delta.first_offset,
-                    delta.last_offset,
-                    delta.events,
-                    {name: part},
-                    delta.created,
-                    delta.full,
-                )
+                alone = dataclasses.replace(delta, models={name: part})
                 self.parts[(name, kind)] += len(alone.encode())
-        received = ShardDelta.decode(data)
-        for shard in self.shards:
-            shard.apply_one(received)
 
 
 def main(argv: list[str] | None = None) -> int:
